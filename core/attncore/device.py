@@ -1,0 +1,47 @@
+"""What the dispatcher knows about the device a call runs on (read from the tensor, never from the build)."""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Optional
+
+import torch
+
+__all__ = ["DeviceInfo", "device_info"]
+
+
+class DeviceInfo(NamedTuple):
+    """``kind`` is ``cpu``, ``cuda`` (NVIDIA), ``rocm`` (AMD) or another torch device type."""
+
+    kind: str
+    capability: Optional[tuple[int, int]] = None
+    arch: Optional[str] = None
+    name: Optional[str] = None
+
+    def describe(self) -> str:
+        if self.kind == "cuda" and self.capability is not None:
+            return f"cuda sm_{self.capability[0]}{self.capability[1]} ({self.name})"
+        if self.kind == "rocm":
+            return f"rocm {self.arch} ({self.name})"
+        return self.kind
+
+
+@functools.lru_cache(maxsize=64)
+def _gpu_info(index: int) -> DeviceInfo:
+    props = torch.cuda.get_device_properties(index)
+    arch = getattr(props, "gcnArchName", "") or ""
+    if arch:
+        return DeviceInfo("rocm", (props.major, props.minor), arch.split(":")[0], props.name)
+    return DeviceInfo("cuda", (props.major, props.minor), None, props.name)
+
+
+_CPU = DeviceInfo("cpu")
+
+
+def device_info(device: torch.device) -> DeviceInfo:
+    """Describe ``device``: for GPUs, its compute capability (NVIDIA) or gfx arch (AMD)."""
+    if device.type == "cpu":
+        return _CPU
+    if device.type == "cuda":
+        return _gpu_info(device.index if device.index is not None else torch.cuda.current_device())
+    return DeviceInfo(device.type)

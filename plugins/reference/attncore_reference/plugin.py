@@ -1,0 +1,39 @@
+"""Plugin hooks registering the reference operators with attncore (entry point ``attncore.plugins``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import metadata
+
+from attncore.hookspecs import hookimpl
+from attncore.ops import AttentionOpBase
+from attncore.plugin_info import PluginInfo
+
+__all__ = ["attncore_operators", "attncore_plugin_info"]
+
+DISTRIBUTION = "attncore-reference"
+
+
+def _version() -> str:
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+@hookimpl
+def attncore_plugin_info() -> PluginInfo:
+    return PluginInfo(
+        version=_version(),
+        requires={"torch": ">=2.1"},
+        description="Pure-PyTorch reference operators: float64 exact oracle (CPU/CUDA), tiled O(M)-memory CPU attention, CPU decoding",
+    )
+
+
+@hookimpl
+def attncore_operators() -> Sequence[type[AttentionOpBase]]:
+    from .chunked import ChunkedBwOp, ChunkedFwOp
+    from .decode import DecodeFwOp
+    from .exact import ExactBwOp, ExactFwOp
+
+    return [ExactFwOp, ExactBwOp, ChunkedFwOp, ChunkedBwOp, DecodeFwOp]
