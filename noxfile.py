@@ -35,7 +35,7 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Run ruff and mypy (strict) over core, plugins, tests and this file."""
     _install_project(session)
-    session.install("ruff", "mypy", *TEST_DEPS)
+    session.install("ruff", "mypy", "nox", *TEST_DEPS)
     paths = ["core", *PLUGINS, "tests", "benchmarks", "examples", "noxfile.py"]
     session.run("ruff", "check", *paths)
     session.run("mypy", *paths)

@@ -308,3 +308,20 @@ BAD: list[tuple[str, Callable[[], object], str]] = [
 def test_bad_arguments_name_the_argument(call: Callable[[], object], pattern: str) -> None:
     with pytest.raises(ValueError, match=pattern):
         call()
+
+
+@pytest.mark.parametrize(
+    "bias",
+    [ab.BlockDiagonalPaddedKeysMask.from_seqlens([1, 2], 3, [2, 1]), ab.BlockDiagonalGappyKeysMask.from_seqlens([1, 2], [0, 3, 6], [2, 1])],
+    ids=lambda b: type(b).__name__,
+)
+def test_padded_and_gappy_masks_do_not_derive_packed_variants(bias: ab.BlockDiagonalMask) -> None:
+    with pytest.raises(TypeError, match="only derived from BlockDiagonalMask"):
+        bias.make_causal()
+
+
+def test_materialize_keeps_the_requested_shape_with_a_tensor() -> None:
+    t = torch.randn(2, 3, 4, 5)
+    assert ab.LowerTriangularMask().add_bias(t).materialize((2, 3, 4, 5)).shape == (2, 3, 4, 5)
+    with pytest.raises(RuntimeError):
+        ab.LowerTriangularMask().add_bias(t).materialize((4, 5))

@@ -212,7 +212,7 @@ class AttentionBias:
             mask2d = physical
         out = mask2d.expand(shape)
         if geo.tensor is not None:
-            out = out + geo.tensor.to(device=device, dtype=dtype)
+            out = torch.broadcast_to(out + geo.tensor.to(device=device, dtype=dtype), shape)
         return out.contiguous()
 
     def _check_materialize_shape(self, geo: MaskGeometry, mq: int, mk: int) -> None:
@@ -398,6 +398,9 @@ class BlockDiagonalMask(AttentionBias):
         return self.split_queries(tensor)
 
     def _as(self, cls: type[Any], **extra: Any) -> Any:
+        if self._LAYOUT is not Layout.BLOCK_DIAGONAL:
+            # padded/gappy keys are not packed back to back: a plain block-diagonal variant would misplace them
+            raise TypeError(f"{type(self).__name__}: causal/local variants are only derived from BlockDiagonalMask, not from {self._LAYOUT.value} keys")
         return cls(q_seqinfo=self.q_seqinfo, k_seqinfo=self.k_seqinfo, _batch_sizes=self._batch_sizes, **extra)
 
     def make_causal(self) -> BlockDiagonalCausalMask:

@@ -35,13 +35,16 @@ def _gpu_info(index: int) -> DeviceInfo:
     return DeviceInfo("cuda", (props.major, props.minor), None, props.name)
 
 
-_CPU = DeviceInfo("cpu")
+_SEEN: dict[torch.device, DeviceInfo] = {torch.device("cpu"): DeviceInfo("cpu")}
 
 
 def device_info(device: torch.device) -> DeviceInfo:
     """Describe ``device``: for GPUs, its compute capability (NVIDIA) or gfx arch (AMD)."""
-    if device.type == "cpu":
-        return _CPU
-    if device.type == "cuda":
-        return _gpu_info(device.index if device.index is not None else torch.cuda.current_device())
-    return DeviceInfo(device.type)
+    info = _SEEN.get(device)  # once per device: reading .type and properties costs microseconds
+    if info is None:
+        if device.type == "cuda":
+            info = _gpu_info(device.index if device.index is not None else torch.cuda.current_device())
+        else:
+            info = DeviceInfo(device.type)
+        _SEEN[device] = info
+    return info

@@ -163,7 +163,7 @@ class Inputs(NamedTuple):
         """Validate a call; every error is a :class:`ValueError` naming the offending argument."""
         # Fast path: one combined test of everything; on any failure, _diagnose names the culprit.
         try:
-            qs, ks, vs = query.shape, key.shape, value.shape
+            qs, ks, vs = tuple(query.shape), tuple(key.shape), tuple(value.shape)  # tuples compare faster than torch.Size
             qst, kst, vst = query.stride(), key.stride(), value.stride()
             dev, dt = query.device, query.dtype
             nd = len(qs)
@@ -294,9 +294,9 @@ class Inputs(NamedTuple):
         return torch.float64 if self.query.dtype == torch.float64 else torch.float32
 
     def from5(self, out5: torch.Tensor) -> torch.Tensor:
-        """Undo :attr:`q5` on an output ``[B, M, G, H, Kv]``."""
-        nd = self.query.dim()
-        if nd == 5:
+        """Undo :attr:`q5` on an output ``[B, M, G, H, Kv]`` (one already in the caller's rank is kept)."""
+        nd = self.features.ndim
+        if out5.dim() == nd:
             return out5
         if nd == 4:
             return out5.squeeze(2)

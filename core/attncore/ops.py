@@ -24,8 +24,9 @@ __all__ = ["AttentionBwOpBase", "AttentionFwOpBase", "AttentionOpBase", "Forward
 
 
 class ForwardResult(NamedTuple):
-    """``out``: ``[B, Mq, G, H, Kv]`` in ``inputs.out_dtype``; ``lse``: ``[B, G, H, Mq]`` in ``inputs.lse_dtype``
-    (``None`` when not asked for)."""
+    """``out``: ``[B, Mq, G, H, Kv]`` in ``inputs.out_dtype`` (or already in the caller's layout, which
+    saves a view on tiny calls); ``lse``: ``[B, G, H, Mq]`` in ``inputs.lse_dtype`` (``None`` when not
+    asked for)."""
 
     out: torch.Tensor
     lse: Optional[torch.Tensor]
