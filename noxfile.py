@@ -4,23 +4,39 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import nox
+
+sys.path.insert(0, str(Path(__file__).parent))
+import env_matrix  # the matrix lives beside this file
 
 nox.options.sessions = ["tests", "lint"]
 nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
-TORCH = os.environ.get("ATTNCORE_TORCH", "torch==2.13.0")
+MATRIX = env_matrix.load()
+TORCH = os.environ.get("ATTNCORE_TORCH", f"torch=={MATRIX.pin('ci').torch}")
 PLUGINS = sorted(str(p.parent) for p in (ROOT / "plugins").glob("*/pyproject.toml"))
-TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "numpy"]
+TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "numpy", "pydantic>=2"]
 
 
-def _install_project(session: nox.Session) -> None:
-    session.install(TORCH)
+REFERENCE = str(ROOT / "plugins" / "reference")
+
+
+def _install_project(session: nox.Session, torch: str = TORCH, extra: tuple[str, ...] = (), strict_plugins: bool = True) -> None:
+    """Torch first (pinned), then the core with its reference backend, then the other plugins.
+
+    With ``strict_plugins=False`` the other plugins are installed without their dependencies, so a
+    plugin whose pins this torch cannot meet still installs and must show up as *unavailable*.
+    """
+    session.install(torch, *extra)
     # Local distributions together, so the core's dependency on attncore-reference resolves here.
-    session.install("-e", ".", *[arg for p in PLUGINS for arg in ("-e", p)])
+    session.install("-e", ".", "-e", REFERENCE)
+    others = [arg for p in PLUGINS if p != REFERENCE for arg in ("-e", p)]
+    if others:
+        session.install(*others) if strict_plugins else session.install("--no-deps", *others)
 
 
 @nox.session(python="3.11")
@@ -36,9 +52,21 @@ def lint(session: nox.Session) -> None:
     """Run ruff and mypy (strict) over core, plugins, tests and this file."""
     _install_project(session)
     session.install("ruff", "mypy", "nox", *TEST_DEPS)
-    paths = ["core", *PLUGINS, "tests", "benchmarks", "examples", "noxfile.py"]
+    paths = ["core", *PLUGINS, "tests", "benchmarks", "examples", "env_matrix", "noxfile.py"]
     session.run("ruff", "check", *paths)
     session.run("mypy", *paths)
+
+
+@nox.session(python="3.11", default=False)
+@nox.parametrize("pin", [p.name for p in MATRIX.torch_pins])
+def torch_pins(session: nox.Session, pin: str) -> None:
+    """Run the CPU suite under each torch pin of env_matrix (downloads each torch; slow)."""
+    entry = MATRIX.pin(pin)
+    _install_project(session, f"torch=={entry.torch}", entry.extra, strict_plugins=False)
+    session.install(*TEST_DEPS, *entry.extra)
+    session.run("python", "-c", "import torch, attncore; print('torch', torch.__version__); attncore.registry.plugins()")
+    session.run("python", "-m", "attncore.info")
+    session.run("pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider", *session.posargs, env={"TRITON_INTERPRET": "1"})
 
 
 @nox.session(python="3.11", default=False)
