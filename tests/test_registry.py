@@ -170,3 +170,11 @@ def test_import_attncore_loads_no_plugin() -> None:
     code = "import sys, attncore; print(any(m.startswith('attncore_') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_declared_requirements_come_from_distribution_metadata() -> None:
+    from attncore.requirements import declared_requirements
+
+    assert declared_requirements("attncore-reference") == {"torch": ">=2.1"}
+    assert declared_requirements("attncore", ("torch", "pluggy")) == {"torch": ">=2.1", "pluggy": ">=1.3"}
+    assert declared_requirements("no-such-distribution") == {}

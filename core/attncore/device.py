@@ -29,10 +29,15 @@ class DeviceInfo(NamedTuple):
 @functools.lru_cache(maxsize=64)
 def _gpu_info(index: int) -> DeviceInfo:
     props = torch.cuda.get_device_properties(index)
-    arch = getattr(props, "gcnArchName", "") or ""
-    if arch:
-        return DeviceInfo("rocm", (props.major, props.minor), arch.split(":")[0], props.name)
-    return DeviceInfo("cuda", (props.major, props.minor), None, props.name)
+    return _describe_gpu(props.major, props.minor, props.name, getattr(props, "gcnArchName", None))
+
+
+def _describe_gpu(major: int, minor: int, name: str, gcn_arch: Optional[str]) -> DeviceInfo:
+    """AMD GPUs report a ``gfx...`` arch (``gfx90a:sramecc+:xnack-``); NVIDIA builds of torch fill the
+    same property with the marketing name, so only a ``gfx`` prefix means ROCm."""
+    if gcn_arch and gcn_arch.startswith("gfx"):
+        return DeviceInfo("rocm", (major, minor), gcn_arch.split(":")[0], name)
+    return DeviceInfo("cuda", (major, minor), None, name)
 
 
 _SEEN: dict[torch.device, DeviceInfo] = {torch.device("cpu"): DeviceInfo("cpu")}

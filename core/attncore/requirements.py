@@ -7,14 +7,15 @@ component differs (torch? triton? CUDA?), what the plugin needs, what is install
 from __future__ import annotations
 
 import importlib.metadata
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
+from packaging.requirements import Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from attncore.reasons import Reason
 
-__all__ = ["build_record_reasons", "installed_version", "requirement_reasons"]
+__all__ = ["build_record_reasons", "declared_requirements", "installed_version", "requirement_reasons"]
 
 VersionLookup = Callable[[str], Optional[str]]
 
@@ -25,6 +26,24 @@ def installed_version(distribution: str) -> Optional[str]:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def declared_requirements(distribution: str, names: Sequence[str] = ("torch", "triton")) -> dict[str, str]:
+    """The specifiers ``distribution`` declares (in its pyproject dependencies) for ``names``.
+
+    Plugins pass this to :class:`~attncore.plugin_info.PluginInfo` so their ranges are written once,
+    in their ``pyproject.toml``, and checked at load time against what is installed.
+    """
+    try:
+        lines = importlib.metadata.requires(distribution) or []
+    except importlib.metadata.PackageNotFoundError:
+        return {}
+    out: dict[str, str] = {}
+    for line in lines:
+        req = Requirement(line)
+        if req.name in names and (req.marker is None or req.marker.evaluate()):
+            out[req.name] = str(req.specifier)
+    return out
 
 
 def requirement_reasons(plugin: str, requires: Mapping[str, str], lookup: VersionLookup = installed_version) -> list[Reason]:

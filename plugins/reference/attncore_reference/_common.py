@@ -1,9 +1,9 @@
 """Pieces shared by the reference operators.
 
-* :func:`prepare` turns validated :class:`~attncore.inputs.Inputs` into per-head tensors in the compute
+* :func:`prepare` turns validated :class:`~attncore.inputs.Inputs` into per-head views in the compute
   dtype: it unpages keys (gathering the logical rows), folds grouped-query heads (a stride-0 ``H`` axis
   of keys and values is dropped, the query heads are processed as extra query rows against one
-  key/value head), scales the queries once and gathers a paged tensor bias.
+  key/value head, see :func:`rows`) and gathers a paged tensor bias.
 * :class:`TileMasks` answers the geometry questions a tiled loop asks: which keys can a block of
   queries reach, can a tile be skipped, and which pairs of a tile are masked (``None`` when none are,
   decided analytically so no mask is built for tiles fully inside a band or a block).
@@ -29,6 +29,7 @@ __all__ = [
     "add_bias_and_mask",
     "compute_dtype",
     "prepare",
+    "rows",
     "scatter_keys",
     "to_canonical",
 ]
@@ -45,16 +46,18 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 class Canonical(NamedTuple):
     """One call in the operators' working layout (``Hkv`` is 1 when query heads are folded, else ``H``).
 
-    ``q``: ``[B, G, H, Mq, K]`` contiguous, multiplied by the ``q_scale`` given to :func:`prepare`;
-    ``k``: ``[B, G, Hkv, Mk, K]``; ``v``: ``[B, G, Hkv, Mk, Kv]`` (``Mk`` counts logical keys);
-    ``bias``: the additive tensor as a ``[B, G, H, Mq, Mk]`` broadcast view, or ``None``;
-    ``geometry``: band and blocks over logical keys, ``None`` when every pair is allowed;
-    ``rows``: physical key row of each logical key row for paged keys, else ``None``.
+    Tensors are views of the caller's when their dtype is the compute dtype (else converted copies in
+    the same layout): ``q``: ``[B, G, H, Mq, K]``, unscaled; ``k``: ``[B, G, Hkv, Mk, K]``;
+    ``v``: ``[B, G, Hkv, Mk, Kv]`` (``Mk`` counts logical keys; paged keys are gathered);
+    ``q_scale``: the factor :meth:`query_rows` applies; ``bias``: the additive tensor as a
+    ``[B, G, H, Mq, Mk]`` broadcast view, or ``None``; ``geometry``: band and blocks over logical keys,
+    ``None`` when every pair is allowed; ``rows``: physical key row of each logical key row (paged keys).
     """
 
     q: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
+    q_scale: float
     bias: Optional[torch.Tensor]
     geometry: Optional[MaskGeometry]
     rows: Optional[torch.Tensor]
@@ -77,11 +80,6 @@ class Canonical(NamedTuple):
         return int(self.k.shape[2])
 
     @property
-    def fold(self) -> int:
-        """Query heads per key/value head (``H // Hkv``)."""
-        return self.heads // self.kv_heads
-
-    @property
     def num_queries(self) -> int:
         return int(self.q.shape[3])
 
@@ -89,57 +87,61 @@ class Canonical(NamedTuple):
     def num_keys(self) -> int:
         return int(self.k.shape[3])
 
-    @property
-    def kv_contiguous(self) -> bool:
-        return self.k.is_contiguous() and self.v.is_contiguous()
+    def query_rows(self, batch: tuple[int, int], span: tuple[int, int]) -> torch.Tensor:
+        """Queries ``span`` of batch entries ``batch``, times ``q_scale``, as a new contiguous
+        ``[nb * G * Hkv, (H / Hkv) * m, K]`` tensor (see :func:`rows`): the scale is folded in once per query."""
+        (b0, b1), (m0, m1) = batch, span
+        q = self.q[b0:b1, :, :, m0:m1]
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        torch.mul(q, self.q_scale, out=out)
+        return out.view((b1 - b0) * self.groups * self.kv_heads, -1, out.shape[-1])
 
 
-def _bghm(t5: torch.Tensor, dtype: torch.dtype, contiguous: bool) -> torch.Tensor:
-    """``[B, M, G, H, D]`` to ``[B, G, H, M, D]`` in ``dtype``: a copy if ``contiguous``, else a view when possible."""
-    view = t5.permute(0, 2, 3, 1, 4)
-    if not contiguous:
-        return view.to(dtype)
-    out = torch.empty(view.shape, dtype=dtype, device=t5.device)
-    out.copy_(view)
-    return out
+def rows(t: torch.Tensor, batch: tuple[int, int], span: tuple[int, int], kv_heads: int) -> torch.Tensor:
+    """``t[b0:b1, :, :, m0:m1]`` (``[nb, G, H, m, D]``) as ``[nb * G * Hkv, (H / Hkv) * m, D]``: the query
+    heads sharing a key/value head become extra rows (head-major). A view when the strides allow it
+    (always for one batch entry of keys and values), else a copy of just this block."""
+    (b0, b1), (m0, m1) = batch, span
+    return t[b0:b1, :, :, m0:m1].reshape((b1 - b0) * t.shape[1] * kv_heads, -1, t.shape[-1])
 
 
-def prepare(inputs: Inputs, dtype: torch.dtype, *, q_scale: float, fold_heads: bool, contiguous_kv: bool) -> Canonical:
-    """Canonical tensors of ``inputs`` in ``dtype``.
+def prepare(inputs: Inputs, dtype: torch.dtype, *, q_scale: float, fold_heads: bool) -> Canonical:
+    """Canonical views of ``inputs`` in ``dtype`` (converted copies only when the dtype differs).
 
     ``fold_heads`` drops the stride-0 head axis of shared keys/values (``Hkv = 1``); without it keys and
-    values keep ``H`` heads (stride-0 views when shared). ``contiguous_kv`` copies keys and values into the
-    ``[B, G, Hkv, Mk, D]`` layout; otherwise they stay views of the caller's tensors when the dtype matches.
-    Paged keys are always gathered (a copy of the logical rows); a tensor bias is gathered too (rare:
-    no public paged bias carries a tensor).
+    values keep ``H`` heads (stride-0 views when shared). Paged keys are gathered (a copy of the logical
+    rows); so is a tensor bias over paged keys (rare: no public paged bias carries a tensor).
     """
     k5, v5 = inputs.k5, inputs.v5
     if fold_heads and inputs.features.shared_kv_heads:
         k5, v5 = k5[:, :, :, :1], v5[:, :, :, :1]
     bias = inputs.bias5
     geometry: Optional[MaskGeometry] = None
-    rows: Optional[torch.Tensor] = None
+    rows_index: Optional[torch.Tensor] = None
     if inputs.geometry is not None:
-        logical, rows = inputs.geometry.unpaged()
-        if rows is not None:
-            rows = rows.to(k5.device)
-            k5, v5 = k5.index_select(1, rows), v5.index_select(1, rows)
+        logical, rows_index = inputs.geometry.unpaged()
+        if rows_index is not None:
+            rows_index = rows_index.to(k5.device)
+            k5, v5 = k5.index_select(1, rows_index), v5.index_select(1, rows_index)
             if bias is not None:
-                bias = bias.index_select(4, rows)
+                bias = bias.index_select(4, rows_index)
         if logical.band is not None or logical.blocks is not None:
             geometry = logical.without_tensor()
-    q = _bghm(inputs.q5, dtype, contiguous=True)
-    if q_scale != 1.0:
-        q.mul_(q_scale)
     return Canonical(
-        q=q,
-        k=_bghm(k5, dtype, contiguous_kv),
-        v=_bghm(v5, dtype, contiguous_kv),
+        q=_bghm(inputs.q5, dtype),
+        k=_bghm(k5, dtype),
+        v=_bghm(v5, dtype),
+        q_scale=q_scale,
         bias=bias,
         geometry=geometry,
-        rows=rows,
+        rows=rows_index,
         num_physical_keys=inputs.num_keys,
     )
+
+
+def _bghm(t5: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[B, M, G, H, D]`` as ``[B, G, H, M, D]`` in ``dtype``: a view when the dtype matches."""
+    return t5.permute(0, 2, 3, 1, 4).to(dtype)
 
 
 def to_canonical(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -158,12 +160,13 @@ def scatter_keys(t: torch.Tensor, dim: int, rows: Optional[torch.Tensor], num_ph
     return torch.zeros(shape, dtype=t.dtype, device=t.device).index_add_(dim, rows, t)
 
 
-def add_bias_and_mask(scores: torch.Tensor, bias: Optional[torch.Tensor], masked: Optional[torch.Tensor], bias_scale: float) -> None:
-    """In place: ``scores += bias_scale * bias``, then ``-inf`` where ``masked`` (broadcast over leading dims)."""
+def add_bias_and_mask(scores: torch.Tensor, bias: Optional[torch.Tensor], mask: Optional[torch.Tensor], bias_scale: float) -> None:
+    """In place: ``scores += bias_scale * bias + mask``; ``mask`` is an additive 0 / ``-inf`` grid from
+    :meth:`TileMasks.additive` broadcast over the leading dims (an add is much cheaper than ``masked_fill_``)."""
     if bias is not None:
         scores.add_(bias, alpha=bias_scale)
-    if masked is not None:
-        scores.masked_fill_(masked, -math.inf)
+    if mask is not None:
+        scores.add_(mask)
 
 
 def _band_span(band: Band, a0: int, a1: int, nq: int, nk: int) -> tuple[int, int]:
@@ -183,14 +186,16 @@ def _band_covers(band: Band, a0: int, a1: int, c0: int, c1: int, *, shift: int) 
 class TileMasks:
     """Geometry queries of a tiled loop over ``num_queries x num_keys`` (logical keys).
 
-    Masks of dense bands depend only on the tile's offset from the diagonal and its size, so they are
-    cached; block layouts build them per tile, only for tiles that straddle a block or band edge.
+    Masks are additive (0 where allowed, ``-inf`` where not) in ``dtype`` on ``device``. Those of dense
+    bands depend only on the tile's offset from the diagonal and its size, so they are cached; block
+    layouts build them per tile, only for tiles that straddle a block or band edge.
     """
 
-    def __init__(self, geometry: Optional[MaskGeometry], num_queries: int, num_keys: int, device: torch.device) -> None:
+    def __init__(self, geometry: Optional[MaskGeometry], num_queries: int, num_keys: int, dtype: torch.dtype, device: torch.device) -> None:
         self.geometry = geometry
         self.num_queries = num_queries
         self.num_keys = num_keys
+        self.dtype = dtype
         self.device = device
         self._cache: dict[tuple[int, int, int], torch.Tensor] = {}
 
@@ -236,8 +241,8 @@ class TileMasks:
             return False
         return geo.band is None or _band_covers(geo.band, q0 - qs, q1 - qs, k0 - ks, k1 - ks, shift=geo.band.shift(qe - qs, ke - ks))
 
-    def masked(self, q0: int, q1: int, k0: int, k1: int) -> Optional[torch.Tensor]:
-        """Boolean ``[q1 - q0, k1 - k0]`` grid, ``True`` where the pair is masked; ``None`` if none is."""
+    def additive(self, q0: int, q1: int, k0: int, k1: int) -> Optional[torch.Tensor]:
+        """``[q1 - q0, k1 - k0]`` grid, 0 where the pair is allowed and ``-inf`` where masked; ``None`` if none is."""
         if self.is_full(q0, q1, k0, k1):
             return None
         geo = self.geometry
@@ -248,7 +253,7 @@ class TileMasks:
             return self._cache[key]
         allowed = geo.allowed(q0, q1, k0, k1, self.num_queries, self.num_keys)
         assert allowed is not None  # a geometry with a band or blocks always yields a grid
-        out = allowed.logical_not_().to(self.device)
+        out = torch.zeros(allowed.shape, dtype=self.dtype).masked_fill_(allowed.logical_not_(), -math.inf).to(self.device)
         if dense:
             self._cache[key] = out
         return out

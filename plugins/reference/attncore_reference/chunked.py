@@ -23,7 +23,7 @@ from attncore.capabilities import BiasSupport, Capabilities
 from attncore.inputs import Inputs
 from attncore.ops import AttentionBwOpBase, AttentionFwOpBase, ForwardResult, Gradients
 
-from ._common import LN2, LOG2E, Canonical, TileMasks, add_bias_and_mask, compute_dtype, prepare, scatter_keys, to_canonical
+from ._common import LN2, LOG2E, Canonical, TileMasks, add_bias_and_mask, compute_dtype, prepare, rows, scatter_keys, to_canonical
 from .dropout import DROPOUT_RNG, dropout_keep_mask
 
 __all__ = ["ChunkedBwOp", "ChunkedFwOp", "OnlineSoftmax", "Tile", "TilePlan", "score_tile", "tiled_forward"]
@@ -44,16 +44,16 @@ class TilePlan:
     """Tile sizes of one call: ``nb`` batch entries x ``tq`` queries x ``tk`` keys (x all G*H heads).
 
     ``block_q`` and ``block_k`` are upper bounds; ``tq`` shrinks so one tile of scores stays under
-    ``budget`` elements however many heads there are, and ``nb`` grows (when keys and values are
-    contiguous) to batch several small sequences into one matrix product.
+    ``budget`` elements however many heads there are, and (if ``batched``) ``nb`` grows to put several
+    short sequences into one matrix product.
     """
 
-    def __init__(self, c: Canonical, block_q: int, block_k: int, budget: int) -> None:
+    def __init__(self, c: Canonical, block_q: int, block_k: int, budget: int, *, batched: bool = True) -> None:
         heads = c.groups * c.heads
         self.tk = max(1, min(block_k, c.num_keys))
         self.tq = max(1, min(block_q, c.num_queries, budget // max(1, heads * self.tk)))
         per_batch = heads * self.tq * self.tk
-        self.nb = max(1, min(c.batch, budget // max(1, per_batch))) if c.kv_contiguous else 1
+        self.nb = max(1, min(c.batch, budget // max(1, per_batch))) if batched else 1
         self.elements = self.nb * per_batch
 
     def batches(self, batch: int) -> list[tuple[int, int]]:
@@ -93,13 +93,6 @@ class Tile(NamedTuple):
         return self.k1 - self.k0
 
 
-def rows(t: torch.Tensor, batch: tuple[int, int], span: tuple[int, int], kv_heads: int) -> torch.Tensor:
-    """``t[b0:b1, :, :, m0:m1]`` (``[nb, G, H, m, D]``) as ``[nb * G * Hkv, (H / Hkv) * m, D]``: the query
-    heads sharing a key/value head become extra rows (head-major). A view unless heads are folded."""
-    (b0, b1), (m0, m1) = batch, span
-    return t[b0:b1, :, :, m0:m1].reshape((b1 - b0) * t.shape[1] * kv_heads, -1, t.shape[-1])
-
-
 def score_tile(c: Canonical, masks: TileMasks, qt: torch.Tensor, tile: Tile, buf: torch.Tensor) -> torch.Tensor:
     """Base-2 scores ``qt @ k^T`` of one tile written into ``buf``, plus ``log2(e)`` times the bias tile,
     masked: ``[n, rows, nk]`` (``qt`` holds the queries scaled by ``scale * log2(e)``)."""
@@ -107,8 +100,8 @@ def score_tile(c: Canonical, masks: TileMasks, qt: torch.Tensor, tile: Tile, buf
     n, nrows = qt.shape[0], qt.shape[1]
     s = torch.bmm(qt, kt.transpose(1, 2), out=buf[: n * nrows * tile.nk].view(n, nrows, tile.nk))
     bias = None if c.bias is None else c.bias[tile.b0 : tile.b1, :, :, tile.q0 : tile.q1, tile.k0 : tile.k1]
-    masked = masks.masked(tile.q0, tile.q1, tile.k0, tile.k1)
-    add_bias_and_mask(s.view(tile.nb, c.groups, c.heads, tile.nq, tile.nk), bias, masked, LOG2E)
+    mask = masks.additive(tile.q0, tile.q1, tile.k0, tile.k1)
+    add_bias_and_mask(s.view(tile.nb, c.groups, c.heads, tile.nq, tile.nk), bias, mask, LOG2E)
     return s
 
 
@@ -124,8 +117,8 @@ class OnlineSoftmax:
 
     def __init__(self, n: int, nrows: int, value_dim: int, like: torch.Tensor) -> None:
         self.m = torch.full((n, nrows), -math.inf, dtype=like.dtype, device=like.device)
-        self.l = torch.zeros((n, nrows), dtype=like.dtype, device=like.device)
-        self.acc = torch.zeros((n, nrows, value_dim), dtype=like.dtype, device=like.device)
+        self.l = torch.empty((n, nrows), dtype=like.dtype, device=like.device)
+        self.acc = torch.empty((n, nrows, value_dim), dtype=like.dtype, device=like.device)
         self.first = True
 
     def update(self, s: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor]) -> None:
@@ -141,12 +134,18 @@ class OnlineSoftmax:
             self.acc.mul_(alpha.unsqueeze(-1))
         if keep is not None:
             s.mul_(keep)
-        self.acc.baddbmm_(s, v)
+        if self.first:
+            torch.bmm(s, v, out=self.acc)
+        else:
+            self.acc.baddbmm_(s, v)
         self.m = m_new
         self.first = False
 
     def finish(self, out_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         """``(out, lse)``: normalized output (0 for fully masked rows) and natural-log LSE (``-inf`` there)."""
+        if self.first:  # no key tile at all: every row is fully masked
+            self.l.zero_()
+            self.acc.zero_()
         denom = self.l.masked_fill(self.l == 0, 1.0).reciprocal_().mul_(out_scale)
         out = self.acc.mul_(denom.unsqueeze(-1))
         lse = self.l.log2_().add_(self.m).mul_(LN2)
@@ -159,12 +158,12 @@ def tiled_forward(inputs: Inputs, c: Canonical, plan: TilePlan, *, needs_lse: bo
     kv_dim = int(c.v.shape[-1])
     out = torch.empty((bsz, mq, g, h, kv_dim), dtype=inputs.out_dtype, device=c.q.device)
     lse = torch.empty((bsz, g, h, mq), dtype=inputs.lse_dtype, device=c.q.device) if needs_lse else None
-    masks = TileMasks(c.geometry, mq, c.num_keys, c.q.device)
+    masks = TileMasks(c.geometry, mq, c.num_keys, c.q.dtype, c.q.device)
     buf = torch.empty(plan.elements, dtype=c.q.dtype, device=c.q.device)
     p = inputs.p
     for bs in plan.batches(bsz):
         for qs in plan.queries(mq):
-            qt = rows(c.q, bs, qs, c.kv_heads)
+            qt = c.query_rows(bs, qs)
             state = OnlineSoftmax(qt.shape[0], qt.shape[1], kv_dim, qt)
             for tile in plan.keys(masks, bs, qs):
                 s = score_tile(c, masks, qt, tile, buf)
@@ -183,8 +182,9 @@ class ChunkedFwOp(AttentionFwOpBase):
 
     Computes ``softmax(scale * Q K^T + bias) @ V`` per head with an online softmax over key tiles of at
     most ``BLOCK_K`` keys, for blocks of at most ``BLOCK_Q`` queries; one tile of scores (at most
-    ``TILE_ELEMENTS`` elements over all heads) is the only quadratic-in-tile buffer. Grouped-query heads
-    sharing a key/value head are processed as extra query rows, so keys and values are never repeated.
+    ``TILE_ELEMENTS`` elements over all heads) is the only quadratic-in-tile buffer. Keys and values are
+    read in place (views of the caller's tensors when their dtype is the compute dtype); grouped-query
+    heads sharing a key/value head are processed as extra query rows, so they are never repeated.
     Returns the natural-log LSE of each query row (``-inf`` and a zero output for fully masked rows).
     """
 
@@ -196,8 +196,9 @@ class ChunkedFwOp(AttentionFwOpBase):
     TILE_ELEMENTS: ClassVar[int] = 1 << 21
 
     @classmethod
+    @torch.no_grad()
     def apply(cls, inputs: Inputs, *, needs_lse: bool, dropout_seed: int) -> ForwardResult:
-        c = prepare(inputs, compute_dtype(inputs.query.dtype), q_scale=inputs.scale * LOG2E, fold_heads=True, contiguous_kv=True)
+        c = prepare(inputs, compute_dtype(inputs.query.dtype), q_scale=inputs.scale * LOG2E, fold_heads=True)
         plan = TilePlan(c, cls.BLOCK_Q, cls.BLOCK_K, cls.TILE_ELEMENTS)
         return tiled_forward(inputs, c, plan, needs_lse=needs_lse, dropout_seed=dropout_seed)
 
@@ -221,6 +222,7 @@ class ChunkedBwOp(AttentionBwOpBase):
     TILE_ELEMENTS: ClassVar[int] = 1 << 20
 
     @classmethod
+    @torch.no_grad()
     def apply(
         cls,
         inputs: Inputs,
@@ -231,62 +233,81 @@ class ChunkedBwOp(AttentionBwOpBase):
         dropout_seed: int,
         grad_lse: Optional[torch.Tensor] = None,
     ) -> Gradients:
-        cd = compute_dtype(inputs.query.dtype)
-        c = prepare(inputs, cd, q_scale=inputs.scale * LOG2E, fold_heads=True, contiguous_kv=True)
-        bsz, g, h, mq, kdim = c.q.shape
-        mk, kv_dim, dev = c.num_keys, int(c.v.shape[-1]), c.q.device
-        do = torch.empty((bsz, g, h, mq, kv_dim), dtype=cd, device=dev)
-        do.copy_(grad_out.permute(0, 2, 3, 1, 4))
-        # delta = rowsum(dO * O) - grad_lse, so that dS = P * (dP - delta).
-        delta = torch.mul(do, out.permute(0, 2, 3, 1, 4)).sum(-1)
-        if grad_lse is not None:
-            delta.sub_(grad_lse)
-        lse2 = lse.to(cd).mul(LOG2E).masked_fill_(lse == -math.inf, math.inf)  # fully masked rows give P = 0
-        dq = torch.empty(inputs.q5.shape, dtype=inputs.query.dtype, device=dev)
-        dk = torch.zeros((bsz, g, h, mk, kdim), dtype=cd, device=dev)
-        dv = torch.zeros((bsz, g, h, mk, kv_dim), dtype=cd, device=dev)
-        dbias: Optional[torch.Tensor] = None
-        if inputs.features.bias_requires_grad and c.bias is not None:
-            dbias = torch.zeros(c.bias.shape, dtype=c.bias.dtype, device=dev)
-        plan = TilePlan(c, cls.BLOCK_Q, cls.BLOCK_K, cls.TILE_ELEMENTS)
-        masks = TileMasks(c.geometry, mq, mk, dev)
-        buf_s = torch.empty(plan.elements, dtype=cd, device=dev)
-        buf_dp = torch.empty(plan.elements, dtype=cd, device=dev)
-        p = inputs.p
-        for bs in plan.batches(bsz):
-            nbh = (bs[1] - bs[0]) * g * h
-            for qs in plan.queries(mq):
-                qt = rows(c.q, bs, qs, c.kv_heads)
-                do_t = rows(do, bs, qs, c.kv_heads)
-                lse_t = rows(lse2.unsqueeze(-1), bs, qs, c.kv_heads)
-                delta_t = rows(delta.unsqueeze(-1), bs, qs, c.kv_heads)
-                dq_t = torch.zeros_like(qt)
-                for t in plan.keys(masks, bs, qs):
-                    nq, nk = t.nq, t.nk
-                    kt, vt = rows(c.k, bs, (t.k0, t.k1), c.kv_heads), rows(c.v, bs, (t.k0, t.k1), c.kv_heads)
-                    prob = score_tile(c, masks, qt, t, buf_s).sub_(lse_t).exp2_()
-                    zt: Optional[torch.Tensor] = None
-                    pd = prob
-                    if p > 0:
-                        zt = keep_tile(c, t, seed=dropout_seed, p=p).to(cd).mul_(1.0 / (1.0 - p))
-                        pd = prob * zt
-                    dv_t = dv[t.b0 : t.b1, :, :, t.k0 : t.k1].view(nbh, nk, kv_dim)
-                    dv_t.baddbmm_(pd.view(nbh, nq, nk).transpose(1, 2), do_t.view(nbh, nq, kv_dim))
-                    ds = torch.bmm(do_t, vt.transpose(1, 2), out=buf_dp[: prob.numel()].view(prob.shape))
-                    if zt is not None:
-                        ds.mul_(zt)
-                    ds.sub_(delta_t).mul_(prob)
-                    if dbias is not None:
-                        dbias[t.b0 : t.b1, :, :, t.q0 : t.q1, t.k0 : t.k1].copy_(ds.view(t.nb, g, h, nq, nk))
-                    dq_t.baddbmm_(ds, kt)
-                    dk_t = dk[t.b0 : t.b1, :, :, t.k0 : t.k1].view(nbh, nk, kdim)
-                    dk_t.baddbmm_(ds.view(nbh, nq, nk).transpose(1, 2), qt.view(nbh, nq, kdim), alpha=LN2)
-                (b0, b1), (q0, q1) = bs, qs
-                dq[b0:b1, q0:q1].permute(0, 2, 3, 1, 4).copy_(dq_t.mul_(inputs.scale).view(b1 - b0, g, h, q1 - q0, kdim))
+        c = prepare(inputs, compute_dtype(inputs.query.dtype), q_scale=inputs.scale * LOG2E, fold_heads=True)
+        bw = _Backward(inputs, c, TilePlan(c, cls.BLOCK_Q, cls.BLOCK_K, cls.TILE_ELEMENTS), grad_out, out, lse, grad_lse, dropout_seed)
+        for bs in bw.plan.batches(c.batch):
+            for qs in bw.plan.queries(c.num_queries):
+                bw.query_block(bs, qs)
         nphys = c.num_physical_keys
         return Gradients(
-            dq=dq,
-            dk=to_canonical(scatter_keys(dk, 3, c.rows, nphys), inputs.key.dtype),
-            dv=to_canonical(scatter_keys(dv, 3, c.rows, nphys), inputs.value.dtype),
-            dbias=None if dbias is None else scatter_keys(dbias, 4, c.rows, nphys),
+            dq=bw.dq,
+            dk=to_canonical(scatter_keys(bw.dk, 3, c.rows, nphys), inputs.key.dtype),
+            dv=to_canonical(scatter_keys(bw.dv, 3, c.rows, nphys), inputs.value.dtype),
+            dbias=None if bw.dbias is None else scatter_keys(bw.dbias, 4, c.rows, nphys),
         )
+
+
+class _Backward:
+    """State of one :class:`ChunkedBwOp` call: the per-row terms and the gradient accumulators."""
+
+    def __init__(
+        self,
+        inputs: Inputs,
+        c: Canonical,
+        plan: TilePlan,
+        grad_out: torch.Tensor,
+        out: torch.Tensor,
+        lse: torch.Tensor,
+        grad_lse: Optional[torch.Tensor],
+        seed: int,
+    ) -> None:
+        cd, dev = c.q.dtype, c.q.device
+        self.c, self.plan, self.seed, self.p, self.scale = c, plan, seed, inputs.p, inputs.scale
+        self.do = torch.empty((c.batch, c.groups, c.heads, c.num_queries, int(c.v.shape[-1])), dtype=cd, device=dev)
+        self.do.copy_(grad_out.permute(0, 2, 3, 1, 4))
+        # delta = rowsum(dO * O) - grad_lse, so that dS = P * (dP - delta)
+        self.delta = torch.mul(self.do, out.permute(0, 2, 3, 1, 4)).sum(-1)
+        if grad_lse is not None:
+            self.delta.sub_(grad_lse)
+        self.lse2 = lse.to(cd).mul(LOG2E).masked_fill_(lse == -math.inf, math.inf)  # fully masked rows: P = 0
+        self.dq = torch.empty(inputs.q5.shape, dtype=inputs.query.dtype, device=dev)
+        # dk and dv per query head: each head's gradient of its (possibly shared, stride-0) key/value view
+        self.dk = torch.zeros((c.batch, c.groups, c.heads, c.num_keys, int(c.k.shape[-1])), dtype=cd, device=dev)
+        self.dv = torch.zeros((c.batch, c.groups, c.heads, c.num_keys, int(c.v.shape[-1])), dtype=cd, device=dev)
+        self.dbias: Optional[torch.Tensor] = None
+        if inputs.features.bias_requires_grad and c.bias is not None:
+            self.dbias = torch.zeros(c.bias.shape, dtype=c.bias.dtype, device=dev)
+        self.masks = TileMasks(c.geometry, c.num_queries, c.num_keys, cd, dev)
+        self.buf_s = torch.empty(plan.elements, dtype=cd, device=dev)
+        self.buf_dp = torch.empty(plan.elements, dtype=cd, device=dev)
+
+    def query_block(self, bs: tuple[int, int], qs: tuple[int, int]) -> None:
+        """Accumulate the gradients of queries ``qs`` of batch entries ``bs`` over their key tiles."""
+        c, hkv = self.c, self.c.kv_heads
+        qt = c.query_rows(bs, qs)
+        do_t = rows(self.do, bs, qs, hkv)
+        lse_t = rows(self.lse2.unsqueeze(-1), bs, qs, hkv)
+        delta_t = rows(self.delta.unsqueeze(-1), bs, qs, hkv)
+        dq_t = torch.zeros_like(qt)
+        for t in self.plan.keys(self.masks, bs, qs):
+            nbh, kdim, kv_dim = t.nb * c.groups * c.heads, qt.shape[-1], do_t.shape[-1]
+            kt, vt = rows(c.k, bs, (t.k0, t.k1), hkv), rows(c.v, bs, (t.k0, t.k1), hkv)
+            prob = score_tile(c, self.masks, qt, t, self.buf_s).sub_(lse_t).exp2_()
+            zt: Optional[torch.Tensor] = None
+            pd = prob
+            if self.p > 0:
+                zt = keep_tile(c, t, seed=self.seed, p=self.p).to(prob.dtype).mul_(1.0 / (1.0 - self.p))
+                pd = prob * zt
+            dv_t = self.dv[t.b0 : t.b1, :, :, t.k0 : t.k1].view(nbh, t.nk, kv_dim)
+            dv_t.baddbmm_(pd.view(nbh, t.nq, t.nk).transpose(1, 2), do_t.view(nbh, t.nq, kv_dim))
+            ds = torch.bmm(do_t, vt.transpose(1, 2), out=self.buf_dp[: prob.numel()].view(prob.shape))
+            if zt is not None:
+                ds.mul_(zt)
+            ds.sub_(delta_t).mul_(prob)
+            if self.dbias is not None:
+                self.dbias[t.b0 : t.b1, :, :, t.q0 : t.q1, t.k0 : t.k1].copy_(ds.view(t.nb, c.groups, c.heads, t.nq, t.nk))
+            dq_t.baddbmm_(ds, kt)
+            dk_t = self.dk[t.b0 : t.b1, :, :, t.k0 : t.k1].view(nbh, t.nk, kdim)
+            dk_t.baddbmm_(ds.view(nbh, t.nq, t.nk).transpose(1, 2), qt.view(nbh, t.nq, kdim), alpha=LN2)  # qt carries log2(e)
+        (b0, b1), (q0, q1) = bs, qs
+        self.dq[b0:b1, q0:q1].permute(0, 2, 3, 1, 4).copy_(dq_t.mul_(self.scale).view(b1 - b0, c.groups, c.heads, q1 - q0, -1))

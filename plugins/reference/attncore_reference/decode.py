@@ -21,14 +21,16 @@ MAX_QUERIES = 16
 
 
 class DecodeFwOp(AttentionFwOpBase):
-    """Forward attention for ``Mq <= 16`` queries: one matrix product for the scores over all keys
-    (grouped-query heads folded into the query rows), a float32 softmax (float64 for float64 inputs),
-    one matrix product with the values.
+    """Forward attention for ``Mq <= 16`` queries: one matrix product for the scores over all the keys
+    the queries can reach (grouped-query heads folded into the query rows, so a shared key/value head is
+    one plain matrix), a float32 softmax (float64 for float64 inputs), one matrix product with the values.
 
-    Keys and values are read in place (no layout copy when their dtype is the compute dtype; paged keys
-    are gathered), which is what makes it faster than the tiled path when queries are few. Memory: the
-    ``[G * H, Mq, Mk']`` scores of one batch entry, where ``Mk'`` spans the keys the band or blocks let
-    the queries reach. Forward only: gradients come from the chunked or exact operators.
+    It is the tiled loop of :class:`~attncore_reference.chunked.ChunkedFwOp` run as a single tile per
+    batch entry: with few query rows the tiled path's per-tile work (a small product and half a dozen
+    elementwise passes per key tile) dominates, and one large product avoids it. Keys and values are
+    read in place (views of the caller's tensors when their dtype is the compute dtype; paged keys are
+    gathered), one batch entry at a time. Memory: the ``[G * H, Mq, Mk']`` scores of one batch entry,
+    ``Mk'`` being the span of keys the band or blocks let the queries reach. Forward only.
     """
 
     NAME: ClassVar[str] = "reference.decode"
@@ -44,7 +46,8 @@ class DecodeFwOp(AttentionFwOpBase):
     )
 
     @classmethod
+    @torch.no_grad()
     def apply(cls, inputs: Inputs, *, needs_lse: bool, dropout_seed: int) -> ForwardResult:
-        c = prepare(inputs, compute_dtype(inputs.query.dtype), q_scale=inputs.scale * LOG2E, fold_heads=True, contiguous_kv=False)
-        plan = TilePlan(c, max(1, c.num_queries), max(1, c.num_keys), sys.maxsize)
+        c = prepare(inputs, compute_dtype(inputs.query.dtype), q_scale=inputs.scale * LOG2E, fold_heads=True)
+        plan = TilePlan(c, max(1, c.num_queries), max(1, c.num_keys), sys.maxsize, batched=False)
         return tiled_forward(inputs, c, plan, needs_lse=needs_lse, dropout_seed=dropout_seed)

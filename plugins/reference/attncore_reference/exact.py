@@ -44,10 +44,10 @@ class _Exact(NamedTuple):
 
 
 def _forward(inputs: Inputs, dropout_seed: int) -> _Exact:
-    c = prepare(inputs, torch.float64, q_scale=1.0, fold_heads=False, contiguous_kv=False)
+    c = prepare(inputs, torch.float64, q_scale=1.0, fold_heads=False)
     scores = torch.matmul(c.q, c.k.transpose(-1, -2)).mul_(inputs.scale)  # S = scale * Q K^T
-    masks = TileMasks(c.geometry, c.num_queries, c.num_keys, c.q.device)
-    add_bias_and_mask(scores, c.bias, masks.masked(0, c.num_queries, 0, c.num_keys), 1.0)  # S += bias, -inf where masked
+    masks = TileMasks(c.geometry, c.num_queries, c.num_keys, torch.float64, c.q.device)
+    add_bias_and_mask(scores, c.bias, masks.additive(0, c.num_queries, 0, c.num_keys), 1.0)  # S += bias, -inf where masked
     lse = torch.logsumexp(scores, dim=-1)
     finite_lse = lse.masked_fill(lse == -math.inf, 0.0)
     prob = torch.exp(scores - finite_lse.unsqueeze(-1))  # exp(-inf - 0) = 0 on fully masked rows
@@ -73,6 +73,7 @@ class ExactFwOp(AttentionFwOpBase):
     CAPABILITIES: ClassVar[Capabilities] = CAPABILITIES
 
     @classmethod
+    @torch.no_grad()
     def apply(cls, inputs: Inputs, *, needs_lse: bool, dropout_seed: int) -> ForwardResult:
         e = _forward(inputs, dropout_seed)
         return ForwardResult(to_canonical(e.out, inputs.out_dtype), e.lse.to(inputs.lse_dtype) if needs_lse else None)
@@ -93,6 +94,7 @@ class ExactBwOp(AttentionBwOpBase):
     CAPABILITIES: ClassVar[Capabilities] = CAPABILITIES
 
     @classmethod
+    @torch.no_grad()
     def apply(
         cls,
         inputs: Inputs,

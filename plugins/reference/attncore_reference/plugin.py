@@ -8,6 +8,7 @@ from importlib import metadata
 from attncore.hookspecs import hookimpl
 from attncore.ops import AttentionOpBase
 from attncore.plugin_info import PluginInfo
+from attncore.requirements import declared_requirements
 
 __all__ = ["attncore_operators", "attncore_plugin_info"]
 
@@ -25,7 +26,7 @@ def _version() -> str:
 def attncore_plugin_info() -> PluginInfo:
     return PluginInfo(
         version=_version(),
-        requires={"torch": ">=2.1"},
+        requires=declared_requirements(DISTRIBUTION, ("torch",)),  # written once, in pyproject.toml
         description="Pure-PyTorch reference operators: float64 exact oracle (CPU/CUDA), tiled O(M)-memory CPU attention, CPU decoding",
     )
 
