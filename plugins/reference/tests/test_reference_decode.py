@@ -66,5 +66,5 @@ def test_reads_shared_keys_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.undo()
     assert res.lse is None
     # per batch entry: one product with the keys, one with the values, both read in place
-    assert seen == [k.untyped_storage().data_ptr(), v.untyped_storage().data_ptr()] * 2
+    assert sorted(seen) == sorted([k.untyped_storage().data_ptr(), v.untyped_storage().data_ptr()] * 2)
     compare_forward(DecodeFwOp, q, k, v, None)
