@@ -1,0 +1,664 @@
+"""Host side of the kernels: describe a call, pick a configuration, allocate outputs and launch.
+
+Nothing here copies keys or values: kernels read the caller's ``[B, M, G, H, K]`` views through their
+strides (stride 0 on ``H`` for shared keys/values), the tensor bias through its broadcast strides, and
+paged keys through the page table. Block layouts are described to the kernels by small int32 arrays
+(cached per layout), so one compiled kernel serves every sequence-length mix.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+
+from attncore.geometry import Anchor, BlockLayout, Paging
+from attncore.inputs import Inputs
+
+from . import autotune
+
+__all__ = [
+    "BwdConfig",
+    "FwdConfig",
+    "Problem",
+    "backward",
+    "bwd_candidates",
+    "dropout_keep_mask",
+    "forward",
+    "fwd_candidates",
+    "problem",
+    "tma_supported",
+]
+
+_BIG = 1 << 30  # a band side that is absent
+LOG2E = 1.4426950408889634
+
+
+@dataclass(frozen=True)
+class FwdConfig:
+    """Forward tiles: ``block_m`` queries per program, ``block_n`` keys per step; ``tma`` loads through tensor descriptors."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    tma: bool = False
+
+
+@dataclass(frozen=True)
+class BwdConfig:
+    """Backward tiles: ``(block_m1 queries per step, block_n1 keys per program)`` for dK/dV,
+    ``(block_m2 queries per program, block_n2 keys per step)`` for dQ; ``atomic_dq`` adds dQ in the dK/dV
+    kernel with fp32 atomics instead of running the dQ kernel (fewer FLOPs, not bitwise deterministic)."""
+
+    block_m1: int
+    block_n1: int
+    warps1: int
+    stages1: int
+    block_m2: int
+    block_n2: int
+    warps2: int
+    stages2: int
+    atomic_dq: bool = False
+
+
+#: Tests set this to fill every output the kernels must write with NaN first (``torch.empty`` otherwise).
+POISON = False
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if POISON and dtype.is_floating_point:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+_STATE: dict[str, Any] = {}  # the kernel module once imported; whether the TMA allocator is set
+
+
+def kernels() -> Any:
+    """The kernel module, imported on first use (so the interpreter switch is read at that time)."""
+    mod = _STATE.get("kernels")
+    if mod is None:
+        from . import _kernels
+
+        mod = _STATE["kernels"] = _kernels
+    return mod
+
+
+# ------------------------------------------------------------------------------------------------
+# the call, as the kernels see it
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _SeqMeta:
+    """Block-layout arrays (int32, on the device) and how dK/dV rows are written back."""
+
+    seq_q: torch.Tensor
+    seq_k: torch.Tensor
+    seq_klen: torch.Tensor
+    seq_klog: torch.Tensor
+    seq_kw: torch.Tensor
+    num_seqs: int
+    max_q: int
+    max_k: int
+    mk_log: int
+    direct: bool  # dK/dV written in place (non-overlapping, unpaged key ranges)
+    write_rows: int  # rows of the dK/dV buffer when not direct
+    phys_rows: Optional[torch.Tensor]  # physical key row of each buffer row when not direct (unpaged layouts)
+
+
+_META_CACHE: OrderedDict[tuple[Any, ...], _SeqMeta] = OrderedDict()
+_DUMMIES: dict[torch.device, torch.Tensor] = {}
+
+
+def _dummy(device: torch.device) -> torch.Tensor:
+    t = _DUMMIES.get(device)
+    if t is None:
+        t = _DUMMIES[device] = torch.zeros(16, dtype=torch.int32, device=device)
+    return t
+
+
+def _i32(values: Sequence[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(list(values), dtype=torch.int32).to(device)
+
+
+def _seq_meta(blocks: BlockLayout, paging: Optional[Paging], num_keys: int, device: torch.device) -> _SeqMeta:
+    n = blocks.num_blocks
+    q_lens = [blocks.q_len(b) for b in range(n)]
+    max_q = max(q_lens, default=0)
+    max_k = max(blocks.k_len, default=0)
+    offsets = [0]
+    for kl in blocks.k_len:
+        offsets.append(offsets[-1] + kl)
+    if paging is not None:
+        row_len = paging.row_len
+        klog = [b * row_len + s for b, s in enumerate(blocks.k_start)]
+        return _SeqMeta(
+            _i32(blocks.q_seqstart, device), _i32(blocks.k_start, device), _i32(blocks.k_len, device), _i32(klog, device),
+            _i32(offsets[:-1], device), n, max_q, max_k, n * row_len, False, offsets[-1], None,
+        )  # fmt: skip
+    key = (blocks.q_seqstart, blocks.k_start, blocks.k_len, num_keys, device)
+    meta = _META_CACHE.get(key)
+    if meta is not None:
+        _META_CACHE.move_to_end(key)
+        return meta
+    spans = sorted((s, s + kl) for s, kl in zip(blocks.k_start, blocks.k_len, strict=True) if kl > 0)
+    direct = all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+    phys: Optional[torch.Tensor] = None
+    if not direct:
+        pieces = [torch.arange(s, s + kl, dtype=torch.int64) for s, kl in zip(blocks.k_start, blocks.k_len, strict=True)]
+        phys = torch.cat(pieces or [torch.zeros(0, dtype=torch.int64)])
+        phys = phys.to(device)
+    kw = blocks.k_start if direct else offsets[:-1]
+    meta = _SeqMeta(
+        _i32(blocks.q_seqstart, device), _i32(blocks.k_start, device), _i32(blocks.k_len, device), _i32(blocks.k_start, device),
+        _i32(kw, device), n, max_q, max_k, num_keys, direct, num_keys if direct else offsets[-1], phys,
+    )  # fmt: skip
+    _META_CACHE[key] = meta
+    if len(_META_CACHE) > 64:
+        _META_CACHE.popitem(last=False)
+    return meta
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One call in the kernels' terms (5-D views, sequence description, band, paging)."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    bias: Optional[torch.Tensor]
+    batch: int
+    groups: int
+    heads: int
+    num_queries: int
+    num_keys: int
+    head_dim: int
+    value_dim: int
+    meta: Optional[_SeqMeta]
+    paging: Optional[Paging]
+    band_lo: int
+    band_hi: int
+    band_br: int
+    has_band: bool
+    scale: float
+    p: float
+
+    @property
+    def varlen(self) -> bool:
+        return self.meta is not None
+
+    @property
+    def paged(self) -> bool:
+        return self.paging is not None
+
+    @property
+    def num_seqs(self) -> int:
+        return self.meta.num_seqs if self.meta is not None else self.batch
+
+    @property
+    def max_q(self) -> int:
+        return self.meta.max_q if self.meta is not None else self.num_queries
+
+    @property
+    def max_k(self) -> int:
+        return self.meta.max_k if self.meta is not None else self.num_keys
+
+    @property
+    def mk_log(self) -> int:
+        return self.meta.mk_log if self.meta is not None else self.num_keys
+
+    @property
+    def device(self) -> torch.device:
+        return self.q.device
+
+    def signature(self, *, dbias: bool = False) -> str:
+        """The mask part of the autotune key."""
+        parts = ["paged" if self.paged else "varlen" if self.varlen else "dense"]
+        if self.has_band:
+            parts.append("band")
+        if self.bias is not None:
+            parts.append("bias")
+        if dbias:
+            parts.append("dbias")
+        if self.p > 0.0:
+            parts.append("drop")
+        return "+".join(parts)
+
+
+def problem(inputs: Inputs) -> Problem:
+    """Describe ``inputs`` for the kernels (no copies of q, k, v or the bias)."""
+    q, k, v = inputs.q5, inputs.k5, inputs.v5
+    b, mq, g, h, kd = q.shape
+    geo = inputs.geometry
+    meta: Optional[_SeqMeta] = None
+    paging: Optional[Paging] = None
+    lo, hi, br, has_band = -_BIG, _BIG, 0, False
+    if geo is not None:
+        if geo.blocks is not None:
+            meta = _seq_meta(geo.blocks, geo.paging, inputs.num_keys, q.device)
+            paging = geo.paging
+        if geo.band is not None:
+            has_band = True
+            lo = -_BIG if geo.band.lo is None else max(geo.band.lo, -_BIG)
+            hi = _BIG if geo.band.hi is None else min(geo.band.hi, _BIG)
+            br = 1 if geo.band.anchor is Anchor.BOTTOM_RIGHT else 0
+    return Problem(
+        q, k, v, inputs.bias5, b, g, h, mq, inputs.num_keys, kd, v.shape[-1], meta, paging, lo, hi, br, has_band, inputs.scale, inputs.p
+    )
+
+
+def _dot_mode(dtype: torch.dtype) -> int:
+    """0: tensor cores; 1: exact fp32 dots; 2: fp32 dots on upcast bf16 (the CPU interpreter's bf16 dot is wrong)."""
+    if dtype == torch.float32:
+        return 1
+    if dtype == torch.bfloat16 and interpreting():
+        return 2
+    return 0
+
+
+def _pow2(n: int) -> int:
+    return max(16, 1 << (max(n, 1) - 1).bit_length())
+
+
+@functools.lru_cache(maxsize=16)
+def _cuda_facts(index: int) -> tuple[tuple[int, int], str]:
+    cap = torch.cuda.get_device_capability(index)
+    return (int(cap[0]), int(cap[1])), torch.cuda.get_device_name(index).replace(" ", "_")
+
+
+def _device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _capability(device: torch.device) -> tuple[int, int]:
+    if device.type != "cuda" or interpreting():
+        return (0, 0)
+    return _cuda_facts(_device_index(device))[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("triton")
+    except metadata.PackageNotFoundError:  # pragma: no cover - triton is imported by now
+        return "?"
+
+
+def tma_supported() -> bool:
+    """Whether this triton has device-side tensor descriptors (``tl.make_tensor_descriptor``, triton >= 3.4)."""
+    import triton.language as tl  # type: ignore[import-untyped]  # triton ships no type information
+
+    return hasattr(tl, "make_tensor_descriptor")
+
+
+def _ensure_allocator() -> None:
+    """Device-side tensor descriptors need a global scratch allocator (128 bytes per program)."""
+    if _STATE.get("allocator") or interpreting():
+        return
+    import triton
+
+    def alloc(size: int, alignment: int, stream: Optional[int]) -> torch.Tensor:
+        del alignment, stream
+        return torch.empty(size, dtype=torch.int8, device="cuda")
+
+    triton.set_allocator(alloc)
+    _STATE["allocator"] = True
+
+
+def _tma_eligible(pb: Problem) -> bool:
+    """Descriptors need 16-byte aligned bases and strides, and head dims that are their own block."""
+    if pb.paged or pb.q.dtype == torch.float32 or not tma_supported():
+        return False
+    if _pow2(pb.head_dim) != pb.head_dim or _pow2(pb.value_dim) != pb.value_dim:
+        return False
+    es = pb.q.element_size()
+    for t in (pb.q, pb.k, pb.v):
+        if t.data_ptr() % 16 or any((s * es) % 16 for s in t.stride()[:-1]):
+            return False
+    return True
+
+
+# ------------------------------------------------------------------------------------------------
+# configurations
+# ------------------------------------------------------------------------------------------------
+
+
+def fwd_candidates(pb: Problem) -> list[FwdConfig]:
+    """Pruned forward configurations for this call's architecture, dtype and head dims (best guess first)."""
+    if interpreting():
+        return [FwdConfig(16, 16, 4, 1, tma=False)]
+    cc = _capability(pb.device)
+    d = max(pb.head_dim, pb.value_dim)
+    if pb.q.dtype == torch.float32:  # exact fp32 dots run on FMA units: small tiles
+        return [FwdConfig(64, 32, 4, 2), FwdConfig(32, 32, 4, 1), FwdConfig(16, 16, 4, 1)] if d <= 64 else [FwdConfig(32, 32, 4, 1), FwdConfig(16, 16, 4, 1)]
+    tma = cc >= (9, 0) and _tma_eligible(pb)
+    if cc >= (9, 0):  # measured on an H100 (see the README): TMA helps BN=64/4-warp tiles most
+        if d <= 64:
+            out = [FwdConfig(128, 64, 4, 3), FwdConfig(128, 64, 4, 3, tma=True), FwdConfig(128, 128, 8, 3), FwdConfig(64, 64, 4, 3, tma=True)]
+        elif d <= 128:
+            out = [FwdConfig(128, 128, 8, 3, tma=True), FwdConfig(128, 128, 8, 3), FwdConfig(128, 64, 4, 3, tma=True), FwdConfig(64, 64, 4, 3, tma=True)]
+        else:
+            out = [FwdConfig(128, 64, 8, 2, tma=True), FwdConfig(128, 64, 8, 2), FwdConfig(64, 64, 4, 2, tma=True)]
+        if not tma:  # same tiles through plain loads
+            out = list(dict.fromkeys(FwdConfig(c.block_m, c.block_n, c.num_warps, c.num_stages) for c in out))
+        return out
+    if d <= 64:
+        return [FwdConfig(128, 64, 4, 3), FwdConfig(64, 64, 4, 3)]
+    if d <= 128:
+        return [FwdConfig(128, 32, 4, 3), FwdConfig(64, 64, 4, 3)]
+    return [FwdConfig(64, 32, 4, 2), FwdConfig(32, 32, 4, 2)]
+
+
+def bwd_candidates(pb: Problem) -> list[BwdConfig]:
+    """Pruned backward configurations (best guess first)."""
+    if interpreting():
+        return [BwdConfig(16, 16, 4, 1, 16, 16, 4, 1, atomic_dq=False)]
+    cc = _capability(pb.device)
+    d = max(pb.head_dim, pb.value_dim)
+    if pb.q.dtype == torch.float32:
+        return [BwdConfig(32, 32, 4, 1, 32, 32, 4, 1), BwdConfig(16, 16, 4, 1, 16, 16, 4, 1)]
+    if cc >= (9, 0):  # measured on an H100 (see the README); the first of each list won the first sweep
+        if d <= 64:
+            return [
+                BwdConfig(32, 128, 4, 3, 128, 32, 4, 3),
+                BwdConfig(32, 128, 4, 3, 64, 64, 4, 3),
+                BwdConfig(32, 64, 4, 3, 128, 32, 4, 3),
+                BwdConfig(32, 128, 4, 3, 128, 32, 4, 3, atomic_dq=True),
+            ]
+        if d <= 128:
+            return [
+                BwdConfig(32, 64, 8, 2, 64, 64, 4, 2),
+                BwdConfig(32, 128, 8, 2, 64, 64, 4, 2),
+                BwdConfig(32, 64, 4, 3, 64, 64, 4, 2),
+                BwdConfig(64, 64, 8, 2, 64, 64, 4, 2),
+            ]
+        return [
+            BwdConfig(32, 64, 8, 2, 64, 32, 8, 2, atomic_dq=True),
+            BwdConfig(64, 64, 8, 1, 64, 32, 8, 2, atomic_dq=True),
+            BwdConfig(64, 64, 8, 2, 64, 32, 8, 2, atomic_dq=True),
+            BwdConfig(32, 64, 8, 2, 64, 32, 8, 2),
+        ]
+    if d <= 64:
+        return [BwdConfig(32, 128, 4, 3, 128, 32, 4, 3), BwdConfig(64, 64, 4, 2, 64, 64, 4, 2)]
+    if d <= 128:
+        return [BwdConfig(32, 64, 4, 2, 64, 32, 4, 2), BwdConfig(16, 64, 4, 2, 64, 16, 4, 2)]
+    return [BwdConfig(16, 32, 4, 1, 32, 16, 4, 1), BwdConfig(16, 16, 4, 1, 16, 16, 4, 1)]
+
+
+def _key(kind: str, pb: Problem, sig: str) -> str:
+    """The autotune key (see :data:`autotune.KEY_FORMAT`); built from cached device facts (this runs per call)."""
+    dev = pb.device
+    if interpreting() or dev.type != "cuda":
+        name, cc = "interp", (0, 0)
+    else:
+        cc, name = _cuda_facts(_device_index(dev))
+    dt = str(pb.q.dtype).replace("torch.", "")
+    bucket = autotune.shape_bucket(max(pb.max_q, pb.max_k))
+    return f"{kind}|{name}|sm{cc[0]}{cc[1]}|triton{_triton_version()}|{dt}|k{pb.head_dim}|v{pb.value_dim}|{sig}|m{bucket}"
+
+
+def _cfg_dict(cfg: Any) -> dict[str, Any]:
+    return autotune.as_dict(cfg)
+
+
+#: The configuration chosen per autotune key in this process (the steady state is one dict lookup).
+_CHOSEN: dict[str, Any] = {}
+
+
+def _run_tuned(key: str, candidates: Callable[[], list[Any]], launch: Callable[[Any], None]) -> None:
+    cfg = _CHOSEN.get(key)
+    if cfg is not None:
+        launch(cfg)
+        return
+    choice = autotune.tune(key, candidates(), launch, _cfg_dict)
+    _CHOSEN[key] = choice.config
+
+
+# ------------------------------------------------------------------------------------------------
+# launches
+# ------------------------------------------------------------------------------------------------
+
+
+def _strides4(t: torch.Tensor) -> tuple[int, int, int, int]:
+    s = t.stride()
+    return (s[0], s[1], s[2], s[3])
+
+
+def _seq_args(pb: Problem) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
+    """``SEQ_Q, SEQ_K, SEQ_KLEN, SEQ_KLOG, TABLES, table stride, page size``."""
+    dummy = _dummy(pb.device)
+    if pb.meta is None:
+        return dummy, dummy, dummy, dummy, dummy, 0, 1
+    m = pb.meta
+    if pb.paging is not None:
+        tables = pb.paging.block_tables.to(device=pb.device, dtype=torch.int32)
+        return m.seq_q, m.seq_k, m.seq_klen, m.seq_klog, tables, int(tables.stride(0)), pb.paging.page_size
+    return m.seq_q, m.seq_k, m.seq_klen, m.seq_klog, dummy, 0, 1
+
+
+def _bias_args(pb: Problem) -> tuple[torch.Tensor, tuple[int, int, int, int, int]]:
+    if pb.bias is None:
+        return _dummy(pb.device), (0, 0, 0, 0, 0)
+    s = pb.bias.stride()
+    return pb.bias, (s[0], s[1], s[2], s[3], s[4])
+
+
+def forward(
+    inputs: Inputs, *, needs_lse: bool, dropout_seed: int, config: Optional[FwdConfig] = None, pb: Optional[Problem] = None
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(out [B, Mq, G, H, Kv], lse [B, G, H, Mq] float32 or None)``."""
+    pb = pb if pb is not None else problem(inputs)
+    b, g, h, mq, kv = pb.batch, pb.groups, pb.heads, pb.num_queries, pb.value_dim
+    dev = pb.device
+    out = _empty((b, mq, g, h, kv), inputs.out_dtype, dev)
+    lse = _empty((b, g, h, mq), torch.float32, dev) if needs_lse else None
+    if out.numel() == 0 and (lse is None or lse.numel() == 0):
+        return out, lse
+    seq_q, seq_k, seq_klen, seq_klog, tables, stab, page_size = _seq_args(pb)
+    bias, bst = _bias_args(pb)
+    lse_arg = lse if lse is not None else _dummy(dev)
+    lst = (g * h * mq, h * mq, mq) if lse is not None else (0, 0, 0)
+    bk, bv = _pow2(pb.head_dim), _pow2(pb.value_dim)
+    drop = pb.p > 0.0
+    dot = _dot_mode(pb.q.dtype)
+    kern = kernels().fwd_kernel
+
+    def launch(cfg: FwdConfig) -> None:
+        nblk = -(-pb.max_q // cfg.block_m)
+        grid = (nblk * pb.num_seqs * g * h,)
+        if grid[0] == 0:
+            return
+        if cfg.tma:
+            _ensure_allocator()
+        kern[grid](
+            pb.q, pb.k, pb.v, out, lse_arg, bias, seq_q, seq_k, seq_klen, seq_klog, tables,
+            *_strides4(pb.q), *_strides4(pb.k), *_strides4(pb.v), *_strides4(out), *lst, *bst, stab,
+            g, h, mq, pb.num_keys, pb.mk_log, nblk, pb.band_lo, pb.band_hi, pb.band_br, pb.scale * LOG2E,
+            pb.p, 1.0 / (1.0 - pb.p), dropout_seed, page_size,
+            K_DIM=pb.head_dim, V_DIM=kv, BLOCK_K=bk, BLOCK_V=bv, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+            VARLEN=pb.varlen, PAGED=pb.paged, HAS_BIAS=pb.bias is not None, DROPOUT=drop, WRITE_LSE=lse is not None,
+            USE_TMA=cfg.tma, DOT=dot, SCALE_POS=pb.scale >= 0.0,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )  # fmt: skip
+
+    if config is not None:
+        launch(config)
+    else:
+        _run_tuned(_key("fwd", pb, pb.signature()), lambda: fwd_candidates(pb), launch)
+    return out, lse
+
+
+def _last_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def backward(
+    inputs: Inputs,
+    grad_out: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    *,
+    dropout_seed: int,
+    grad_lse: Optional[torch.Tensor] = None,
+    config: Optional[BwdConfig] = None,
+    pb: Optional[Problem] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """``(dq, dk, dv, dbias)`` in the canonical layouts (dbias ``[B, G, H, Mq, Mk]`` when the bias needs a gradient)."""
+    pb = pb if pb is not None else problem(inputs)
+    kern = kernels()
+    b, g, h, mq, mk = pb.batch, pb.groups, pb.heads, pb.num_queries, pb.num_keys
+    kd, kv = pb.head_dim, pb.value_dim
+    dev = pb.device
+    q, k, v = pb.q, pb.k, pb.v
+    do = _last_contiguous(grad_out if grad_out.dtype == q.dtype else grad_out.to(q.dtype))  # the dots take dO in the inputs' dtype
+    o = _last_contiguous(out)
+    lse_c = lse.to(torch.float32)
+    glse = grad_lse.to(torch.float32) if grad_lse is not None else None
+    dummy = _dummy(dev)
+    bk, bv = _pow2(kd), _pow2(kv)
+    dot = _dot_mode(q.dtype)
+    drop = pb.p > 0.0
+    want_dbias = pb.bias is not None and inputs.features.bias_requires_grad
+    dbias: Optional[torch.Tensor] = None
+    if want_dbias:
+        assert pb.bias is not None
+        shape5 = (b, g, h, mq, mk)
+        dense = pb.meta is None and not pb.has_band
+        dbias = _empty(shape5, pb.bias.dtype, dev) if dense else torch.zeros(shape5, dtype=pb.bias.dtype, device=dev)
+    # delta = rowsum(dO * O) - grad_lse and the base-2 LSE, [B, G, H, Mq] float32
+    m2 = _empty((b, g, h, mq), torch.float32, dev)
+    delta = _empty((b, g, h, mq), torch.float32, dev)
+    pre_bm = 16 if interpreting() else 64
+    pre_blocks = -(-mq // pre_bm)
+    if pre_blocks * b * g * h > 0:
+        lst = lse_c.stride()
+        gst = glse.stride() if glse is not None else (0, 0, 0, 0)
+        kern.bwd_preprocess_kernel[(pre_blocks * b * g * h,)](
+            o, do, lse_c, glse if glse is not None else dummy, m2, delta,
+            *_strides4(o), *_strides4(do), lst[0], lst[1], lst[2], gst[0], gst[1], gst[2],
+            g, h, mq, pre_blocks, V_DIM=kv, BLOCK_V=bv, BLOCK_M=pre_bm, HAS_GLSE=glse is not None, num_warps=4,
+        )  # fmt: skip
+    direct = pb.meta is None or pb.meta.direct
+    write_rows = mk if direct else (pb.meta.write_rows if pb.meta is not None else mk)
+    if pb.meta is None:
+        dk = _empty((b, write_rows, g, h, kd), k.dtype, dev)
+        dv = _empty((b, write_rows, g, h, kv), v.dtype, dev)
+    else:  # keys outside every block get no gradient
+        dk = torch.zeros((b, write_rows, g, h, kd), dtype=k.dtype, device=dev)
+        dv = torch.zeros((b, write_rows, g, h, kv), dtype=v.dtype, device=dev)
+    seq_q, seq_k, seq_klen, seq_klog, tables, stab, page_size = _seq_args(pb)
+    seq_kw = pb.meta.seq_kw if pb.meta is not None else dummy
+    bias, bst = _bias_args(pb)
+    dbst = tuple(dbias.stride()) if dbias is not None else (0, 0, 0, 0, 0)
+    dq_holder: list[torch.Tensor] = []
+
+    def launch(cfg: BwdConfig) -> None:
+        dq_holder.clear()
+        if cfg.atomic_dq:
+            dq = torch.zeros((b, mq, g, h, kd), dtype=torch.float32, device=dev)
+        else:
+            dq = _empty((b, mq, g, h, kd), q.dtype, dev)
+        dq_holder.append(dq)
+        nblk = -(-pb.max_k // cfg.block_n1)
+        grid = (nblk * pb.num_seqs * g * h,)
+        if grid[0] > 0:
+            kern.bwd_dkdv_kernel[grid](
+                q, k, v, do, m2, delta, dk, dv, dq, bias, dbias if dbias is not None else dummy,
+                seq_q, seq_k, seq_klen, seq_klog, seq_kw, tables,
+                *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(do), *_strides4(dk), *_strides4(dv), *_strides4(dq),
+                *bst, *dbst, stab,
+                g, h, mq, mk, pb.mk_log, nblk, pb.band_lo, pb.band_hi, pb.band_br, pb.scale * LOG2E, pb.scale,
+                pb.p, 1.0 / (1.0 - pb.p), dropout_seed, page_size,
+                K_DIM=kd, V_DIM=kv, BLOCK_K=bk, BLOCK_V=bv, BLOCK_M=cfg.block_m1, BLOCK_N=cfg.block_n1,
+                VARLEN=pb.varlen, PAGED=pb.paged, HAS_BIAS=pb.bias is not None, HAS_DBIAS=dbias is not None, DROPOUT=drop,
+                ATOMIC_DQ=cfg.atomic_dq, DOT=dot, num_warps=cfg.warps1, num_stages=cfg.stages1,
+            )  # fmt: skip
+        if cfg.atomic_dq:
+            return
+        mblk = -(-pb.max_q // cfg.block_m2)
+        grid = (mblk * pb.num_seqs * g * h,)
+        if grid[0] > 0:
+            kern.bwd_dq_kernel[grid](
+                q, k, v, do, m2, delta, dq, bias, seq_q, seq_k, seq_klen, seq_klog, tables,
+                *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(do), *_strides4(dq), *bst, stab,
+                g, h, mq, mk, pb.mk_log, mblk, pb.band_lo, pb.band_hi, pb.band_br, pb.scale * LOG2E, pb.scale,
+                pb.p, 1.0 / (1.0 - pb.p), dropout_seed, page_size,
+                K_DIM=kd, V_DIM=kv, BLOCK_K=bk, BLOCK_V=bv, BLOCK_M=cfg.block_m2, BLOCK_N=cfg.block_n2,
+                VARLEN=pb.varlen, PAGED=pb.paged, HAS_BIAS=pb.bias is not None, DROPOUT=drop, DOT=dot,
+                num_warps=cfg.warps2, num_stages=cfg.stages2,
+            )  # fmt: skip
+
+    if config is not None:
+        launch(config)
+    else:
+        _run_tuned(_key("bwd", pb, pb.signature(dbias=want_dbias)), lambda: bwd_candidates(pb), launch)
+    dq = dq_holder[0]
+    if dq.dtype != q.dtype:
+        dq = dq.to(q.dtype)
+    if not direct:
+        dk, dv = _scatter_back(pb, dk, dv)
+    return dq, dk, dv, dbias
+
+
+def _scatter_back(pb: Problem, dk: torch.Tensor, dv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum per-sequence dK/dV rows onto the physical key rows they came from (paged or overlapping keys)."""
+    assert pb.meta is not None
+    if pb.paging is not None:
+        rows = _paged_rows(pb.meta, pb.paging, pb.device)
+    else:
+        assert pb.meta.phys_rows is not None
+        rows = pb.meta.phys_rows
+    shape_k = (dk.shape[0], pb.num_keys, *dk.shape[2:])
+    shape_v = (dv.shape[0], pb.num_keys, *dv.shape[2:])
+    out_k = torch.zeros(shape_k, dtype=torch.float32, device=dk.device).index_add_(1, rows, dk.float())
+    out_v = torch.zeros(shape_v, dtype=torch.float32, device=dv.device).index_add_(1, rows, dv.float())
+    return out_k.to(dk.dtype), out_v.to(dv.dtype)
+
+
+def _paged_rows(meta: _SeqMeta, paging: Paging, device: torch.device) -> torch.Tensor:
+    """Physical key row of each row of the per-sequence dK/dV buffer (sequence-major, ``k_len`` rows each)."""
+    starts = meta.seq_k.to(device="cpu", dtype=torch.int64)
+    lens = meta.seq_klen.to(device="cpu", dtype=torch.int64)
+    seq = torch.repeat_interleave(torch.arange(len(lens), dtype=torch.int64), lens)
+    first = torch.cumsum(lens, 0) - lens
+    t = torch.arange(int(lens.sum()), dtype=torch.int64) - torch.repeat_interleave(first, lens) + torch.repeat_interleave(starts, lens)
+    tables = paging.block_tables.to(device="cpu", dtype=torch.int64)
+    ps = paging.page_size
+    return (tables[seq, t // ps] * ps + t % ps).to(device)
+
+
+# ------------------------------------------------------------------------------------------------
+# dropout mask, for tests and debugging
+# ------------------------------------------------------------------------------------------------
+
+
+def dropout_keep_mask(seed: int, shape5: tuple[int, int, int, int, int], p: float, device: torch.device | str) -> torch.Tensor:
+    """The boolean keep-mask ``[B, G, H, Mq, Mk]`` the kernels draw for ``seed`` and ``p`` (``Mk``: logical keys).
+
+    Multiply the kept probabilities by ``1 / (1 - p)`` to reproduce the kernels' dropout.
+    """
+    total = 1
+    for s in shape5:
+        total *= int(s)
+    out = torch.empty(total, dtype=torch.int8, device=device)
+    if total:
+        block = 1024
+        kernels().dropout_mask_kernel[(-(-total // block),)](out, seed, p, total, BLOCK=block)
+    return out.view(shape5).bool()
+
+
+LaunchFn = Callable[[Any], None]
