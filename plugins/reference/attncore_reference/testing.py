@@ -257,7 +257,13 @@ def sdpa_errors(
         grads = torch.autograd.grad(out, (q5, k5, v5), grad_out.permute(0, 2, 3, 1, 4).to(dt))
         return out.detach().nan_to_num(0.0), tuple(gr.nan_to_num(0.0) for gr in grads)
 
-    lo, lo_grads = run(q.dtype)
+    try:
+        lo, lo_grads = run(q.dtype)
+    except RuntimeError:
+        # old torch (< 2.2) has no CPU matmul in half precision: float32 math rounded to q.dtype is
+        # the yardstick then, which is at least as accurate, so the check only gets stricter
+        lo, lo_grads = run(torch.float32)
+        lo, lo_grads = lo.to(q.dtype), tuple(gr.to(q.dtype) for gr in lo_grads)
     hi, hi_grads = run(torch.float64)
     errs = {"out": _max_abs(lo.double() - hi)}
     if grad_out is not None:
