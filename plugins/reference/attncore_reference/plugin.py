@@ -3,29 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from importlib import metadata
 
 from attncore.hookspecs import hookimpl
 from attncore.ops import AttentionOpBase
 from attncore.plugin_info import PluginInfo
-from attncore.requirements import declared_requirements
+from attncore.requirements import declared_requirements, installed_version
 
 __all__ = ["attncore_operators", "attncore_plugin_info"]
 
 DISTRIBUTION = "attncore-reference"
 
 
-def _version() -> str:
-    try:
-        return metadata.version(DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
 @hookimpl
 def attncore_plugin_info() -> PluginInfo:
     return PluginInfo(
-        version=_version(),
+        version=installed_version(DISTRIBUTION) or "0+unknown",
         requires=declared_requirements(DISTRIBUTION, ("torch",)),  # written once, in pyproject.toml
         description="Pure-PyTorch reference operators: float64 exact oracle (CPU/CUDA), tiled O(M)-memory CPU attention, CPU decoding",
     )

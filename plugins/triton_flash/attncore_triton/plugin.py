@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from importlib import metadata
 
 from attncore.hookspecs import hookimpl
 from attncore.ops import AttentionOpBase
 from attncore.plugin_info import PluginInfo
+from attncore.requirements import declared_requirements, installed_version
 
 __all__ = ["attncore_operators", "attncore_plugin_info"]
 
 DISTRIBUTION = "attncore-triton"
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 @hookimpl
@@ -26,11 +19,11 @@ def attncore_plugin_info() -> PluginInfo:
     from .autotune import KEY_FORMAT, cache_path
 
     return PluginInfo(
-        version=_version(DISTRIBUTION),
-        requires={"torch": ">=2.1", "triton": ">=3.0"},
+        version=installed_version(DISTRIBUTION) or "0+unknown",
+        requires=declared_requirements(DISTRIBUTION, ("torch", "triton")),  # written once, in pyproject.toml
         build={
             "kind": "JIT (triton compiles on first use; nothing prebuilt)",
-            "triton": _version("triton"),
+            "triton": installed_version("triton") or "not installed",
             "autotune_cache": str(cache_path()),
             "autotune_key": KEY_FORMAT,
         },
