@@ -119,7 +119,7 @@ def test_requirement_reasons_name_the_component() -> None:
     reasons = requirement_reasons("attncore-triton", {"torch": ">=2.1", "triton": ">=3.0", "numpy": ">=1"}, have)
     assert [r.topic for r in reasons] == ["triton", "numpy"]
     assert str(reasons[0]) == (
-        "triton: found 2.3.1; supported: >=3.0; fix: pip install 'triton>=3.0', or install a attncore-triton release built for triton 2.3.1"
+        "triton: found 2.3.1; supported: >=3.0; fix: pip install 'triton>=3.0', or a release of attncore-triton that supports triton 2.3.1"
     )
     assert str(reasons[1]) == "numpy: found not installed; supported: >=1; fix: pip install 'numpy>=1'"
     # versions compare numerically, not as strings ("2.10" > "2.9")

@@ -121,15 +121,18 @@ class Registry:
         source = f"entry point {ep.name} = {ep.value}"
         try:
             obj = ep.load()
+            dist = getattr(ep, "dist", None)
+            distribution = dist.name if dist is not None else ep.name
         except Exception as exc:  # noqa: BLE001  # a broken plugin must become a reason, whatever it raised
             return PluginRecord(
                 ep.name,
                 source,
                 reasons=(Reason("import", f"{type(exc).__name__}: {exc}", "an importable plugin", f"reinstall the distribution providing {ep.value!r}"),),
             )
-        return self._inspect(ep.name, obj, source)
+        return self._inspect(ep.name, obj, source, distribution)
 
-    def _inspect(self, name: str, plugin: object, source: str) -> PluginRecord:
+    def _inspect(self, name: str, plugin: object, source: str, distribution: Optional[str] = None) -> PluginRecord:
+        """Validate ``plugin``'s hooks, check its declared requirements (messages name ``distribution``)."""
         pm = pluggy.PluginManager("attncore")
         pm.add_hookspecs(hookspecs)
         try:
@@ -145,9 +148,10 @@ class Registry:
         if info is not None and not isinstance(info, PluginInfo):
             return PluginRecord(name, source, reasons=(Reason("hook attncore_plugin_info", f"returned {type(info).__name__}", "a PluginInfo"),))
         if info is not None:
-            unmet = requirement_reasons(name, info.requires)
+            who = distribution or name
+            unmet = requirement_reasons(who, info.requires)
             if info.build is not None:
-                unmet += build_record_reasons(name, info.build, cuda=torch.version.cuda)
+                unmet += build_record_reasons(who, info.build, cuda=torch.version.cuda)
             if unmet:
                 return PluginRecord(name, source, info, reasons=tuple(unmet))
         try:

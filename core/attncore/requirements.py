@@ -65,7 +65,7 @@ def requirement_reasons(plugin: str, requires: Mapping[str, str], lookup: Versio
         except InvalidVersion:
             ok = False
         if not ok:
-            out.append(Reason(dist, have, spec, f"{fix}, or install a {plugin} release built for {dist} {have}"))
+            out.append(Reason(dist, have, spec, f"{fix}, or a release of {plugin} that supports {dist} {have}"))
     return out
 
 
