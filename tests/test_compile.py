@@ -6,10 +6,11 @@ import pytest
 import torch
 
 import attncore
+from attncore import _compile
 from attncore import attn_bias as ab
 from attncore._compile import decode_geometry, encode_geometry
 
-pytestmark = pytest.mark.skipif(not hasattr(torch.library, "custom_op"), reason="torch.library.custom_op needs torch >= 2.4")
+pytestmark = pytest.mark.skipif(not _compile.REGISTERED, reason=f"no compile support on this torch: {_compile.UNAVAILABLE_REASON}")
 
 
 class Attn(torch.nn.Module):

@@ -7,10 +7,8 @@ registered on the op, so ``fullgraph=True`` holds for forward and backward. Eage
 here. Needs ``torch.library.custom_op`` (torch >= 2.4); older torch falls back to a graph break.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -43,7 +41,11 @@ def encode_geometry(geo: Optional[MaskGeometry]) -> tuple[list[int], Optional[to
     if blocks is None:
         ints += [-1]
     else:
-        ints += [_LAYOUTS.index(blocks.kind), blocks.num_blocks, blocks.k_total, *blocks.q_seqstart, *blocks.k_start, *blocks.k_len]
+        code = 0
+        for i, kind in enumerate(_LAYOUTS):  # a plain loop with identity tests: older dynamo traces this
+            if kind is blocks.kind:
+                code = i
+        ints += [code, blocks.num_blocks, blocks.k_total, *blocks.q_seqstart, *blocks.k_start, *blocks.k_len]
     ints += [geo.paging.page_size if geo.paging is not None else 0]
     return ints, geo.tensor, geo.paging.block_tables if geo.paging is not None else None
 
@@ -100,7 +102,7 @@ def _lse_shape(q: torch.Tensor) -> tuple[int, ...]:
 
 def _register() -> bool:
     if not hasattr(torch.library, "custom_op") or not hasattr(torch.library, "register_autograd"):
-        return False  # pragma: no cover  # torch < 2.4
+        raise RuntimeError(f"torch {torch.__version__} has no torch.library.custom_op/register_autograd (torch >= 2.4 does)")
 
     @torch.library.custom_op("attncore::attention", mutates_args=())
     def attention_op(
@@ -109,12 +111,12 @@ def _register() -> bool:
         value: torch.Tensor,
         bias: Optional[torch.Tensor],
         block_tables: Optional[torch.Tensor],
-        spec: list[int],
+        spec: List[int],
         p: float,
         scale: float,
         op: str,
         out_dtype: int,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from attncore.api import _fw_op, _seed
         from attncore.inputs import Inputs
 
@@ -132,12 +134,12 @@ def _register() -> bool:
         value: torch.Tensor,
         bias: Optional[torch.Tensor],
         block_tables: Optional[torch.Tensor],
-        spec: list[int],
+        spec: List[int],
         p: float,
         scale: float,
         op: str,
         out_dtype: int,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         dtype = _DTYPES[out_dtype] if out_dtype >= 0 else query.dtype
         out = query.new_empty((*query.shape[:-1], value.shape[-1]), dtype=dtype)
         lse = query.new_empty(_lse_shape(query), dtype=torch.float64 if query.dtype == torch.float64 else torch.float32)
@@ -155,12 +157,12 @@ def _register() -> bool:
         out: torch.Tensor,
         lse: torch.Tensor,
         seed: torch.Tensor,
-        spec: list[int],
+        spec: List[int],
         p: float,
         scale: float,
         op: str,
         bias_grad: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         from attncore.api import _bw_op, _fw_op
         from attncore.inputs import Inputs
 
@@ -191,12 +193,12 @@ def _register() -> bool:
         out: torch.Tensor,
         lse: torch.Tensor,
         seed: torch.Tensor,
-        spec: list[int],
+        spec: List[int],
         p: float,
         scale: float,
         op: str,
         bias_grad: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         dbias = torch.empty_like(bias) if bias is not None and bias_grad else query.new_empty(0)
         return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value), dbias
 
@@ -220,7 +222,15 @@ def _register() -> bool:
     return True
 
 
-_REGISTERED = _register()
+def _try_register() -> Tuple[bool, Optional[str]]:
+    """Register the ops; a torch whose ``torch.library`` cannot take them must not break ``import attncore``."""
+    try:
+        return _register(), None
+    except Exception as exc:  # noqa: BLE001  # any failure means: no compile support, with the reason
+        return False, f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+REGISTERED, UNAVAILABLE_REASON = _try_register()
 
 
 def compiled_attention(
@@ -240,7 +250,7 @@ def compiled_attention(
     elif attn_bias is None:
         geo = None
     else:
-        geo = attn_bias.geometry()
+        geo = attn_bias._build_geometry()  # uncached: older dynamo cannot trace the per-instance cache write
     ints, tensor, tables = encode_geometry(geo)
     if scale is None:
         scale = query.shape[-1] ** -0.5

@@ -12,6 +12,7 @@ from typing import Any, Optional, Union, cast
 
 import torch
 
+from attncore import _compile
 from attncore._compile import compiled_attention
 from attncore.attn_bias import AttentionBias
 from attncore.dispatch import OpArg, select
@@ -142,7 +143,7 @@ def memory_efficient_attention(
             :class:`attncore.NotSupportedError` (a ``ValueError``) when no operator fits; its
             message is the dispatcher's explanation.
     """
-    if _is_compiling():
+    if _is_compiling() and _compile.REGISTERED:
         return compiled_attention(query, key, value, attn_bias, p, scale, op, output_dtype, False)[0]
     inputs = Inputs.create(query, key, value, attn_bias, p, scale, output_dtype)
     if inputs.features.requires_grad and torch.is_grad_enabled():
@@ -167,7 +168,7 @@ def memory_efficient_attention_partial(
     ``lse`` is ``[B, H, Mq]`` (``[B, G, H, Mq]`` for 5-D inputs), float32 (float64 for float64
     inputs), ``-inf`` for queries that attend no key. Both outputs are differentiable.
     """
-    if _is_compiling():
+    if _is_compiling() and _compile.REGISTERED:
         return compiled_attention(query, key, value, attn_bias, p, scale, op, output_dtype, True)
     inputs = Inputs.create(query, key, value, attn_bias, p, scale, output_dtype, is_partial=True)
     if _needs_grad(inputs):

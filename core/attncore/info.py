@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import torch
 
+from attncore import _compile
 from attncore.capabilities import Capabilities, Direction
 from attncore.device import device_info
 from attncore.inputs import Inputs
@@ -74,6 +75,7 @@ def collect() -> dict[str, Any]:
         "torch_hip": getattr(torch.version, "hip", None),
         "devices": [device_info(d).describe() for d in devices],
         "policy": {"order": list(pol.order) if pol.order else None, "relax": sorted(pol.relax), "source": pol.source},
+        "torch_compile": "custom op attncore::attention registered" if _compile.REGISTERED else f"unavailable (graph break): {_compile.UNAVAILABLE_REASON}",
         "plugins": [r.to_dict() for r in reg.plugins()],
         "operators": ops,
     }
@@ -84,6 +86,7 @@ def render(data: dict[str, Any]) -> str:
         f"attncore {data['attncore']}  python {data['python']}  torch {data['torch']} (cuda {data['torch_cuda']}, hip {data['torch_hip']})",
         f"devices: {', '.join(data['devices'])}",
         f"policy: {data['policy']['source']}",
+        f"torch.compile: {data['torch_compile']}",
         "",
         "plugins:",
     ]
