@@ -332,7 +332,8 @@ def _dkdv_tile(dk: tl.tensor, dv: tl.tensor, k: tl.tensor, v: tl.tensor, m0: tl.
                MK_LOG: tl.tensor, seed: tl.int64, drop_p: tl.tensor, drop_scale: tl.tensor, qk_scale: tl.tensor, scale: tl.tensor,
                K_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_M: tl.constexpr,
                MASKED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DBIAS: tl.constexpr, DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr,
-               DOT: tl.constexpr) -> tl.tensor:
+               DOT: tl.constexpr, PART: tl.constexpr) -> tl.tensor:
+    """One query tile's contribution: ``PART`` 0 to dK and dV, 1 to dK only (and dQ), 2 to dV only."""
     offs_m = m0 + tl.arange(0, BLOCK_M)
     m_ok = offs_m < q_len
     q = _load_tile(q_base, offs_m, m_ok, sqm, K_DIM, BLOCK_K, MASKED)
@@ -351,28 +352,32 @@ def _dkdv_tile(dk: tl.tensor, dv: tl.tensor, k: tl.tensor, v: tl.tensor, m0: tl.
         okT = (d >= band_lo) & (d <= band_hi) & n_ok[:, None] & m_ok[None, :]
         pT = tl.where(okT, pT, 0.0)
     do = _load_tile(do_base, offs_m, m_ok, sdm, V_DIM, BLOCK_V, MASKED)
-    if MASKED:
-        delta = tl.load(DELTA + md_base + offs_m, mask=m_ok, other=0.0)
-    else:
-        delta = tl.load(DELTA + md_base + offs_m)
+    if PART != 2:
+        if MASKED:
+            delta = tl.load(DELTA + md_base + offs_m, mask=m_ok, other=0.0)
+        else:
+            delta = tl.load(DELTA + md_base + offs_m)
     if DROPOUT:
         keepT = _keep(seed, keep_base, offs_m, offs_n, MK_LOG, drop_p, True)
-        pdT = tl.where(keepT, pT * drop_scale, 0.0)
-    else:
-        pdT = pT
-    dv = _dot(pdT.to(do.dtype), do, dv, DOT)
-    dpT = _dot0(v, tl.trans(do), DOT)
-    if DROPOUT:
-        dpT = tl.where(keepT, dpT * drop_scale, 0.0)
-    dsT = pT * (dpT - delta[None, :])
-    if HAS_DBIAS:
-        tl.store(dbias_base + offs_m[None, :] * sdbm + offs_n[:, None] * sdbn, dsT.to(dbias_base.dtype.element_ty), mask=n_ok[:, None] & m_ok[None, :])
-    ds16 = dsT.to(q.dtype)
-    dk = _dot(ds16, q, dk, DOT)
-    if ATOMIC_DQ:
-        dq = _dot0(tl.trans(ds16), k, DOT) * scale
-        offs_k = tl.arange(0, BLOCK_K)
-        tl.atomic_add(dq_base + offs_m[:, None] * sdqm + offs_k[None, :], dq, mask=m_ok[:, None] & (offs_k[None, :] < K_DIM), sem="relaxed")
+    if PART != 1:
+        if DROPOUT:
+            pdT = tl.where(keepT, pT * drop_scale, 0.0)
+        else:
+            pdT = pT
+        dv = _dot(pdT.to(do.dtype), do, dv, DOT)
+    if PART != 2:
+        dpT = _dot0(v, tl.trans(do), DOT)
+        if DROPOUT:
+            dpT = tl.where(keepT, dpT * drop_scale, 0.0)
+        dsT = pT * (dpT - delta[None, :])
+        if HAS_DBIAS:
+            tl.store(dbias_base + offs_m[None, :] * sdbm + offs_n[:, None] * sdbn, dsT.to(dbias_base.dtype.element_ty), mask=n_ok[:, None] & m_ok[None, :])
+        ds16 = dsT.to(q.dtype)
+        dk = _dot(ds16, q, dk, DOT)
+        if ATOMIC_DQ:
+            dq = _dot0(tl.trans(ds16), k, DOT) * scale
+            offs_k = tl.arange(0, BLOCK_K)
+            tl.atomic_add(dq_base + offs_m[:, None] * sdqm + offs_k[None, :], dq, mask=m_ok[:, None] & (offs_k[None, :] < K_DIM), sem="relaxed")
     return dk, dv
 
 
@@ -415,8 +420,12 @@ def bwd_dkdv_kernel(Q: tl.tensor, K: tl.tensor, V: tl.tensor, DO: tl.tensor, M2:
                     K_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     VARLEN: tl.constexpr, PAGED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DBIAS: tl.constexpr, DROPOUT: tl.constexpr,
-                    ATOMIC_DQ: tl.constexpr, DOT: tl.constexpr) -> None:
-    """dK and dV of one key tile (looping over the query tiles that reach it); with ``ATOMIC_DQ`` also dQ, added in fp32."""
+                    ATOMIC_DQ: tl.constexpr, DOT: tl.constexpr, PART: tl.constexpr) -> None:
+    """dK and dV of one key tile (looping over the query tiles that reach it); with ``ATOMIC_DQ`` also dQ, added in fp32.
+
+    ``PART`` 1 computes only dK (and dQ, and dS for the bias gradient), ``PART`` 2 only dV (``P^T dO``: no
+    ``dP``, no ``dS``); each then holds one ``[BLOCK_N, K]`` accumulator instead of two, which at K = 256
+    leaves registers and shared memory for wider query steps (two launches, one more matmul in all)."""
     pid = tl.program_id(0)
     n_blk, h, g, s = _decode(pid, num_n_blocks, G, H)
     b, q_start, q_len, k_start, k_len, k_log = _sequence(s, SEQ_Q, SEQ_K, SEQ_KLEN, SEQ_KLOG, Mq, Mk, VARLEN)
@@ -436,7 +445,10 @@ def bwd_dkdv_kernel(Q: tl.tensor, K: tl.tensor, V: tl.tensor, DO: tl.tensor, M2:
             v_base = V + b64 * svb + k_start.to(tl.int64) * svm + g64 * svg + h64 * svh
         rows = _key_rows(offs_n, n_ok, s, k_start, TABLES, stab, page_size, PAGED)
         k = _load_tile(k_base, rows, n_ok, skm, K_DIM, BLOCK_K, True)
-        v = _load_tile(v_base, rows, n_ok, svm, V_DIM, BLOCK_V, True)
+        if PART != 2:
+            v = _load_tile(v_base, rows, n_ok, svm, V_DIM, BLOCK_V, True)
+        else:
+            v = k  # unused: dV needs no dP
         q_base = Q + b64 * sqb + q64 * sqm + g64 * sqg + h64 * sqh
         do_base = DO + b64 * sdb + q64 * sdm + g64 * sdg + h64 * sdh
         dq_base = DQ + b64 * sdqb + q64 * sdqm + g64 * sdqg + h64 * sdqh
@@ -450,29 +462,37 @@ def bwd_dkdv_kernel(Q: tl.tensor, K: tl.tensor, V: tl.tensor, DO: tl.tensor, M2:
             dbias_base = DBIAS + b64 * sdbb + g64 * sdbg + h64 * sdbh + q64 * sdbm + k_start.to(tl.int64) * sdbn
         keep_base = (bgh0 * Mq + q64) * MK_LOG.to(tl.int64) + k_log.to(tl.int64)
         shift = band_br * (k_len - q_len)
-        dk = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-        dv = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
+        if PART != 2:
+            dk = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        else:
+            dk = tl.zeros([16, 16], dtype=tl.float32)  # a placeholder the loop carries untouched
+        if PART != 1:
+            dv = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
+        else:
+            dv = tl.zeros([16, 16], dtype=tl.float32)
         m_start, mA, mB, m_end = _q_ranges(n0, q_len, k_len, shift, band_lo, band_hi, BLOCK_M, BLOCK_N)
         for m0 in range(m_start, mA, BLOCK_M):
             dk, dv = _dkdv_tile(dk, dv, k, v, m0, offs_n, n_ok, q_base, do_base, dq_base, md_base, bias_base, dbias_base, M2, DELTA, keep_base,
                                 q_len, shift, band_lo, band_hi, sqm, sdm, sdqm, sbm, sbn, sdbm, sdbn, MK_LOG, seed, drop_p, drop_scale,
-                                qk_scale, scale, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_M, True, HAS_BIAS, HAS_DBIAS, DROPOUT, ATOMIC_DQ, DOT)
+                                qk_scale, scale, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_M, True, HAS_BIAS, HAS_DBIAS, DROPOUT, ATOMIC_DQ, DOT, PART)
         for m0 in range(mA, mB, BLOCK_M):
             dk, dv = _dkdv_tile(dk, dv, k, v, m0, offs_n, n_ok, q_base, do_base, dq_base, md_base, bias_base, dbias_base, M2, DELTA, keep_base,
                                 q_len, shift, band_lo, band_hi, sqm, sdm, sdqm, sbm, sbn, sdbm, sdbn, MK_LOG, seed, drop_p, drop_scale,
-                                qk_scale, scale, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_M, False, HAS_BIAS, HAS_DBIAS, DROPOUT, ATOMIC_DQ, DOT)
+                                qk_scale, scale, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_M, False, HAS_BIAS, HAS_DBIAS, DROPOUT, ATOMIC_DQ, DOT, PART)
         for m0 in range(mB, m_end, BLOCK_M):
             dk, dv = _dkdv_tile(dk, dv, k, v, m0, offs_n, n_ok, q_base, do_base, dq_base, md_base, bias_base, dbias_base, M2, DELTA, keep_base,
                                 q_len, shift, band_lo, band_hi, sqm, sdm, sdqm, sbm, sbn, sdbm, sdbn, MK_LOG, seed, drop_p, drop_scale,
-                                qk_scale, scale, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_M, True, HAS_BIAS, HAS_DBIAS, DROPOUT, ATOMIC_DQ, DOT)
+                                qk_scale, scale, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_M, True, HAS_BIAS, HAS_DBIAS, DROPOUT, ATOMIC_DQ, DOT, PART)
         if VARLEN:
             kw = tl.load(SEQ_KW + s).to(tl.int64)
         else:
             kw = k_start.to(tl.int64)
         dk_base = DK + b64 * sdkb + kw * sdkm + g64 * sdkg + h64 * sdkh
         dv_base = DV + b64 * sdvb + kw * sdvm + g64 * sdvg + h64 * sdvh
-        _store_tile(dk_base, offs_n, n_ok, sdkm, (dk * scale).to(DK.dtype.element_ty), K_DIM, BLOCK_K)
-        _store_tile(dv_base, offs_n, n_ok, sdvm, dv.to(DV.dtype.element_ty), V_DIM, BLOCK_V)
+        if PART != 2:
+            _store_tile(dk_base, offs_n, n_ok, sdkm, (dk * scale).to(DK.dtype.element_ty), K_DIM, BLOCK_K)
+        if PART != 1:
+            _store_tile(dv_base, offs_n, n_ok, sdvm, dv.to(DV.dtype.element_ty), V_DIM, BLOCK_V)
 
 
 @jit

@@ -55,7 +55,10 @@ class FwdConfig:
 class BwdConfig:
     """Backward tiles: ``(block_m1 queries per step, block_n1 keys per program)`` for dK/dV,
     ``(block_m2 queries per program, block_n2 keys per step)`` for dQ; ``atomic_dq`` adds dQ in the dK/dV
-    kernel with fp32 atomics instead of running the dQ kernel (fewer FLOPs, not bitwise deterministic)."""
+    kernel with fp32 atomics instead of running the dQ kernel (fewer FLOPs, not bitwise deterministic).
+    ``dv_block_n > 0`` splits the dK/dV kernel in two launches: the first computes only dK (and dQ, dS),
+    a second only dV with its own tiles ``(dv_block_m queries per step, dv_block_n keys per program)``;
+    each holds one accumulator instead of two (for K = 256), at the cost of recomputing ``P`` once more."""
 
     block_m1: int
     block_n1: int
@@ -66,6 +69,14 @@ class BwdConfig:
     warps2: int
     stages2: int
     atomic_dq: bool = False
+    dv_block_m: int = 0
+    dv_block_n: int = 0
+    dv_warps: int = 4
+    dv_stages: int = 1
+
+    @property
+    def split_dv(self) -> bool:
+        return self.dv_block_n > 0
 
 
 #: Tests set this to fill every output the kernels must write with NaN first (``torch.empty`` otherwise).
@@ -386,10 +397,12 @@ def bwd_candidates(pb: Problem) -> list[BwdConfig]:
                 BwdConfig(32, 64, 4, 3, 64, 64, 4, 2),
                 BwdConfig(64, 64, 8, 2, 64, 64, 4, 2),
             ]
+        # K > 128: two [BLOCK_N, K] fp32 accumulators fill the registers. Split (dK with atomic dQ over
+        # 128-key tiles, then dV in its own launch) holds one accumulator each; the 128-key tiles halve the
+        # dQ atomics, which cost more than the matmuls there. It won 10 of 12 keys (1.1-1.27x the fused one)
         return [
+            BwdConfig(32, 128, 8, 1, 64, 32, 8, 2, atomic_dq=True, dv_block_m=64, dv_block_n=128, dv_warps=8, dv_stages=2),
             BwdConfig(32, 64, 8, 2, 64, 32, 8, 2, atomic_dq=True),
-            BwdConfig(64, 64, 8, 1, 64, 32, 8, 2, atomic_dq=True),
-            BwdConfig(64, 64, 8, 2, 64, 32, 8, 2, atomic_dq=True),
             BwdConfig(32, 64, 8, 2, 64, 32, 8, 2),
         ]
     if d <= 64:
@@ -573,19 +586,25 @@ def backward(
         else:
             dq = _empty((b, mq, g, h, kd), q.dtype, dev)
         dq_holder.append(dq)
-        nblk = -(-pb.max_k // cfg.block_n1)
-        grid = (nblk * pb.num_seqs * g * h,)
-        if grid[0] > 0:
+        # (part, query step, keys per program, warps, stages): 0 = dK and dV; split: 1 = dK (dQ, dS), 2 = dV
+        parts = [(0, cfg.block_m1, cfg.block_n1, cfg.warps1, cfg.stages1)]
+        if cfg.split_dv:
+            parts = [(1, cfg.block_m1, cfg.block_n1, cfg.warps1, cfg.stages1), (2, cfg.dv_block_m, cfg.dv_block_n, cfg.dv_warps, cfg.dv_stages)]
+        for part, bm, bn, warps, stages in parts:
+            nblk = -(-pb.max_k // bn)
+            grid = (nblk * pb.num_seqs * g * h,)
+            if grid[0] == 0:
+                continue
             kern.bwd_dkdv_kernel[grid](
-                q, k, v, do, m2, delta, dk, dv, dq, bias, dbias if dbias is not None else dummy,
+                q, k, v, do, m2, delta, dk, dv, dq, bias, dbias if dbias is not None and part != 2 else dummy,
                 seq_q, seq_k, seq_klen, seq_klog, seq_kw, tables,
                 *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(do), *_strides4(dk), *_strides4(dv), *_strides4(dq),
                 *bst, *dbst, stab,
                 g, h, mq, mk, pb.mk_log, nblk, pb.band_lo, pb.band_hi, pb.band_br, pb.scale * LOG2E, pb.scale,
                 pb.p, 1.0 / (1.0 - pb.p), dropout_seed, page_size,
-                K_DIM=kd, V_DIM=kv, BLOCK_K=bk, BLOCK_V=bv, BLOCK_M=cfg.block_m1, BLOCK_N=cfg.block_n1,
-                VARLEN=pb.varlen, PAGED=pb.paged, HAS_BIAS=pb.bias is not None, HAS_DBIAS=dbias is not None, DROPOUT=drop,
-                ATOMIC_DQ=cfg.atomic_dq, DOT=dot, num_warps=cfg.warps1, num_stages=cfg.stages1,
+                K_DIM=kd, V_DIM=kv, BLOCK_K=bk, BLOCK_V=bv, BLOCK_M=bm, BLOCK_N=bn,
+                VARLEN=pb.varlen, PAGED=pb.paged, HAS_BIAS=pb.bias is not None, HAS_DBIAS=dbias is not None and part != 2, DROPOUT=drop,
+                ATOMIC_DQ=cfg.atomic_dq and part != 2, DOT=dot, PART=part, num_warps=warps, num_stages=stages,
             )  # fmt: skip
         if cfg.atomic_dq:
             return

@@ -401,11 +401,52 @@ def test_triton_dropout_reproducible(kind: str) -> None:
     assert not torch.equal(other.out, got.out)
 
 
+# dK and dV in separate launches (the K = 256 path on the GPU), with atomic dQ or the dQ kernel, and
+# different tiles for the two parts so that their loop phases differ
+SPLIT_ATOMIC = _launch.BwdConfig(16, 32, 4, 1, 16, 16, 4, 1, atomic_dq=True, dv_block_m=32, dv_block_n=16)
+SPLIT_DQ_KERNEL = _launch.BwdConfig(32, 16, 4, 1, 16, 32, 4, 1, dv_block_m=16, dv_block_n=32)
+
+
+@pytest.mark.skipif(ON_GPU, reason="the GPU runs every autotuning candidate instead (test_triton_every_candidate)")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_triton_split_dkdv_every_bias_kind(case: Case) -> None:
+    """The split dK / dV launches on every bias kind of the conformance suite (fp32, interpreter)."""
+    g = _gen("split" + case.name)
+    q, k, v, bias = _case_inputs(case, torch.float32, g)
+    grad = rnd(g, *q.shape[:-1], v.shape[-1], dtype=torch.float32)
+    cfg = SPLIT_ATOMIC if zlib.crc32(case.name.encode()) % 2 else SPLIT_DQ_KERNEL
+    check(run_triton(q, k, v, bias, grad_out=grad, bwd_config=cfg), q, k, v, bias, grad_out=grad)
+
+
+@pytest.mark.skipif(ON_GPU, reason="the GPU runs every autotuning candidate instead (test_triton_every_candidate)")
+@pytest.mark.parametrize("what", ["dropout", "tensor-bias-grad"])
+def test_triton_split_dkdv_dropout_and_dbias(what: str) -> None:
+    """The split launches with dropout (the dV part draws the same mask) and with a bias gradient (from the dK part)."""
+    g = _gen("split" + what)
+    b, mq, mk, h, kd = 2, 27, 35, 2, 16
+    q, k, v = rnd(g, b, mq, h, kd), rnd(g, b, mk, h, kd), rnd(g, b, mk, h, kd)
+    grad = rnd(g, b, mq, h, kd)
+    for cfg in (SPLIT_ATOMIC, SPLIT_DQ_KERNEL):
+        if what == "dropout":
+            p, seed = 0.3, 4242
+            bias: Bias = ab.LowerTriangularFromBottomRightMask()
+            got = run_triton(q, k, v, bias, p=p, seed=seed, grad_out=grad, bwd_config=cfg)
+            check(got, q, k, v, bias, keep=_keep((b, 1, h, mq, mk), seed, p), p=p, grad_out=grad)
+        else:
+            t = rnd(g, b, h, mq, mk).requires_grad_(True)
+            bias = ab.LowerTriangularMask().add_bias(t)
+            got = run_triton(q, k, v, bias, grad_out=grad, bwd_config=cfg)
+            assert got.dbias is not None and got.dbias.shape == t.shape
+            check(got, q, k, v, bias, grad_out=grad)
+
+
 def _explicit_configs() -> list[tuple[_launch.FwdConfig, _launch.BwdConfig]]:
     if not ON_GPU:
         return [
             (_launch.FwdConfig(16, 32, 4, 1, tma=True), _launch.BwdConfig(16, 32, 4, 1, 32, 16, 4, 1, atomic_dq=True)),
             (_launch.FwdConfig(32, 16, 4, 1), _launch.BwdConfig(32, 16, 4, 1, 16, 32, 4, 1)),
+            (_launch.FwdConfig(16, 16, 4, 1), SPLIT_ATOMIC),
+            (_launch.FwdConfig(16, 16, 4, 1), SPLIT_DQ_KERNEL),
         ]
     return []
 
@@ -473,7 +514,7 @@ def test_triton_public_api_autograd() -> None:
 
 
 @gpu
-@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("index", range(8))
 @pytest.mark.parametrize("direction", ["fwd", "bwd"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=lambda d: str(d).replace("torch.", ""))
 @pytest.mark.parametrize("kd", [64, 128, 256])
@@ -515,6 +556,24 @@ def test_triton_long_sequence(causal: bool) -> None:
     grad = rnd(g, 1, 16384, 2, 128, dtype=torch.bfloat16)
     bias: Optional[ab.AttentionBias] = ab.LowerTriangularFromBottomRightMask() if causal else None
     check(run_triton(q, k, v, bias, grad_out=grad), q, k, v, bias, grad_out=grad)
+
+
+@gpu
+@pytest.mark.parametrize("causal", [False, True])
+def test_triton_long_k256_every_bwd_path(causal: bool) -> None:
+    """K = 256 at M = 4096 against the float64 truth: every backward candidate (fused, split dK / dV, dQ kernel)."""
+    g = _gen(f"long256{causal}")
+    q, k, v, grad = (rnd(g, 1, 4096, 2, 256, dtype=torch.bfloat16) for _ in range(4))
+    bias: Optional[ab.AttentionBias] = ab.LowerTriangularMask() if causal else None
+    fc = _launch.fwd_candidates(_launch.problem(Inputs.create(q, k, v)))[0]
+    for cfg in _launch.bwd_candidates(_launch.problem(Inputs.create(q, k, v))):
+        try:
+            got = run_triton(q, k, v, bias, grad_out=grad, fwd_config=fc, bwd_config=cfg)
+        except Exception as exc:
+            if "OutOfResources" in type(exc).__name__:
+                continue
+            raise
+        check(got, q, k, v, bias, grad_out=grad)
 
 
 @gpu
