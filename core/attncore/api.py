@@ -63,7 +63,7 @@ class _Attention(torch.autograd.Function):
         res = fw.apply(inputs, needs_lse=True, dropout_seed=seed)
         assert res.lse is not None  # operators must honour needs_lse=True
         ctx.inputs, ctx.op, ctx.fw, ctx.seed = inputs, op, fw, seed
-        ctx.save_for_backward(res.out, res.lse)
+        ctx.save_for_backward(Inputs._to5(res.out), res.lse)  # backward operators take the canonical layout
         ctx.set_materialize_grads(False)
         return inputs.from5(res.out), inputs.lse_from5(res.lse)
 

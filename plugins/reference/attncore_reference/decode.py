@@ -91,6 +91,14 @@ def _dense(inputs: Inputs, needs_lse: bool) -> ForwardResult:
     out = torch.empty((b, g * hk, (h // hk) * mq, kv), dtype=cd, device=q.device)
     for i in range(b):
         torch.bmm(s[i], v5[i].to(cd).permute(1, 2, 0, 3).reshape(g * hk, mk, kv), out=out[i])
-    out5 = torch.empty((b, mq, g, h, kv), dtype=inputs.out_dtype, device=q.device)
-    out5.copy_(out.view(b, g, h, mq, kv).permute(0, 3, 1, 2, 4))
-    return ForwardResult(out5, lse.to(inputs.lse_dtype) if needs_lse else None)
+    # straight into the caller's layout (saves the core a view on tiny decoding steps)
+    nd = inputs.features.ndim
+    if nd == 5:
+        src = out.view(b, g, h, mq, kv).permute(0, 3, 1, 2, 4)
+    elif nd == 4:
+        src = out.view(b, h, mq, kv).transpose(1, 2)
+    else:
+        src = out.view(b, mq, kv)
+    result = torch.empty(src.shape, dtype=inputs.out_dtype, device=q.device)
+    result.copy_(src)
+    return ForwardResult(result, lse.to(inputs.lse_dtype) if needs_lse else None)
