@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import env_matrix
 import pytest
 from pydantic import ValidationError
+
+import env_matrix
 
 GOOD = """
 python = ["3.11"]
