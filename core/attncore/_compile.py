@@ -168,7 +168,8 @@ def _register() -> bool:
 
         if bias is not None and bias_grad:
             bias = bias.detach().requires_grad_(True)  # tells the backward operator to produce dbias
-        inputs = Inputs.create(query, key, value, _bias_arg(spec, bias, block_tables), p, scale, out.dtype, is_partial=True)
+        with torch.enable_grad():  # the flags say which gradients the backward operator must produce
+            inputs = Inputs.create(query, key, value, _bias_arg(spec, bias, block_tables), p, scale, out.dtype, is_partial=True)
         fw = _fw_op(inputs, op or None)
         bw = _bw_op(inputs, op or None, fw)
         gl = None if grad_lse is None else inputs.lse_to5(grad_lse)
@@ -178,7 +179,8 @@ def _register() -> bool:
         if grads.dbias is not None and bias is not None:
             from attncore.api import _bias_grad_to_user
 
-            dbias = _bias_grad_to_user(inputs, grads.dbias).sum_to_size(bias.shape).to(bias.dtype).contiguous()
+            user_shape = inputs.geometry.tensor.shape if inputs.geometry is not None and inputs.geometry.tensor is not None else bias.shape
+            dbias = _bias_grad_to_user(inputs, grads.dbias).sum_to_size(user_shape).reshape(bias.shape).to(bias.dtype).contiguous()
         return (inputs.from5(grads.dq).contiguous(), inputs.from5(grads.dk).contiguous(), inputs.from5(grads.dv).contiguous(), dbias)
 
     @attention_backward_op.register_fake
@@ -254,7 +256,8 @@ def compiled_attention(
     ints, tensor, tables = encode_geometry(geo)
     if scale is None:
         scale = query.shape[-1] ** -0.5
-    name = op if isinstance(op, str) else str(getattr(op, "NAME", ""))
+    fw_op = op[0] if isinstance(op, tuple) else op
+    name = fw_op if isinstance(fw_op, str) else str(getattr(fw_op, "NAME", ""))
     code = _DTYPES.index(output_dtype) if output_dtype is not None else -1
     out, lse, _ = torch.ops.attncore.attention(query, key, value, tensor, tables, ints, float(p), float(scale), name, code)
     return out, lse

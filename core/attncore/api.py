@@ -8,6 +8,7 @@ for autograd only when a gradient is needed and never for ``torch.compile`` supp
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional, Union, cast
 
 import torch
@@ -50,6 +51,9 @@ def _bw_op(inputs: Inputs, op: OpArg, fw: type[AttentionFwOpBase]) -> type[Atten
     return select(inputs, "backward", op=op, fw_rng=fw.CAPABILITIES.dropout_rng).chosen  # type: ignore[return-value]  # backward selections hold backward ops
 
 
+_NO_TENSOR = torch.empty(0)  # stands in for the tensors ctx must not hold (they are in saved_tensors)
+
+
 class _Attention(torch.autograd.Function):
     """Autograd around the dispatched forward and backward operators (returns out and LSE)."""
 
@@ -57,20 +61,32 @@ class _Attention(torch.autograd.Function):
     def forward(
         ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias_tensor: Optional[torch.Tensor], inputs: Inputs, op: OpArg
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        del query, key, value, bias_tensor  # the same tensors are in ``inputs``; listed for autograd
         fw = _fw_op(inputs, op)
         seed = _seed(inputs.p)
         res = fw.apply(inputs, needs_lse=True, dropout_seed=seed)
         assert res.lse is not None  # operators must honour needs_lse=True
-        ctx.inputs, ctx.op, ctx.fw, ctx.seed = inputs, op, fw, seed
-        ctx.save_for_backward(Inputs._to5(res.out), res.lse)  # backward operators take the canonical layout
+        # tensors go through save_for_backward (in-place modification checks, saved-tensor hooks);
+        # ctx keeps only the non-tensor description of the call
+        geo = inputs.geometry
+        ctx.inputs = inputs._replace(
+            query=_NO_TENSOR,
+            key=_NO_TENSOR,
+            value=_NO_TENSOR,
+            attn_bias=None if isinstance(inputs.attn_bias, torch.Tensor) else inputs.attn_bias,
+            geometry=dataclasses.replace(geo, tensor=None) if geo is not None and bias_tensor is not None else geo,
+        )
+        ctx.has_bias = bias_tensor is not None
+        ctx.op, ctx.fw, ctx.seed = op, fw, seed
+        ctx.save_for_backward(query, key, value, bias_tensor, Inputs._to5(res.out), res.lse)  # canonical out for backward ops
         ctx.set_materialize_grads(False)
         return inputs.from5(res.out), inputs.lse_from5(res.lse)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Optional[torch.Tensor], grad_lse: Optional[torch.Tensor]) -> tuple[Optional[torch.Tensor], ...]:
-        inputs: Inputs = ctx.inputs
-        out5, lse5 = ctx.saved_tensors
+        query, key, value, bias_tensor, out5, lse5 = ctx.saved_tensors
+        inputs: Inputs = ctx.inputs._replace(query=query, key=key, value=value)
+        if ctx.has_bias and inputs.geometry is not None:
+            inputs = inputs._replace(geometry=dataclasses.replace(inputs.geometry, tensor=bias_tensor))
         bw = _bw_op(inputs, ctx.op, ctx.fw)
         g5 = torch.zeros_like(out5) if grad_out is None else Inputs._to5(grad_out)
         gl5 = None if grad_lse is None else inputs.lse_to5(grad_lse)
@@ -242,6 +258,13 @@ def memory_efficient_attention_backward(
     lse_shape = (*query.shape[:1], *(query.shape[2:-1] or (1,)), query.shape[1])
     if tuple(lse.shape) != lse_shape:
         raise ValueError(f"lse: expected shape {list(lse_shape)}, found {list(lse.shape)}")
+    for name, t in (("grad", grad), ("output", output), ("lse", lse)):
+        if t.device != query.device:
+            raise ValueError(f"{name}: expected device {query.device} (as query), found {t.device}")
+        if not t.is_floating_point():
+            raise ValueError(f"{name}: expected a floating-point tensor, found {t.dtype}")
+    if lse.dtype != inputs.lse_dtype:
+        raise ValueError(f"lse: expected dtype {inputs.lse_dtype} (as returned by the forward), found {lse.dtype}")
     bw_arg: OpArg = (None, op) if isinstance(op, type) else op
     bw = select(inputs, "backward", op=bw_arg).chosen
     assert bw is not None and issubclass(bw, AttentionBwOpBase)  # select raises when nothing fits

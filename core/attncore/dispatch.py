@@ -115,7 +115,12 @@ Forced = Union[None, str, type[AttentionOpBase]]
 
 def _forced(op: OpArg, direction: Direction) -> Forced:
     """The operator ``op=`` forces for ``direction``: a name, a class, or ``None`` (free choice)."""
-    if op is None or isinstance(op, str):
+    if op is None:
+        return None
+    if isinstance(op, str):
+        # a forward-only operator named here leaves the backward free (as forcing its class does)
+        if direction == "backward" and not any(o.NAME == op for o in _REGISTRY.operators("backward")):
+            return None
         return op
     if isinstance(op, tuple):
         return op[0] if direction == "forward" else op[1]

@@ -133,10 +133,19 @@ class Paging:
         """Logical key capacity of one sequence (``max_pages_per_sequence * page_size``)."""
         return int(self.block_tables.shape[1]) * self.page_size
 
-    @cached_property
+    @property
     def rows_needed(self) -> int:
-        """How many physical key rows the page tables address (highest page + 1, times page_size)."""
-        return (int(self.block_tables.max()) + 1) * self.page_size if self.block_tables.numel() else 0
+        """How many physical key rows the page tables address (highest page + 1, times page_size).
+
+        Recomputed whenever ``block_tables`` changed in place (decode loops update page tables), so a
+        stale bound never lets an out-of-range page reach a kernel."""
+        version = self.block_tables._version
+        cached: Optional[tuple[int, int]] = self.__dict__.get("_rows_needed")
+        if cached is None or cached[0] != version:
+            rows = (int(self.block_tables.max()) + 1) * self.page_size if self.block_tables.numel() else 0
+            cached = (version, rows)
+            self.__dict__["_rows_needed"] = cached
+        return cached[1]
 
     def physical_rows(self) -> torch.Tensor:
         """``[num_sequences * row_len]`` physical key row of each logical key row."""

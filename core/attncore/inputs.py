@@ -9,6 +9,7 @@ layout, ``[B, M, G, H, K]``, whatever the caller used.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import NamedTuple, Optional, Union
 
 import torch
@@ -214,6 +215,10 @@ class Inputs(NamedTuple):
             else:
                 raise ValueError(f"attn_bias: expected None, a torch.Tensor or an attncore.attn_bias.AttentionBias, found {type(attn_bias).__name__}")
             tb = geometry.tensor
+            if tb is not None and nd == 3 and tb.dim() == 4 and tb.shape[1] == 1:
+                # 3-D means one head: a [B, 1, Mq, Mk] bias is the same thing
+                tb = tb.squeeze(1)
+                geometry = replace(geometry, tensor=tb)
             if tb is not None:
                 target = _tensor_bias_target(nd, b, g, h, mq, mk)
                 fits = _broadcasts(tuple(tb.shape), target)
@@ -235,8 +240,8 @@ class Inputs(NamedTuple):
             bias_features,
             p > 0.0,
             scale != default_scale,
-            query.requires_grad or key.requires_grad or value.requires_grad or bias_grad,
-            bias_grad,
+            (query.requires_grad or key.requires_grad or value.requires_grad or bias_grad) and torch.is_grad_enabled(),
+            bias_grad and torch.is_grad_enabled(),
             is_partial,
             shared,
         )

@@ -235,7 +235,8 @@ class Registry:
     def reload(self) -> None:
         """Forget everything and load the entry points again (after installing a plugin)."""
         with self._lock:
-            self._state = _State()
+            # generations only grow: cached decisions of the old content must never match again
+            self._state = _State(generation=self._state.generation)
             self._changed()
 
     # --- queries --------------------------------------------------------------------------------
