@@ -177,10 +177,7 @@ def _register() -> bool:
         grads = bw.apply(inputs, g, inputs._to5(out), inputs.lse_to5(lse), dropout_seed=int(seed.item()), grad_lse=gl)
         dbias = torch.empty(0, dtype=query.dtype, device=query.device)
         if grads.dbias is not None and bias is not None:
-            from attncore.api import _bias_grad_to_user
-
-            user_shape = inputs.geometry.tensor.shape if inputs.geometry is not None and inputs.geometry.tensor is not None else bias.shape
-            dbias = _bias_grad_to_user(inputs, grads.dbias).sum_to_size(user_shape).reshape(bias.shape).to(bias.dtype).contiguous()
+            dbias = inputs.bias_grad_from5(grads.dbias).reshape(bias.shape).to(bias.dtype).contiguous()
         return (inputs.from5(grads.dq).contiguous(), inputs.from5(grads.dk).contiguous(), inputs.from5(grads.dv).contiguous(), dbias)
 
     @attention_backward_op.register_fake

@@ -94,18 +94,8 @@ class _Attention(torch.autograd.Function):
         dbias = None
         if grads.dbias is not None and inputs.geometry is not None and inputs.geometry.tensor is not None:
             tb = inputs.geometry.tensor
-            dbias = _bias_grad_to_user(inputs, grads.dbias).sum_to_size(tb.shape).to(tb.dtype)
+            dbias = inputs.bias_grad_from5(grads.dbias).to(tb.dtype)
         return inputs.from5(grads.dq), inputs.from5(grads.dk), inputs.from5(grads.dv), dbias, None, None
-
-
-def _bias_grad_to_user(inputs: Inputs, d5: torch.Tensor) -> torch.Tensor:
-    """``[B, G, H, Mq, Mk]`` back to the public rank of the tensor bias target."""
-    nd = inputs.query.dim()
-    if nd == 5:
-        return d5
-    if nd == 4:
-        return d5.squeeze(1)
-    return d5.squeeze(1).squeeze(1)
 
 
 def _needs_grad(inputs: Inputs) -> bool:

@@ -290,6 +290,13 @@ class Inputs(NamedTuple):
             return tb.unsqueeze(1)
         return tb
 
+    def bias_grad_from5(self, d5: torch.Tensor) -> torch.Tensor:
+        """Undo :attr:`bias5` on a gradient: ``[B, G, H, Mq, Mk]`` summed back to the bias tensor's shape."""
+        assert self.geometry is not None and self.geometry.tensor is not None  # only called for a tensor bias
+        nd = self.query.dim()
+        d = d5 if nd == 5 else (d5.squeeze(1) if nd == 4 else d5.squeeze(1).squeeze(1))
+        return d.sum_to_size(self.geometry.tensor.shape)
+
     @property
     def out_dtype(self) -> torch.dtype:
         return self.output_dtype if self.output_dtype is not None else self.query.dtype

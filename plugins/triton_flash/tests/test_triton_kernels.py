@@ -93,9 +93,7 @@ def run_triton(
         res.dq, res.dk, res.dv = inputs.from5(dq), inputs.from5(dk), inputs.from5(dv)
         tb = _bias_tensor(bias)
         if dbias is not None and tb is not None:
-            nd = q.dim()
-            d = dbias if nd == 5 else dbias.squeeze(1) if nd == 4 else dbias.squeeze(1).squeeze(1)
-            res.dbias = d.sum_to_size(tb.shape)
+            res.dbias = inputs.bias_grad_from5(dbias)
         return res
     finally:
         _launch.POISON = False
