@@ -1,9 +1,11 @@
 """Sessions: ``nox -s tests`` (the CPU suite, Triton kernels through the interpreter), ``lint``,
-``bench`` (CPU benchmarks). Torch is pinned to the CPU build so no CUDA wheels are downloaded."""
+``bench`` (CPU benchmarks), ``torch_pins`` (each torch pin), ``gpu_matrix`` (on a GPU host).
+Torch is pinned to the CPU build so no CUDA wheels are downloaded."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -51,7 +53,7 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Run ruff and mypy (strict) over core, plugins, tests and this file."""
     _install_project(session)
-    session.install("ruff", "mypy", "nox", *TEST_DEPS)
+    session.install("ruff", "mypy", "nox", "hatchling", *TEST_DEPS)  # hatchling: the CUDA plugin's wheel build hook is type-checked too
     paths = ["core", *PLUGINS, "tests", "benchmarks", "examples", "env_matrix", "noxfile.py"]
     session.run("ruff", "check", *paths)
     session.run("mypy", *paths)
@@ -75,3 +77,20 @@ def bench(session: nox.Session) -> None:
     _install_project(session)
     session.install("numpy")
     session.run("python", "benchmarks/bench_cpu.py", *session.posargs)
+
+
+@nox.session(python=False, default=False)
+def gpu_matrix(session: nox.Session) -> None:
+    """On a GPU host: build the CUDA plugin per env_matrix arch list; check negotiation and kernels (no downloads)."""
+    root = Path(session.create_tmp()) / "gpu_matrix"
+    tests = ROOT / "plugins" / "cutlass_like" / "tests"
+    for entry in MATRIX.cuda_arch_lists:
+        out = root / entry.name
+        if out.exists() and os.environ.get("ATTNCORE_GPU_MATRIX_REUSE") != "1":
+            shutil.rmtree(out)  # a fresh build per run: the build is part of what is checked
+        session.log(f"== {entry.name}: TORCH_CUDA_ARCH_LIST={entry.value!r} (on sm_90: {entry.on_sm90})")
+        env = {"ATTNCORE_GPU_MATRIX": entry.name, "ATTNCORE_CUTLASS_DIR": str(out), "TORCH_CUDA_ARCH_LIST": entry.value}
+        # exit code 2: the builder refused the list before compiling (an arch this nvcc cannot target); the tests check that refusal
+        session.run("python", "-m", "attncore_cutlass", "build", "--arch-list", entry.value, "--out", str(out), env=env, success_codes=[0, 2])
+        files = [str(tests / "test_gpu_matrix.py"), str(tests / "test_cutlass_gpu.py")]
+        session.run("python", "-m", "pytest", "-q", "-s", "-rs", "-p", "no:cacheprovider", *files, *session.posargs, env=env)

@@ -32,7 +32,17 @@ import torch
 TOKENS, WIDTH = 16384, 2048
 SEQLENS = (512, 1024, 2048, 4096, 8192, 16384)
 BACKENDS = ("triton", "flash", "cudnn", "efficient")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+#: attncore operators a benchmark can force, by name: (module, forward op, backward op)
+ATTNCORE_OPS = {"triton": ("attncore_triton.ops", "TritonFlashFwOp", "TritonFlashBwOp"), "cutlass": ("attncore_cutlass.ops", "CutlassFwOp", "CutlassBwOp")}
+LABELS = {
+    "triton": "attncore-triton",
+    "cutlass": "attncore-cutlass",
+    "flash": "SDPA flash",
+    "cudnn": "SDPA cuDNN",
+    "efficient": "SDPA efficient",
+    "math": "SDPA math",
+}
 
 
 @dataclass(frozen=True)
@@ -66,7 +76,17 @@ def _bench(fn: Callable[[], Any]) -> float:
 def _sdpa_backend(name: str) -> Any:
     from torch.nn.attention import SDPBackend
 
-    return {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}[name]
+    return {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[
+        name
+    ]
+
+
+def _ops(backend: str) -> tuple[Any, Any]:
+    import importlib
+
+    module, fw, bw = ATTNCORE_OPS[backend]
+    mod = importlib.import_module(module)
+    return getattr(mod, fw), getattr(mod, bw)
 
 
 def _inputs(cell: Cell, requires_grad: bool, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,12 +99,12 @@ def _inputs(cell: Cell, requires_grad: bool, seed: int = 0) -> tuple[torch.Tenso
 
 def _run_fn(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> Callable[[], torch.Tensor]:
     """A zero-argument forward of ``backend`` on ``[B, M, H, K]`` tensors."""
-    if backend == "triton":
+    if backend in ATTNCORE_OPS:
         import attncore
-        from attncore_triton.ops import TritonFlashBwOp, TritonFlashFwOp
 
         bias = attncore.LowerTriangularMask() if causal else None
-        return lambda: attncore.memory_efficient_attention(q, k, v, bias, op=(TritonFlashFwOp, TritonFlashBwOp))
+        ops = _ops(backend)
+        return lambda: attncore.memory_efficient_attention(q, k, v, bias, op=ops)
     from torch.nn.attention import sdpa_kernel
 
     be = _sdpa_backend(backend)
@@ -185,7 +205,15 @@ def _ratio(a: Optional[float], b: Optional[float]) -> str:
     return "n/a" if a is None or b is None or b == 0 else f"{a / b:.2f}"
 
 
-def grid(dtypes: Sequence[str], head_dims: Sequence[int], seqlens: Sequence[int], directions: Sequence[str], backends: Sequence[str]) -> list[dict[str, Any]]:
+def grid(
+    dtypes: Sequence[str],
+    head_dims: Sequence[int],
+    seqlens: Sequence[int],
+    directions: Sequence[str],
+    backends: Sequence[str],
+    ours: str = "triton",
+    vs: str = "flash",
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for dt in dtypes:
         for kd in head_dims:
@@ -202,17 +230,17 @@ def grid(dtypes: Sequence[str], head_dims: Sequence[int], seqlens: Sequence[int]
                         print(
                             f"{dt} K={kd:3d} M={m:5d} causal={causal!s:5} {d}: "
                             + "  ".join(f"{be}={_fmt(row[be])}" for be in backends)
-                            + f"  triton/flash={_ratio(row.get('triton'), row.get('flash'))}",
+                            + f"  {ours}/{vs}={_ratio(row.get(ours), row.get(vs))}",
                             flush=True,
                         )
     return rows
 
 
-def varlen(seed: int = 0, count: int = 8, head_dim: int = 128) -> list[dict[str, Any]]:
+def varlen(seed: int = 0, count: int = 8, head_dim: int = 128, ours: str = "triton") -> list[dict[str, Any]]:
     """Packed causal batch of ``count`` sequences (64..4096) vs SDPA on the batch padded to the longest."""
     import attncore
-    from attncore_triton.ops import TritonFlashBwOp, TritonFlashFwOp
 
+    ops = _ops(ours)
     g = torch.Generator().manual_seed(seed)
     lens = [int(x) for x in torch.randint(64, 4097, (count,), generator=g)]
     total, longest, heads = sum(lens), max(lens), WIDTH // head_dim
@@ -230,14 +258,14 @@ def varlen(seed: int = 0, count: int = 8, head_dim: int = 128) -> list[dict[str,
     for d in ("fwd", "bwd"):
         row: dict[str, Any] = {"dir": d, "lengths": lens, "tokens": total, "padded_tokens": count * longest}
 
-        def tri() -> torch.Tensor:
-            return attncore.memory_efficient_attention(packed[0], packed[1], packed[2], bias, op=(TritonFlashFwOp, TritonFlashBwOp))
+        def packed_call() -> torch.Tensor:
+            return attncore.memory_efficient_attention(packed[0], packed[1], packed[2], bias, op=ops)
 
-        fns: dict[str, Callable[[], torch.Tensor]] = {"triton": tri}
+        fns: dict[str, Callable[[], torch.Tensor]] = {ours: packed_call}
         for be in ("flash", "cudnn", "efficient"):
             fns[be] = _run_fn(be, padded[0], padded[1], padded[2], True)
         for name, fn in fns.items():
-            leaves = packed if name == "triton" else padded
+            leaves = packed if name == ours else padded
             try:
                 if d == "fwd":
                     with torch.no_grad():
@@ -257,31 +285,44 @@ def varlen(seed: int = 0, count: int = 8, head_dim: int = 128) -> list[dict[str,
     return out
 
 
-def render(rows: list[dict[str, Any]], var: list[dict[str, Any]], header: str) -> str:
+def render(
+    rows: list[dict[str, Any]],
+    var: list[dict[str, Any]],
+    header: str,
+    ours: str = "triton",
+    backends: Sequence[str] = BACKENDS,
+    vs: Sequence[str] = ("flash", "cudnn"),
+) -> str:
+    others = [b for b in backends if b != ours]
     lines = [header, ""]
-    lines.append("TFLOP/s (higher is better); ratios are attncore-triton over the SDPA backend.")
+    lines.append(f"TFLOP/s (higher is better); ratios are {LABELS[ours]} over the SDPA backend.")
     lines.append("")
-    lines.append("| dtype | K | M | B | H | causal | dir | attncore-triton | SDPA flash | SDPA cuDNN | SDPA efficient | triton/flash | triton/cuDNN |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append(
+        "| dtype | K | M | B | H | causal | dir | " + " | ".join(LABELS[b] for b in [ours, *others]) + " | " + " | ".join(f"{ours}/{b}" for b in vs) + " |"
+    )
+    lines.append("|---|---|---|---|---|---|---|" + "---|" * (1 + len(others) + len(vs)))
     for r in rows:
         lines.append(
             f"| {r['dtype']} | {r['K']} | {r['M']} | {r['B']} | {r['H']} | {'yes' if r['causal'] else 'no'} | {r['dir']} | "
-            f"{_fmt(r.get('triton'))} | {_fmt(r.get('flash'))} | {_fmt(r.get('cudnn'))} | {_fmt(r.get('efficient'))} | "
-            f"{_ratio(r.get('triton'), r.get('flash'))} | {_ratio(r.get('triton'), r.get('cudnn'))} |"
+            + " | ".join(_fmt(r.get(b)) for b in [ours, *others])
+            + " | "
+            + " | ".join(_ratio(r.get(ours), r.get(b)) for b in vs)
+            + " |"
         )
     if var:
         lines += ["", f"Packed variable-length batch (BlockDiagonalCausalMask, bf16, K=128, H=16), lengths {var[0]['lengths']}:", ""]
         lines.append(f"{var[0]['tokens']} real tokens; SDPA runs {var[0]['padded_tokens']} padded tokens. Million real tokens/s:")
         lines.append("")
-        lines.append("| dir | attncore-triton (packed) | SDPA flash (padded) | SDPA cuDNN (padded) | SDPA efficient (padded) | triton/flash |")
+        pads = ("flash", "cudnn", "efficient")
+        lines.append(f"| dir | {LABELS[ours]} (packed) | " + " | ".join(f"{LABELS[b]} (padded)" for b in pads) + f" | {ours}/{vs[0]} |")
         lines.append("|---|---|---|---|---|---|")
         for r in var:
 
             def mt(x: Optional[float]) -> str:
                 return "n/a" if x is None else f"{x / 1e6:.1f}"
 
-            cols = [mt(r.get(b)) for b in ("triton", "flash", "cudnn", "efficient")]
-            lines.append(f"| {r['dir']} | {' | '.join(cols)} | {_ratio(r.get('triton'), r.get('flash'))} |")
+            cols = [mt(r.get(b)) for b in (ours, *pads)]
+            lines.append(f"| {r['dir']} | {' | '.join(cols)} | {_ratio(r.get(ours), r.get(vs[0]))} |")
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,6 @@ does not, forcing it must raise a clear error that quotes its reasons.
 
 from __future__ import annotations
 
-import dataclasses
 import zlib
 
 import pytest
@@ -17,6 +16,7 @@ import attncore
 from attncore import registry
 from attncore.inputs import Inputs
 from attncore.ops import AttentionOpBase
+from attncore_reference.testing import moved
 from bias_cases import CASES, TENSOR_BIAS_CASES, Case
 from reference_math import Bias, attention
 
@@ -35,19 +35,6 @@ def device_for(op: type[AttentionOpBase]) -> torch.device:
     if torch.cuda.is_available() and "cuda" in op.CAPABILITIES.devices:
         return torch.device("cuda")
     return torch.device("cpu")
-
-
-def moved(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Bias, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Bias]:
-    """The same call on ``dev`` (tensors inside structured biases move too)."""
-    if dev.type == "cpu":
-        return q, k, v, bias
-    if isinstance(bias, torch.Tensor):
-        bias = bias.to(dev)
-    elif isinstance(bias, attncore.LowerTriangularMaskWithTensorBias):
-        bias = attncore.LowerTriangularMaskWithTensorBias(bias._bias.to(dev))
-    elif isinstance(bias, attncore.PagedBlockDiagonalPaddedKeysMask):
-        bias = dataclasses.replace(bias, block_tables=bias.block_tables.to(dev))
-    return q.to(dev), k.to(dev), v.to(dev), bias
 
 
 def low_precision_error(out64: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Bias, dtype: torch.dtype) -> float:

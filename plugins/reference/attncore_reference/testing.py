@@ -14,6 +14,7 @@ For this plugin's tests and for other backends' authors:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
@@ -138,6 +139,19 @@ def randn(*shape: int, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor
     return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
 
 
+def moved(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Bias, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Bias]:
+    """The same call on ``dev`` (tensors inside structured biases move too; GQA stride-0 views stay views)."""
+    if dev.type == "cpu":
+        return q, k, v, bias
+    if isinstance(bias, torch.Tensor):
+        bias = bias.to(dev)
+    elif isinstance(bias, ab.LowerTriangularMaskWithTensorBias):
+        bias = ab.LowerTriangularMaskWithTensorBias(bias._bias.to(dev))
+    elif isinstance(bias, ab.PagedBlockDiagonalPaddedKeysMask):
+        bias = dataclasses.replace(bias, block_tables=bias.block_tables.to(dev))
+    return q.to(dev), k.to(dev), v.to(dev), bias
+
+
 def make_qkv(
     layout: str, batch: int, mq: int, mk: int, dtype: torch.dtype, gen: torch.Generator, kv_dim: int = KV, requires_grad: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -203,8 +217,8 @@ def bias_tensor(bias: Bias) -> Optional[torch.Tensor]:
     return None
 
 
-def dense_bias(bias: Bias, nd: int, b: int, g: int, h: int, mq: int, mk: int) -> Optional[torch.Tensor]:
-    """The bias as a ``[B, G, H, Mq, Mk]`` float64 tensor (differentiable in its tensor part)."""
+def dense_bias(bias: Bias, nd: int, b: int, g: int, h: int, mq: int, mk: int, device: Optional[torch.device] = None) -> Optional[torch.Tensor]:
+    """The bias as a ``[B, G, H, Mq, Mk]`` float64 tensor (differentiable in its tensor part), on ``device`` if given."""
     if bias is None:
         return None
     target = {3: (b, mq, mk), 4: (b, h, mq, mk), 5: (b, g, h, mq, mk)}[nd]
@@ -212,6 +226,8 @@ def dense_bias(bias: Bias, nd: int, b: int, g: int, h: int, mq: int, mk: int) ->
         full = bias.to(torch.float64).broadcast_to(target)
     else:
         full = bias.materialize(target, dtype=torch.float64)
+    if device is not None:
+        full = full.to(device)
     return full.unsqueeze(1).unsqueeze(1) if nd == 3 else (full.unsqueeze(1) if nd == 4 else full)
 
 
@@ -228,7 +244,7 @@ def reference(
     q5, k5, v5 = (to5(t).to(torch.float64).permute(0, 2, 3, 1, 4) for t in (q, k, v))
     b, g, h, mq, _ = q5.shape
     s = torch.matmul(q5, k5.transpose(-1, -2)) * scale
-    full = dense_bias(bias, nd, b, g, h, mq, k.shape[1])
+    full = dense_bias(bias, nd, b, g, h, mq, k.shape[1], q.device)
     if full is not None:
         s = s + full
     dead = torch.isneginf(s).all(dim=-1, keepdim=True)
@@ -250,7 +266,7 @@ def sdpa_errors(
     def run(dt: torch.dtype) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         q5, k5, v5 = (to5(t).detach().permute(0, 2, 3, 1, 4).to(dt).contiguous().requires_grad_(grad_out is not None) for t in (q, k, v))
         b, g, h, mq, _ = q5.shape
-        mask = dense_bias(_map_tensor(bias, torch.Tensor.detach), q.dim(), b, g, h, mq, k.shape[1])
+        mask = dense_bias(_map_tensor(bias, torch.Tensor.detach), q.dim(), b, g, h, mq, k.shape[1], q.device)
         out = F.scaled_dot_product_attention(q5, k5, v5, attn_mask=None if mask is None else mask.to(dt), scale=scale)
         if grad_out is None:
             return out.detach().nan_to_num(0.0), ()
@@ -330,8 +346,8 @@ def compare_backward(
     res = fw.apply(inp, needs_lse=True, dropout_seed=seed)
     assert res.lse is not None
     gen = torch.Generator().manual_seed(7)
-    go = torch.randn(res.out.shape, generator=gen, dtype=torch.float64).to(q.dtype)
-    glse = torch.randn(res.lse.shape, generator=gen, dtype=torch.float64).to(res.lse.dtype)
+    go = torch.randn(res.out.shape, generator=gen, dtype=torch.float64).to(device=q.device, dtype=q.dtype)
+    glse = torch.randn(res.lse.shape, generator=gen, dtype=torch.float64).to(device=q.device, dtype=res.lse.dtype)
     got = bw.apply(inp, go, res.out, res.lse, dropout_seed=seed, grad_lse=glse)
     inp64 = inputs(q.detach().double(), k.detach().double(), v.detach().double(), widen(bias, bias_grad), p=p)
     want = ExactBwOp.apply(inp64, go.double(), res.out.double(), res.lse.double(), dropout_seed=seed, grad_lse=glse.double())

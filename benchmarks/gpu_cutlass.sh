@@ -1,0 +1,30 @@
+#!/bin/bash
+# attncore-cutlass on a GPU machine, from the repository root: build, GPU tests, gpu_matrix, benchmark.
+#   benchmarks/gpu_cutlass.sh [build|tests|matrix|bench|all]... [-- bench_cutlass.py arguments...]
+# Results go to $OUT (default /tmp/attncore-cutlass): build.log, tests.log, matrix.log, bench.log,
+# results.md, results.json. TEST_K narrows the tests (pytest -k), MATRIX_ARGS is passed to gpu_matrix's pytest.
+set -o pipefail
+modes=(); while [ $# -gt 0 ] && [ "$1" != "--" ]; do modes+=("$1"); shift; done; [ "$1" = "--" ] && shift
+[ ${#modes[@]} -eq 0 ] && modes=(all)
+OUT="${OUT:-/tmp/attncore-cutlass}"; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 ATTNCORE_CUTLASS_CACHE="${ATTNCORE_CUTLASS_CACHE:-$OUT/cache}"
+wheels=(plugins/triton_flash/build/wheels/*.whl)  # pytest-xdist, when carried along
+if [ -f "${wheels[0]}" ] && ! python3 -c "import xdist" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/xdist-site "${wheels[@]}" && export PYTHONPATH="/tmp/xdist-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+par=""; python3 -c "import xdist" 2>/dev/null && par="-n ${JOBS:-14}"
+want() { for m in "${modes[@]}"; do [ "$m" = "$1" ] || [ "$m" = all ] && return 0; done; return 1; }
+status=0
+if want build; then  # the first-use build, timed, then what negotiation says
+  { time python3 -c "import torch; from attncore_cutlass import _launch; _launch.extension(tuple(torch.cuda.get_device_capability()))"; python3 -m attncore_cutlass status; } 2>&1 | tee "$OUT/build.log" || status=1
+fi
+if want tests; then
+  python3 -m pytest -q -p no:cacheprovider $par plugins/cutlass_like/tests tests/test_conformance.py -k "${TEST_K:-cutlass or Cutlass or negotiation}" 2>&1 | tee "$OUT/tests.log" || status=1
+fi
+if want matrix; then
+  python3 -m nox -s gpu_matrix -- $par ${MATRIX_ARGS:-} 2>&1 | tee "$OUT/matrix.log" || status=1
+fi
+if want bench; then
+  python3 benchmarks/bench_cutlass.py --out "$OUT/results.md" --json "$OUT/results.json" "$@" 2>&1 | tee "$OUT/bench.log" || status=1
+fi
+exit $status

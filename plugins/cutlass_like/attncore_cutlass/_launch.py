@@ -1,0 +1,260 @@
+"""Host side of the kernels: describe a call, load (or build on first use) the extension, launch.
+
+Nothing here copies keys or values: the kernels read the caller's ``[B, M, G, H, K]`` views through
+their strides (stride 0 on ``H`` for shared keys/values) and the bias through its broadcast strides.
+Block layouts become three small int32 arrays (cached per layout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import itertools
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Optional
+
+import torch
+
+from attncore.geometry import Anchor, BlockLayout
+from attncore.inputs import Inputs
+
+from . import build, negotiation
+
+__all__ = ["backward", "extension", "forget_modules", "forward", "last_family", "portable_kernels"]
+
+LOG2E = 1.4426950408889634
+_BIG = 1 << 30
+
+#: Tests set this to fill every output the kernels must write with NaN first (``torch.empty`` otherwise).
+POISON = False
+
+_TENSOR_CORES: contextvars.ContextVar[bool] = contextvars.ContextVar("attncore_cutlass_tensor_cores", default=True)
+_LAST: dict[str, str] = {}
+_LOCK = threading.Lock()
+_MODULES: dict[Optional[tuple[int, int]], ModuleType] = {}
+
+
+@contextlib.contextmanager
+def portable_kernels() -> Iterator[None]:
+    """Run the portable (CUDA-core) kernels even where tensor-core ones exist (tests compare both)."""
+    token = _TENSOR_CORES.set(False)
+    try:
+        yield
+    finally:
+        _TENSOR_CORES.reset(token)
+
+
+def last_family(direction: str) -> Optional[str]:
+    """Which kernel family (``"tc"`` or ``"simt"``) ran the last ``"forward"`` or ``"backward"`` call."""
+    return _LAST.get(direction)
+
+
+def extension(capability: Optional[tuple[int, int]]) -> ModuleType:
+    """The compiled module for a device of ``capability``, building it first if this is its first use."""
+    mod = _MODULES.get(capability)
+    if mod is not None:
+        return mod
+    with _LOCK:
+        located = negotiation.current(capability)
+        if located.record is not None and located.directory is not None:
+            directory = located.directory
+        elif located.jit_blocker is None and located.jit_arch_list is not None and located.jit_dir is not None:
+            build.build(located.jit_arch_list, located.jit_dir)
+            negotiation.refresh()
+            directory = located.jit_dir
+        else:  # the dispatcher rejects the op first; reached only by calling this module directly
+            raise RuntimeError(f"attncore-cutlass: not built ({located.jit_blocker}); {negotiation.BUILD_HINT}")
+        mod = _MODULES[capability] = build.load_extension(directory)
+    return mod
+
+
+def _capability(device: torch.device) -> tuple[int, int]:
+    major, minor = torch.cuda.get_device_capability(device)
+    return (int(major), int(minor))
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if POISON:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _last_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+@dataclass(frozen=True)
+class _Seqs:
+    """A block layout as the kernels read it, and where each block's dK/dV rows are written."""
+
+    seq_q: torch.Tensor
+    seq_k: torch.Tensor
+    seq_klen: torch.Tensor
+    seq_kw: torch.Tensor
+    num_seqs: int
+    max_q: int
+    max_k: int
+    direct: bool  # blocks' key spans do not overlap: dK/dV rows are written in place
+    write_rows: int
+    spans: tuple[tuple[int, int, int], ...]  # (buffer row, key row, length) per block, when not direct
+
+
+_SEQ_CACHE: OrderedDict[tuple[object, ...], _Seqs] = OrderedDict()
+
+
+def _i32(values: tuple[int, ...] | list[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(list(values), dtype=torch.int32).to(device)
+
+
+def _seqs(blocks: BlockLayout, device: torch.device) -> _Seqs:
+    key = (blocks.q_seqstart, blocks.k_start, blocks.k_len, device)
+    hit = _SEQ_CACHE.get(key)
+    if hit is not None:
+        _SEQ_CACHE.move_to_end(key)
+        return hit
+    n = blocks.num_blocks
+    spans = sorted((s, s + kl) for s, kl in zip(blocks.k_start, blocks.k_len, strict=True) if kl > 0)
+    direct = all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+    offsets = list(itertools.accumulate(blocks.k_len, initial=0))
+    kw = list(blocks.k_start) if direct else offsets[:-1]
+    out = _Seqs(
+        _i32(blocks.q_seqstart, device), _i32(blocks.k_start, device), _i32(blocks.k_len, device), _i32(kw, device), n,
+        max((blocks.q_len(b) for b in range(n)), default=0), max(blocks.k_len, default=0), direct,
+        blocks.k_total if direct else offsets[-1],
+        () if direct else tuple((offsets[b], blocks.k_start[b], blocks.k_len[b]) for b in range(n)),
+    )  # fmt: skip
+    _SEQ_CACHE[key] = out
+    if len(_SEQ_CACHE) > 64:
+        _SEQ_CACHE.popitem(last=False)
+    return out
+
+
+@dataclass(frozen=True)
+class _Call:
+    seqs: Optional[_Seqs]
+    num_seqs: int
+    max_q: int
+    max_k: int
+    band_lo: int
+    band_hi: int
+    bottom_right: bool
+
+    def seq_args(self) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+        if self.seqs is None:
+            return None, None, None
+        return self.seqs.seq_q, self.seqs.seq_k, self.seqs.seq_klen
+
+
+def _describe(inputs: Inputs) -> _Call:
+    geo = inputs.geometry
+    q = inputs.q5
+    seqs = _seqs(geo.blocks, q.device) if geo is not None and geo.blocks is not None else None
+    lo, hi, br = -_BIG, _BIG, False
+    if geo is not None and geo.band is not None:
+        lo = -_BIG if geo.band.lo is None else max(geo.band.lo, -_BIG)
+        hi = _BIG if geo.band.hi is None else min(geo.band.hi, _BIG)
+        br = geo.band.anchor is Anchor.BOTTOM_RIGHT
+    if seqs is not None:
+        return _Call(seqs, seqs.num_seqs, seqs.max_q, seqs.max_k, lo, hi, br)
+    return _Call(None, q.shape[0], q.shape[1], inputs.num_keys, lo, hi, br)
+
+
+def _vec_ok(*tensors: torch.Tensor) -> bool:
+    """16-byte loads are safe: 2-byte elements, head dims multiples of 8, aligned bases and row strides."""
+    for t in tensors:
+        if t.element_size() != 2 or t.shape[-1] % 8 or t.data_ptr() % 16 or any((s * 2) % 16 for s in t.stride()[:4]):
+            return False
+    return True
+
+
+def _bias(inputs: Inputs) -> Optional[torch.Tensor]:
+    b = inputs.bias5
+    if b is None or b.dtype in (inputs.q5.dtype, torch.float32):
+        return b
+    return b.float()  # other dtypes (float64, or a half bias with float32 inputs) go through float32
+
+
+def forward(inputs: Inputs, *, needs_lse: bool, ext: Optional[ModuleType] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(out [B, Mq, G, H, Kv] in inputs.out_dtype, lse [B, G, H, Mq] float32 or None)``; ``ext``: a given
+    compiled module instead of the negotiated one (gpu_matrix uses it to show what negotiation prevents)."""
+    q, k, v = (_last_contiguous(t) for t in (inputs.q5, inputs.k5, inputs.v5))
+    b, mq, g, h, _ = q.shape
+    kv = v.shape[-1]
+    dev = q.device
+    out_dtype = inputs.out_dtype
+    kernel_dtype = out_dtype if out_dtype in (q.dtype, torch.float32) else torch.float32
+    out = _empty((b, mq, g, h, kv), kernel_dtype, dev)
+    lse = _empty((b, g, h, mq), torch.float32, dev) if needs_lse else None
+    call = _describe(inputs)
+    ext = ext if ext is not None else extension(_capability(dev))
+    family = ext.forward(
+        q, k, v, _bias(inputs), out, lse, *call.seq_args(), call.num_seqs, call.max_q, call.max_k, call.band_lo, call.band_hi,
+        call.bottom_right, inputs.scale, _vec_ok(q, k, v), _TENSOR_CORES.get(),
+    )  # fmt: skip
+    _LAST["forward"] = family
+    return (out if out.dtype == out_dtype else out.to(out_dtype)), lse
+
+
+def backward(
+    inputs: Inputs, grad_out: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, grad_lse: Optional[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """``(dq, dk, dv, dbias)`` in the canonical layouts (dbias ``[B, G, H, Mq, Mk]`` when the bias needs a gradient)."""
+    q, k, v = (_last_contiguous(t) for t in (inputs.q5, inputs.k5, inputs.v5))
+    b, mq, g, h, kd = q.shape
+    mk, kv = k.shape[1], v.shape[-1]
+    dev = q.device
+    do = _last_contiguous(grad_out if grad_out.dtype == q.dtype else grad_out.to(q.dtype))
+    # delta = rowsum(dO * O) - grad_lse and the base-2 LSE, [B, G, H, Mq] float32; rows that saw no key get
+    # +inf so that exp2(s - lse2) is 0 for them whatever s is
+    delta = (grad_out.float() * out.float()).sum(-1).permute(0, 2, 3, 1)
+    if grad_lse is not None:
+        delta = delta - grad_lse.float()
+    delta = delta.contiguous()
+    lse2 = lse.float() * LOG2E
+    lse2 = torch.where(lse2 == float("-inf"), torch.full_like(lse2, float("inf")), lse2).contiguous()
+    call = _describe(inputs)
+    seqs = call.seqs
+    rows = mk if seqs is None else seqs.write_rows
+    dq = _empty((b, mq, g, h, kd), q.dtype, dev)
+    if seqs is None:
+        dk = _empty((b, rows, g, h, kd), q.dtype, dev)
+        dv = _empty((b, rows, g, h, kv), q.dtype, dev)
+    else:  # keys outside every block get no gradient
+        dk = torch.zeros((b, rows, g, h, kd), dtype=q.dtype, device=dev)
+        dv = torch.zeros((b, rows, g, h, kv), dtype=q.dtype, device=dev)
+    bias = _bias(inputs)
+    dbias: Optional[torch.Tensor] = None
+    if bias is not None and inputs.features.bias_requires_grad:
+        dbias = torch.zeros((b, g, h, mq, mk), dtype=bias.dtype, device=dev)  # masked pairs stay 0
+    ext = extension(_capability(dev))
+    family = ext.backward(
+        q, k, v, bias, do, lse2, delta, dq, dk, dv, dbias, *call.seq_args(), seqs.seq_kw if seqs is not None else None,
+        call.num_seqs, call.max_q, call.max_k, call.band_lo, call.band_hi, call.bottom_right, inputs.scale,
+        _vec_ok(q, k, v, do), _TENSOR_CORES.get(),
+    )  # fmt: skip
+    _LAST["backward"] = family
+    if seqs is not None and not seqs.direct:
+        dk, dv = _sum_overlaps(seqs, dk, dv, mk)
+    if dbias is not None and inputs.bias5 is not None and dbias.dtype != inputs.bias5.dtype:
+        dbias = dbias.to(inputs.bias5.dtype)
+    return dq, dk, dv, dbias
+
+
+def _sum_overlaps(seqs: _Seqs, dk: torch.Tensor, dv: torch.Tensor, num_keys: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blocks whose key spans overlap wrote their own rows; add them onto the key rows, block by block (deterministic)."""
+    out_k = torch.zeros((dk.shape[0], num_keys, *dk.shape[2:]), dtype=torch.float32, device=dk.device)
+    out_v = torch.zeros((dv.shape[0], num_keys, *dv.shape[2:]), dtype=torch.float32, device=dv.device)
+    for row, start, length in seqs.spans:
+        out_k[:, start : start + length] += dk[:, row : row + length].float()
+        out_v[:, start : start + length] += dv[:, row : row + length].float()
+    return out_k.to(dk.dtype), out_v.to(dv.dtype)
+
+
+def forget_modules() -> None:
+    """Drop the loaded-module cache (a new binary was built for this process's tests)."""
+    with _LOCK:
+        _MODULES.clear()

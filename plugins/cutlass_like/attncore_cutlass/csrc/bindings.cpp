@@ -1,0 +1,167 @@
+// Python bindings: validate what the Python launcher hands over (it has already validated the
+// user's inputs), fill Params, pick the tensor-core or the portable kernel, launch on the current stream.
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/extension.h>
+
+#include <optional>
+#include <string>
+
+#include "kernels.h"
+
+namespace {
+
+using attncore::BwdParams;
+using attncore::DType;
+using attncore::Params;
+
+DType dtype_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::kF32;
+    case at::kHalf: return DType::kF16;
+    case at::kBFloat16: return DType::kBF16;
+    default: TORCH_CHECK(false, "attncore-cutlass: expected float32, float16 or bfloat16 inputs, found ", t.scalar_type());
+  }
+  return DType::kF32;
+}
+
+void strides4(int64_t* dst, const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 5, "attncore-cutlass: ", name, " must be [B, M, G, H, K], found ", t.dim(), " dims");
+  TORCH_CHECK(t.stride(4) == 1 || t.size(4) == 1, "attncore-cutlass: ", name, " needs a contiguous last dim");
+  for (int i = 0; i < 4; ++i) dst[i] = t.stride(i);
+}
+
+void check(cudaError_t e, const char* what) {
+  TORCH_CHECK(e == cudaSuccess, "attncore-cutlass: ", what, " failed: ", cudaGetErrorString(e));
+}
+
+const int* opt_int_ptr(const std::optional<at::Tensor>& t) {
+  if (!t.has_value()) return nullptr;
+  TORCH_CHECK(t->scalar_type() == at::kInt && t->is_contiguous(), "attncore-cutlass: sequence arrays must be contiguous int32");
+  return t->data_ptr<int>();
+}
+
+Params make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& bias, const at::Tensor& out,
+                   const std::optional<at::Tensor>& lse, const std::optional<at::Tensor>& seq_q, const std::optional<at::Tensor>& seq_k,
+                   const std::optional<at::Tensor>& seq_klen, int64_t num_seqs, int64_t max_q, int64_t max_k, int64_t band_lo, int64_t band_hi,
+                   bool bottom_right, double scale, bool vec) {
+  Params p{};
+  TORCH_CHECK(q.is_cuda() && k.device() == q.device() && v.device() == q.device() && out.device() == q.device(),
+              "attncore-cutlass: q, k, v and out must be on one CUDA device");
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), "attncore-cutlass: q, k, v must share a dtype");
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.out = out.data_ptr();
+  strides4(p.q_s, q, "query");
+  strides4(p.k_s, k, "key");
+  strides4(p.v_s, v, "value");
+  strides4(p.o_s, out, "out");
+  p.B = (int)q.size(0);
+  p.Mq = (int)q.size(1);
+  p.G = (int)q.size(2);
+  p.H = (int)q.size(3);
+  p.K = (int)q.size(4);
+  p.Mk = (int)k.size(1);
+  p.Kv = (int)v.size(4);
+  TORCH_CHECK(p.K <= 256 && p.Kv <= 256, "attncore-cutlass: head dims up to 256, found ", p.K, " and ", p.Kv);
+  TORCH_CHECK(out.scalar_type() == q.scalar_type() || out.scalar_type() == at::kFloat, "attncore-cutlass: out must be the inputs' dtype or float32");
+  p.out_f32 = out.scalar_type() == at::kFloat && q.scalar_type() != at::kFloat ? 1 : 0;
+  if (bias.has_value()) {
+    const at::Tensor& b = *bias;
+    TORCH_CHECK(b.dim() == 5, "attncore-cutlass: bias must be [B, G, H, Mq, Mk]");
+    TORCH_CHECK(b.scalar_type() == q.scalar_type() || b.scalar_type() == at::kFloat, "attncore-cutlass: bias must be the inputs' dtype or float32");
+    p.bias = b.data_ptr();
+    for (int i = 0; i < 5; ++i) p.b_s[i] = b.stride(i);
+    p.bias_f32 = b.scalar_type() == at::kFloat && q.scalar_type() != at::kFloat ? 1 : 0;
+  }
+  if (lse.has_value()) {
+    TORCH_CHECK(lse->scalar_type() == at::kFloat && lse->is_contiguous(), "attncore-cutlass: lse must be contiguous float32 [B, G, H, Mq]");
+    p.lse = lse->data_ptr<float>();
+  }
+  p.scale = (float)scale;
+  p.scale_log2 = (float)(scale * 1.4426950408889634);
+  p.varlen = seq_q.has_value() ? 1 : 0;
+  p.seq_q = opt_int_ptr(seq_q);
+  p.seq_k = opt_int_ptr(seq_k);
+  p.seq_klen = opt_int_ptr(seq_klen);
+  TORCH_CHECK(!p.varlen || (p.seq_k != nullptr && p.seq_klen != nullptr && p.B == 1), "attncore-cutlass: incomplete sequence description");
+  p.num_seqs = (int)num_seqs;
+  p.max_q = (int)max_q;
+  p.max_k = (int)max_k;
+  p.band_lo = (int)std::max<int64_t>(band_lo, -attncore::kBig);
+  p.band_hi = (int)std::min<int64_t>(band_hi, attncore::kBig);
+  p.bottom_right = bottom_right ? 1 : 0;
+  p.vec = vec ? 1 : 0;
+  return p;
+}
+
+std::string forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& bias, const at::Tensor& out,
+                    const std::optional<at::Tensor>& lse, const std::optional<at::Tensor>& seq_q, const std::optional<at::Tensor>& seq_k,
+                    const std::optional<at::Tensor>& seq_klen, int64_t num_seqs, int64_t max_q, int64_t max_k, int64_t band_lo, int64_t band_hi,
+                    bool bottom_right, double scale, bool vec, bool allow_tc) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  Params p = make_params(q, k, v, bias, out, lse, seq_q, seq_k, seq_klen, num_seqs, max_q, max_k, band_lo, band_hi, bottom_right, scale, vec);
+  if (p.num_seqs == 0 || p.max_q == 0 || p.G * p.H == 0) return "none";
+  const DType dt = dtype_of(q);
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (allow_tc && dt != DType::kF32 && attncore::tc_compiled_for_device()) {
+    bool launched = false;
+    check(attncore::fwd_tc(p, dt, stream, &launched), "forward (tensor cores)");
+    if (launched) return "tc";
+  }
+  check(attncore::fwd_simt(p, dt, stream), "forward (portable)");
+  return "simt";
+}
+
+std::string backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& bias, const at::Tensor& dout,
+                     const at::Tensor& lse2, const at::Tensor& delta, const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv,
+                     const std::optional<at::Tensor>& dbias, const std::optional<at::Tensor>& seq_q, const std::optional<at::Tensor>& seq_k,
+                     const std::optional<at::Tensor>& seq_klen, const std::optional<at::Tensor>& seq_kw, int64_t num_seqs, int64_t max_q,
+                     int64_t max_k, int64_t band_lo, int64_t band_hi, bool bottom_right, double scale, bool vec, bool allow_tc) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  BwdParams bp{};
+  bp.f = make_params(q, k, v, bias, dq, std::nullopt, seq_q, seq_k, seq_klen, num_seqs, max_q, max_k, band_lo, band_hi, bottom_right, scale, vec);
+  bp.f.out = nullptr;
+  TORCH_CHECK(dout.scalar_type() == q.scalar_type(), "attncore-cutlass: grad_out must have the inputs' dtype");
+  TORCH_CHECK(lse2.scalar_type() == at::kFloat && lse2.is_contiguous() && delta.scalar_type() == at::kFloat && delta.is_contiguous(),
+              "attncore-cutlass: lse2 and delta must be contiguous float32 [B, G, H, Mq]");
+  for (const at::Tensor* t : {&dq, &dk, &dv})
+    TORCH_CHECK(t->scalar_type() == q.scalar_type() && t->is_contiguous(), "attncore-cutlass: gradients must be contiguous, in the inputs' dtype");
+  strides4(bp.do_s, dout, "grad_out");
+  strides4(bp.dq_s, dq, "dq");
+  strides4(bp.dk_s, dk, "dk");
+  strides4(bp.dv_s, dv, "dv");
+  bp.dout = dout.data_ptr();
+  bp.lse2 = lse2.data_ptr<float>();
+  bp.delta = delta.data_ptr<float>();
+  bp.dq = dq.data_ptr();
+  bp.dk = dk.data_ptr();
+  bp.dv = dv.data_ptr();
+  if (dbias.has_value()) {
+    TORCH_CHECK(dbias->is_contiguous() && (dbias->scalar_type() == q.scalar_type() || dbias->scalar_type() == at::kFloat),
+                "attncore-cutlass: dbias must be contiguous [B, G, H, Mq, Mk], float32 or the inputs' dtype");
+    bp.dbias = dbias->data_ptr();
+    bp.dbias_f32 = dbias->scalar_type() == at::kFloat && q.scalar_type() != at::kFloat ? 1 : 0;
+  }
+  bp.seq_kw = opt_int_ptr(seq_kw);
+  if (bp.f.num_seqs == 0 || bp.f.G * bp.f.H == 0) return "none";
+  const DType dt = dtype_of(q);
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (allow_tc && dt != DType::kF32 && attncore::tc_compiled_for_device()) {
+    bool launched = false;
+    check(attncore::bwd_tc(bp, dt, stream, &launched), "backward (tensor cores)");
+    if (launched) return "tc";
+  }
+  check(attncore::bwd_simt(bp, dt, stream), "backward (portable)");
+  return "simt";
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "attncore-cutlass CUDA kernels (see attncore_cutlass._launch for the Python side)";
+  m.def("forward", &forward, "attention forward; returns the kernel family that ran ('tc' or 'simt')");
+  m.def("backward", &backward, "attention backward; returns the kernel family that ran ('tc' or 'simt')");
+  m.def("tc_compiled_for_device", &attncore::tc_compiled_for_device, "whether the running code has tensor-core kernel bodies (built for sm_80+)");
+}

@@ -1,0 +1,628 @@
+// Tensor-core backward for fp16/bf16 on sm_80 and newer (mma.sync m16n8k16; Hopper runs it too).
+//
+// Same semantics as bwd_simt.cu (probabilities recomputed from the forward's base-2 LSE; two kernels,
+// no atomics, deterministic), FlashAttention-2 style:
+//   dkdv: one CTA of 4 warps owns 64 keys of one (sequence, group, head); each warp owns 16 of them and
+//         keeps its dK and dV tiles (16 x D, fp32) in registers. The query tiles that can see the keys
+//         stream through shared memory (cp.async, double buffered, with their lse2 / delta). Per warp:
+//         S^T = K Q^T and dP^T = V dO^T (A: K / V rows, B: Q / dO rows by plain ldmatrix), then
+//         P^T = exp2(S^T - lse2[q]) and dS^T = P^T (dP^T - delta[q]) in registers, which become the
+//         A operands of dV += P^T dO and dK += dS^T Q (B: dO / Q by transposing ldmatrix); dS goes to
+//         dbias. For D = 256 the two accumulators do not fit the register file together: two launches,
+//         one computes dV only, the other dK (and dbias).
+//   dq:   one CTA of 4 warps owns 64 queries; each warp 16 of them, dQ (16 x D, fp32) in registers. Key
+//         tiles stream through shared memory (double buffered): S = Q K^T, dP = dO V^T, dS as above,
+//         dQ += dS K (B: K by transposing ldmatrix).
+// P and dS are rounded to the inputs' type only as MMA operands; every accumulation is fp32. Head dims
+// are padded with zeros to D (64, 128 or 256); only tiles that cross a band edge or a sequence end
+// evaluate the mask per element. A tensor bias is staged per tile pair in shared memory (float, times
+// log2 e, coalesced loads) next to the double-buffered operand tiles.
+// Tiles and shared memory (bytes, without / with a bias): D = 64: dkdv 64 keys x 64 queries 56320 / 91136,
+// dq 64 x 64 55296 / 92160; D = 128: 105472 / 140288 and 104448 / 141312; D = 256: 64 keys x 32 queries,
+// dK launch 135680 / 153088, dV launch 101888 / 119296, dq 64 x 32 135168 / 155648 (all within the A100
+// opt-in 163 KiB). ptxas: no spills for sm_90 (up to 255 registers); for sm_80 the D = 128 dkdv kernel
+// spills 24 bytes.
+#include "kernels.h"
+#include "mma.cuh"
+
+namespace attncore {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kBN = 64;    // keys per dkdv CTA (16 per warp)
+constexpr int kBMq = 64;   // queries per dq CTA (16 per warp)
+
+// Bias tiles (float, base 2) are padded so that the fragment-order reads avoid bank conflicts.
+constexpr int kLdbKV = kBN + 4;  // dkdv: [query][key], read down a column (keys vary fastest across lanes)
+constexpr int kLdbQPad = 8;      // dq: [query][key], read as float2 along a row
+
+// dkdv: K [kBN][LD], V [kBN][LD] (when dK is computed), Q and dO [2][BM][LD], lse2 and delta [2][BM],
+// then with a bias [2][BM][kBN + 4] floats.
+template <int D, int BM, bool kDK>
+constexpr int dkdv_smem_bytes(bool bias) {
+  return ((kDK ? 2 : 1) * kBN + 4 * BM) * (D + 8) * 2 + 4 * BM * 4 + (bias ? 2 * BM * kLdbKV * 4 : 0);
+}
+
+// dq: Q and dO [kBMq][LD], K and V [2][BN][LD], then with a bias [2][kBMq][BN + 8] floats.
+template <int D, int BN>
+constexpr int dq_smem_bytes(bool bias) {
+  return (2 * kBMq + 4 * BN) * (D + 8) * 2 + (bias ? 2 * kBMq * (BN + kLdbQPad) * 4 : 0);
+}
+
+// ldmatrix x4 (kTrans: .trans) on a 32-bit shared address (base + constant offsets fold into the instruction).
+template <bool kTrans>
+__device__ __forceinline__ void ldsm(uint32_t* r, uint32_t addr) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (kTrans) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+  }
+#endif
+}
+
+// Byte offsets (within a [rows][LD] tile of 2-byte elements) that lane `lane` passes to ldmatrix:
+//   a_off: A fragment of rows [0, 16) x columns [0, 16) (add 16-row / 16-column steps);
+//   b_off: B fragments of two n-tiles (rows [0, 16) are n, columns [0, 16) are k), plain ldmatrix:
+//          regs 0-1 for n-tile rows 0-7, regs 2-3 for rows 8-15;
+//   t_off: B fragments of two n-tiles from a [k][n] tile (rows [0, 16) are k, columns [0, 16) are n),
+//          transposing ldmatrix: regs 0-1 for columns 0-7, regs 2-3 for columns 8-15.
+template <int LD>
+__device__ __forceinline__ uint32_t a_off(int lane) { return ((lane % 16) * LD + (lane / 16) * 8) * 2; }
+template <int LD>
+__device__ __forceinline__ uint32_t b_off(int lane) { return ((lane % 8 + (lane / 16) * 8) * LD + ((lane / 8) % 2) * 8) * 2; }
+template <int LD>
+__device__ __forceinline__ uint32_t t_off(int lane) { return ((lane % 8 + ((lane / 8) % 2) * 8) * LD + (lane / 16) * 8) * 2; }
+
+// The A fragment of a 16 x 16 tile from the C fragments of its two 16 x 8 halves (rounded to T).
+template <typename T>
+__device__ __forceinline__ void c_to_a(uint32_t* a, const float* lo, const float* hi) {
+  a[0] = tc::Mma<T>::pack(lo[0], lo[1]);
+  a[1] = tc::Mma<T>::pack(lo[2], lo[3]);
+  a[2] = tc::Mma<T>::pack(hi[0], hi[1]);
+  a[3] = tc::Mma<T>::pack(hi[2], hi[3]);
+}
+
+// Two adjacent columns of an output row: one 32-bit store when both exist and the address allows it.
+template <typename T>
+__device__ __forceinline__ void store_pair(T* row, int col, int ncols, float a, float b) {
+  if (col + 1 < ncols && (reinterpret_cast<uintptr_t>(row + col) & 3) == 0) {
+    *reinterpret_cast<uint32_t*>(row + col) = tc::Mma<T>::pack(a, b);
+  } else {
+    if (col < ncols) row[col] = from_float<T>(a);
+    if (col + 1 < ncols) row[col + 1] = from_float<T>(b);
+  }
+}
+
+template <typename U>
+__device__ __forceinline__ void put(void* base, int64_t at, float x) {
+  reinterpret_cast<U*>(base)[at] = from_float<U>(x);
+}
+
+// Rows [row0, row0 + ROWS) of a [B, M, G, H, *] view into shared [ROWS][LD] (columns [0, COLS)); rows at or
+// past nrows and columns at or past ncols are zero. Like tc::load_tile, with the row address computed
+// once and a fixed per-thread column (fewer live registers inside the main loops).
+template <typename T, int ROWS, int COLS, int LD>
+__device__ __forceinline__ void load_rows(T* dst, const void* base, const int64_t* st, int b, int row0, int g, int h, int nrows, int ncols, bool vec) {
+  const T* src = row_ptr<T>(base, st, b, row0, g, h);
+  const int64_t rs = st[1];
+  if (vec) {
+    constexpr int CH = COLS / 8;          // 16-byte chunks per row
+    constexpr int STEP = kThreads / CH;   // rows per pass
+    static_assert(kThreads % CH == 0 && ROWS % STEP == 0, "copy plan");
+    const int r0 = threadIdx.x / CH, c = (threadIdx.x % CH) * 8;
+    const bool cok = c < ncols;
+#pragma unroll
+    for (int k = 0; k < ROWS / STEP; ++k) {
+      const int r = r0 + k * STEP;
+      const bool ok = cok && r < nrows;
+      tc::cp_async_16(dst + r * LD + c, ok ? src + r * rs + c : reinterpret_cast<const T*>(base), ok);
+    }
+  } else {
+    for (int e = threadIdx.x; e < ROWS * COLS; e += kThreads) {
+      const int r = e / COLS, c = e % COLS;
+      T x = from_float<T>(0.f);
+      if (r < nrows && c < ncols) x = src[r * rs + c];
+      dst[r * LD + c] = x;
+    }
+  }
+}
+
+// Which pairs of a thread's C fragments (n-tiles 0..NT-1) are visible: bit nt * 4 + e for element e of
+// n-tile nt, whose row is +8 for e >= 2 and whose column is nt * 8 + (e & 1) from those of element 0.
+// (i0, j0): local query and key of element 0 of n-tile 0. kRowsAreKeys: rows are keys (dkdv) or
+// queries (dq). Same test as visible(), with the per-element offsets folded into constants.
+template <int NT, bool kRowsAreKeys>
+__device__ __forceinline__ uint32_t visible_bits(const Params& p, const Seq& sq, int i0, int j0) {
+  const int qlim = sq.qlen - i0, klim = sq.klen - j0, d0 = j0 - i0 - sq.shift;
+  uint32_t vis = 0u;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = e >= 2 ? 8 : 0, c = nt * 8 + (e & 1);
+      const int di = kRowsAreKeys ? c : r, dj = kRowsAreKeys ? r : c;
+      const int d = d0 + dj - di;
+      if (di < qlim && dj < klim && d >= p.band_lo && d <= p.band_hi) vis |= 1u << (nt * 4 + e);
+    }
+  }
+  return vis;
+}
+
+// Bias tile (base-2 units) of queries [m0, m0 + ROWS) x keys [n0, n0 + COLS) into shared [ROWS][LDB] floats;
+// zero outside queries [.., qhi) and keys [.., khi) (such pairs are masked anyway).
+template <typename T, int ROWS, int COLS, int LDB>
+__device__ __forceinline__ void load_bias_tile(float* dst, const Params& p, const Seq& sq, int g, int h, int m0, int qhi, int n0, int khi) {
+#pragma unroll 8
+  for (int e = threadIdx.x; e < ROWS * COLS; e += kThreads) {
+    const int r = e / COLS, c = e % COLS;
+    const int i = m0 + r, j = n0 + c;
+    float x = 0.f;
+    if (i < qhi && j < khi) x = load_bias<T>(p, sq.b, g, h, sq.q0 + i, sq.k0 + j) * kLog2e;
+    dst[r * LDB + c] = x;
+  }
+}
+
+// One CTA: keys [n0, n0 + kBN) of sequence blockIdx.y, head blockIdx.z. kDV / kDK: which gradients
+// this launch computes (dbias goes with dK, which needs dS).
+template <typename T, int D, int BM, bool kDV, bool kDK>
+__global__ void __launch_bounds__(kThreads) bwd_dkdv_tc_kernel(BwdParams bp) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using M = tc::Mma<T>;
+  constexpr int LD = D + 8;  // 16-byte row padding: ldmatrix rows land in distinct banks
+  constexpr int BN = kBN;
+  constexpr int LDB = kLdbKV;
+  constexpr bool kKVRegs = false;  // K / V fragments in registers: faster for D = 64 but spills (ptxas, sm_90)
+  static_assert(BM % 16 == 0 && D % 16 == 0 && BM / 8 * 4 <= 32, "tile shapes");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Ks = reinterpret_cast<T*>(smem_raw);
+  T* Vs = Ks + BN * LD;                         // only when kDK
+  T* Qs = Vs + (kDK ? BN * LD : 0);             // [2][BM][LD]
+  T* dOs = Qs + 2 * BM * LD;                    // [2][BM][LD]
+  float* lse_s = reinterpret_cast<float*>(dOs + 2 * BM * LD);  // [2][BM]
+  float* dl_s = lse_s + 2 * BM;                                // [2][BM]
+  float* bias_s = dl_s + 2 * BM;                               // [2][BM][LDB], only with a bias
+
+  const Params& p = bp.f;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int gr = lane / 4, tq = lane % 4;
+  const int g = blockIdx.z / p.H, h = blockIdx.z % p.H;
+  const Seq sq = load_seq(p, blockIdx.y, bp.seq_kw);
+  const int n0 = blockIdx.x * BN;
+  if (n0 >= sq.klen) return;
+  const int n1 = min(n0 + BN, sq.klen);
+  int m_lo, m_hi;
+  query_range(p, sq, n0, n1, &m_lo, &m_hi);
+  const bool vec = p.vec != 0;
+  const bool has_bias = p.bias != nullptr;
+  const int64_t stat0 = (((int64_t)sq.b * p.G + g) * p.H + h) * p.Mq + sq.q0;  // lse2 / delta of local query 0
+
+  float dv[kDV ? D / 8 : 1][4];
+  float dk[kDK ? D / 8 : 1][4];
+#pragma unroll
+  for (int i = 0; i < (kDV ? D / 8 : 1); ++i) dv[i][0] = dv[i][1] = dv[i][2] = dv[i][3] = 0.f;
+#pragma unroll
+  for (int i = 0; i < (kDK ? D / 8 : 1); ++i) dk[i][0] = dk[i][1] = dk[i][2] = dk[i][3] = 0.f;
+
+  // Query tile [m0, m0 + BM) into buffer buf: Q, dO (rows past m_hi zero), the row statistics (rows
+  // past m_hi: lse2 = +inf, delta = 0; they are masked anyway) and the bias tile.
+  auto stage = [&](int buf, int m0) {
+    load_rows<T, BM, D, LD>(Qs + buf * BM * LD, p.q, p.q_s, sq.b, sq.q0 + m0, g, h, m_hi - m0, p.K, vec);
+    load_rows<T, BM, D, LD>(dOs + buf * BM * LD, bp.dout, bp.do_s, sq.b, sq.q0 + m0, g, h, m_hi - m0, p.Kv, vec);
+    for (int r = tid; r < BM; r += kThreads) {
+      const int i = m0 + r;
+      float l2 = INFINITY, dl = 0.f;
+      if (i < m_hi) {
+        l2 = bp.lse2[stat0 + i];
+        if (kDK) dl = bp.delta[stat0 + i];
+      }
+      lse_s[buf * BM + r] = l2;
+      dl_s[buf * BM + r] = dl;
+    }
+    if (has_bias) load_bias_tile<T, BM, BN, LDB>(bias_s + buf * BM * LDB, p, sq, g, h, m0, m_hi, n0, n1);
+  };
+
+  if (m_lo < m_hi) {
+    load_rows<T, BN, D, LD>(Ks, p.k, p.k_s, sq.b, sq.k0 + n0, g, h, n1 - n0, p.K, vec);
+    if (kDK) load_rows<T, BN, D, LD>(Vs, p.v, p.v_s, sq.b, sq.k0 + n0, g, h, n1 - n0, p.Kv, vec);
+    stage(0, m_lo);
+    tc::cp_async_commit();
+  }
+
+  const uint32_t sK = tc::smem_addr(Ks) + warp * 16 * LD * 2 + a_off<LD>(lane);  // A: this warp's 16 key rows
+  const uint32_t sV = tc::smem_addr(Vs) + warp * 16 * LD * 2 + a_off<LD>(lane);
+  const uint32_t sQ = tc::smem_addr(Qs), sO = tc::smem_addr(dOs);
+  const uint32_t bo = b_off<LD>(lane), to = t_off<LD>(lane);
+  const int jw = warp * 16 + gr;  // this thread's key rows (local to the tile): jw and jw + 8
+  uint32_t kf[kKVRegs ? D / 16 : 1][4];
+  uint32_t vf[kKVRegs && kDK ? D / 16 : 1][4];
+  int buf = 0;
+  for (int m0 = m_lo; m0 < m_hi; m0 += BM, buf ^= 1) {
+    tc::cp_async_wait<0>();
+    __syncthreads();  // tile m0 in buffer buf; every warp is done with buffer buf ^ 1
+    if (m0 + BM < m_hi) stage(buf ^ 1, m0 + BM);
+    tc::cp_async_commit();
+    if (kKVRegs && m0 == m_lo) {
+#pragma unroll
+      for (int kk = 0; kk < (kKVRegs ? D / 16 : 0); ++kk) {
+        ldsm<false>(kf[kk], sK + kk * 32);
+        if (kDK) ldsm<false>(vf[kk], sV + kk * 32);
+      }
+    }
+    const uint32_t sQb = sQ + buf * BM * LD * 2, sOb = sO + buf * BM * LD * 2;
+    const float* lse_b = lse_s + buf * BM;
+    const float* dl_b = dl_s + buf * BM;
+    const float* bias_b = bias_s + buf * BM * LDB;
+
+    // S^T = K Q^T: rows = the warp's 16 keys, columns = BM queries
+    float s[BM / 8][4];
+#pragma unroll
+    for (int i = 0; i < BM / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t a_tmp[4];
+      const uint32_t* a = a_tmp;
+      if constexpr (kKVRegs) {
+        a = kf[kk];
+      } else {
+        ldsm<false>(a_tmp, sK + kk * 32);
+      }
+#pragma unroll
+      for (int np = 0; np < BM / 16; ++np) {
+        uint32_t b[4];
+        ldsm<false>(b, sQb + bo + np * 16 * LD * 2 + kk * 32);
+        M::run(s[2 * np], a, b);
+        M::run(s[2 * np + 1], a, b + 2);
+      }
+    }
+    // dP^T = V dO^T
+    float dp[kDK ? BM / 8 : 1][4];
+    if constexpr (kDK) {
+#pragma unroll
+      for (int i = 0; i < BM / 8; ++i) dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t a_tmp[4];
+        const uint32_t* a = a_tmp;
+        if constexpr (kKVRegs) {
+          a = vf[kk];
+        } else {
+          ldsm<false>(a_tmp, sV + kk * 32);
+        }
+#pragma unroll
+        for (int np = 0; np < BM / 16; ++np) {
+          uint32_t b[4];
+          ldsm<false>(b, sOb + bo + np * 16 * LD * 2 + kk * 32);
+          M::run(dp[2 * np], a, b);
+          M::run(dp[2 * np + 1], a, b + 2);
+        }
+      }
+    }
+
+    // Element e of n-tile nt (bit nt * 4 + e of vis): key row jw (+8 for e >= 2), query column
+    // nt * 8 + 2 tq + (e & 1).
+    uint32_t vis = ~0u;
+    if (!tile_all_visible(p, sq, m0, m0 + BM, n0, n0 + BN)) vis = visible_bits<BM / 8, true>(p, sq, m0 + 2 * tq, n0 + jw);
+    // P^T and dS^T (masked pairs: 0)
+#pragma unroll
+    for (int nt = 0; nt < BM / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = nt * 8 + 2 * tq + (e & 1);
+        const bool ok = (vis >> (nt * 4 + e)) & 1u;
+        float x = s[nt][e] * p.scale_log2;
+        if (has_bias) x += bias_b[c * LDB + jw + (e >= 2 ? 8 : 0)];
+        const float pr = ok ? tc::fast_exp2(x - lse_b[c]) : 0.f;
+        s[nt][e] = pr;
+        if constexpr (kDK) dp[nt][e] = ok ? pr * (dp[nt][e] - dl_b[c]) : 0.f;
+      }
+    }
+    // dS into dbias, each visible pair once
+    if constexpr (kDK) {
+      if (bp.dbias != nullptr) {
+        const int64_t at0 = (stat0 + m0) * p.Mk + sq.k0 + n0 + jw;
+#pragma unroll
+        for (int nt = 0; nt < BM / 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            if (!((vis >> (nt * 4 + e)) & 1u)) continue;
+            const int64_t at = at0 + (int64_t)(nt * 8 + 2 * tq + (e & 1)) * p.Mk + (e >= 2 ? 8 : 0);
+            if (bp.dbias_f32) {
+              put<float>(bp.dbias, at, dp[nt][e]);
+            } else {
+              put<T>(bp.dbias, at, dp[nt][e]);
+            }
+          }
+        }
+      }
+    }
+
+    // dV += P^T dO, dK += dS^T Q: the C fragments of two adjacent query n-tiles are an A fragment
+#pragma unroll
+    for (int kc = 0; kc < BM / 16; ++kc) {
+      if constexpr (kDV) {
+        uint32_t a[4];
+        c_to_a<T>(a, s[2 * kc], s[2 * kc + 1]);
+#pragma unroll
+        for (int dn = 0; dn < D / 16; ++dn) {
+          uint32_t b[4];
+          ldsm<true>(b, sOb + to + kc * 16 * LD * 2 + dn * 32);
+          M::run(dv[2 * dn], a, b);
+          M::run(dv[2 * dn + 1], a, b + 2);
+        }
+      }
+      if constexpr (kDK) {
+        uint32_t a[4];
+        c_to_a<T>(a, dp[2 * kc], dp[2 * kc + 1]);
+#pragma unroll
+        for (int dn = 0; dn < D / 16; ++dn) {
+          uint32_t b[4];
+          ldsm<true>(b, sQb + to + kc * 16 * LD * 2 + dn * 32);
+          M::run(dk[2 * dn], a, b);
+          M::run(dk[2 * dn + 1], a, b + 2);
+        }
+      }
+    }
+  }
+  tc::cp_async_wait<0>();
+
+  // Rows jw and jw + 8 (zeros when no query sees them); keys past klen are not written.
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    const int j = n0 + jw + hr * 8;
+    if (j >= sq.klen) continue;
+    if constexpr (kDK) {
+      T* dkr = row_ptr_mut<T>(bp.dk, bp.dk_s, sq.b, sq.kw0 + j, g, h);
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) store_pair<T>(dkr, dt * 8 + 2 * tq, p.K, dk[dt][2 * hr] * p.scale, dk[dt][2 * hr + 1] * p.scale);
+    }
+    if constexpr (kDV) {
+      T* dvr = row_ptr_mut<T>(bp.dv, bp.dv_s, sq.b, sq.kw0 + j, g, h);
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) store_pair<T>(dvr, dt * 8 + 2 * tq, p.Kv, dv[dt][2 * hr], dv[dt][2 * hr + 1]);
+    }
+  }
+#else
+  __trap();  // never launched: the host checks tc_compiled_for_device() first
+#endif
+}
+
+// One CTA: queries [m0, m0 + kBMq) of sequence blockIdx.y, head blockIdx.z.
+template <typename T, int D, int BN>
+__global__ void __launch_bounds__(kThreads) bwd_dq_tc_kernel(BwdParams bp) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using M = tc::Mma<T>;
+  constexpr int LD = D + 8;
+  constexpr int BM = kBMq;
+  constexpr int LDB = (BN + kLdbQPad);
+  // Q / dO fragments of the warp's queries stay in registers (for D = 128 only where ptxas fits them: sm_90)
+  constexpr bool kQRegs = D <= (__CUDA_ARCH__ >= 900 ? 128 : 64);
+  static_assert(BN % 16 == 0 && D % 16 == 0 && BN / 8 * 4 <= 32, "tile shapes");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Qs = reinterpret_cast<T*>(smem_raw);
+  T* dOs = Qs + BM * LD;
+  T* Ks = dOs + BM * LD;     // [2][BN][LD]
+  T* Vs = Ks + 2 * BN * LD;  // [2][BN][LD]
+  float* bias_s = reinterpret_cast<float*>(Vs + 2 * BN * LD);  // [2][BM][LDB], only with a bias
+
+  const Params& p = bp.f;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int gr = lane / 4, tq = lane % 4;
+  const int g = blockIdx.z / p.H, h = blockIdx.z % p.H;
+  const Seq sq = load_seq(p, blockIdx.y, bp.seq_kw);
+  const int m0 = blockIdx.x * BM;
+  if (m0 >= sq.qlen) return;
+  const int m1 = min(m0 + BM, sq.qlen);
+  int n_lo, n_hi;
+  key_range(p, sq, m0, m1, &n_lo, &n_hi);
+  const bool vec = p.vec != 0;
+  const bool has_bias = p.bias != nullptr;
+  const int iw = warp * 16 + gr;  // this thread's query rows (local to the tile): iw and iw + 8
+
+  // statistics of rows iw and iw + 8 (rows past qlen: masked)
+  float lse_r[2], dl_r[2];
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    const int i = m0 + iw + hr * 8;
+    lse_r[hr] = INFINITY;
+    dl_r[hr] = 0.f;
+    if (i < sq.qlen) {
+      const int64_t at = (((int64_t)sq.b * p.G + g) * p.H + h) * p.Mq + sq.q0 + i;
+      lse_r[hr] = bp.lse2[at];
+      dl_r[hr] = bp.delta[at];
+    }
+  }
+
+  float dq[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
+
+  auto stage = [&](int buf, int n0) {
+    load_rows<T, BN, D, LD>(Ks + buf * BN * LD, p.k, p.k_s, sq.b, sq.k0 + n0, g, h, n_hi - n0, p.K, vec);
+    load_rows<T, BN, D, LD>(Vs + buf * BN * LD, p.v, p.v_s, sq.b, sq.k0 + n0, g, h, n_hi - n0, p.Kv, vec);
+    if (has_bias) load_bias_tile<T, BM, BN, LDB>(bias_s + buf * BM * LDB, p, sq, g, h, m0, m1, n0, n_hi);
+  };
+  if (n_lo < n_hi) {
+    load_rows<T, BM, D, LD>(Qs, p.q, p.q_s, sq.b, sq.q0 + m0, g, h, m1 - m0, p.K, vec);
+    load_rows<T, BM, D, LD>(dOs, bp.dout, bp.do_s, sq.b, sq.q0 + m0, g, h, m1 - m0, p.Kv, vec);
+    stage(0, n_lo);
+    tc::cp_async_commit();
+  }
+
+  const uint32_t sQ = tc::smem_addr(Qs) + warp * 16 * LD * 2 + a_off<LD>(lane);  // A: this warp's 16 query rows
+  const uint32_t sO = tc::smem_addr(dOs) + warp * 16 * LD * 2 + a_off<LD>(lane);
+  const uint32_t sK = tc::smem_addr(Ks), sV = tc::smem_addr(Vs);
+  const uint32_t bo = b_off<LD>(lane), to = t_off<LD>(lane);
+  uint32_t qf[kQRegs ? D / 16 : 1][4];
+  uint32_t of[kQRegs ? D / 16 : 1][4];
+  int buf = 0;
+  for (int n0 = n_lo; n0 < n_hi; n0 += BN, buf ^= 1) {
+    tc::cp_async_wait<0>();
+    __syncthreads();  // K / V tile n0 in buffer buf; every warp is done with buffer buf ^ 1
+    if (n0 + BN < n_hi) stage(buf ^ 1, n0 + BN);
+    tc::cp_async_commit();
+    if (kQRegs && n0 == n_lo) {
+#pragma unroll
+      for (int kk = 0; kk < (kQRegs ? D / 16 : 0); ++kk) {
+        ldsm<false>(qf[kk], sQ + kk * 32);
+        ldsm<false>(of[kk], sO + kk * 32);
+      }
+    }
+    const uint32_t sKb = sK + buf * BN * LD * 2, sVb = sV + buf * BN * LD * 2;
+    const float* bias_b = bias_s + buf * BM * LDB;
+
+    // S = Q K^T and dP = dO V^T: rows = the warp's 16 queries, columns = BN keys
+    float s[BN / 8][4], dp[BN / 8][4];
+#pragma unroll
+    for (int i = 0; i < BN / 8; ++i) {
+      s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+      dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
+    }
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t a_tmp[4];
+      const uint32_t* a = a_tmp;
+      if constexpr (kQRegs) {
+        a = qf[kk];
+      } else {
+        ldsm<false>(a_tmp, sQ + kk * 32);
+      }
+#pragma unroll
+      for (int np = 0; np < BN / 16; ++np) {
+        uint32_t b[4];
+        ldsm<false>(b, sKb + bo + np * 16 * LD * 2 + kk * 32);
+        M::run(s[2 * np], a, b);
+        M::run(s[2 * np + 1], a, b + 2);
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t a_tmp[4];
+      const uint32_t* a = a_tmp;
+      if constexpr (kQRegs) {
+        a = of[kk];
+      } else {
+        ldsm<false>(a_tmp, sO + kk * 32);
+      }
+#pragma unroll
+      for (int np = 0; np < BN / 16; ++np) {
+        uint32_t b[4];
+        ldsm<false>(b, sVb + bo + np * 16 * LD * 2 + kk * 32);
+        M::run(dp[2 * np], a, b);
+        M::run(dp[2 * np + 1], a, b + 2);
+      }
+    }
+
+    // Element e of n-tile nt (bit nt * 4 + e of vis): query row iw (+8 for e >= 2), key column
+    // nt * 8 + 2 tq + (e & 1).
+    uint32_t vis = ~0u;
+    if (!tile_all_visible(p, sq, m0, m0 + BM, n0, n0 + BN)) vis = visible_bits<BN / 8, false>(p, sq, m0 + iw, n0 + 2 * tq);
+    // dS = P (dP - delta), masked pairs 0
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        float2 bb = make_float2(0.f, 0.f);
+        if (has_bias) bb = *reinterpret_cast<const float2*>(bias_b + (iw + hr * 8) * LDB + nt * 8 + 2 * tq);
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int e = 2 * hr + u;
+          const bool ok = (vis >> (nt * 4 + e)) & 1u;
+          const float x = s[nt][e] * p.scale_log2 + (u ? bb.y : bb.x);
+          const float pr = ok ? tc::fast_exp2(x - lse_r[hr]) : 0.f;
+          dp[nt][e] = ok ? pr * (dp[nt][e] - dl_r[hr]) : 0.f;
+        }
+      }
+    }
+
+    // dQ += dS K
+#pragma unroll
+    for (int kc = 0; kc < BN / 16; ++kc) {
+      uint32_t a[4];
+      c_to_a<T>(a, dp[2 * kc], dp[2 * kc + 1]);
+#pragma unroll
+      for (int dn = 0; dn < D / 16; ++dn) {
+        uint32_t b[4];
+        ldsm<true>(b, sKb + to + kc * 16 * LD * 2 + dn * 32);
+        M::run(dq[2 * dn], a, b);
+        M::run(dq[2 * dn + 1], a, b + 2);
+      }
+    }
+  }
+  tc::cp_async_wait<0>();
+
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    const int i = m0 + iw + hr * 8;
+    if (i >= sq.qlen) continue;
+    T* dqr = row_ptr_mut<T>(bp.dq, bp.dq_s, sq.b, sq.q0 + i, g, h);
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) store_pair<T>(dqr, dt * 8 + 2 * tq, p.K, dq[dt][2 * hr] * p.scale, dq[dt][2 * hr + 1] * p.scale);
+  }
+#else
+  __trap();  // never launched: the host checks tc_compiled_for_device() first
+#endif
+}
+
+// D: padded head dim; BM: queries per dkdv step; BNQ: keys per dq step; kSplit: dV and dK in two launches.
+template <typename T, int D, int BM, int BNQ, bool kSplit>
+cudaError_t launch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
+  const Params& p = bp.f;
+  const bool bias = p.bias != nullptr;
+  const int smem_dq = dq_smem_bytes<D, BNQ>(bias);
+  const int smem_k = dkdv_smem_bytes<D, BM, true>(bias);   // dK (and dV unless kSplit)
+  const int smem_v = dkdv_smem_bytes<D, BM, false>(bias);  // dV only
+  auto kdq = bwd_dq_tc_kernel<T, D, BNQ>;
+  auto kk = bwd_dkdv_tc_kernel<T, D, BM, !kSplit, true>;
+  // *launched stays false when shared memory does not fit: the portable kernels run
+  if (!allow_smem(kdq, smem_dq) || !allow_smem(kk, smem_k)) return cudaSuccess;
+  if constexpr (kSplit) {
+    if (!allow_smem(bwd_dkdv_tc_kernel<T, D, BM, true, false>, smem_v)) return cudaSuccess;
+  }
+  *launched = true;
+  if (p.num_seqs <= 0 || p.G * p.H <= 0) return cudaSuccess;
+  if (p.max_k > 0) {
+    dim3 grid((p.max_k + kBN - 1) / kBN, p.num_seqs, p.G * p.H);
+    if constexpr (kSplit) {
+      bwd_dkdv_tc_kernel<T, D, BM, true, false><<<grid, kThreads, smem_v, stream>>>(bp);
+      cudaError_t err = cudaGetLastError();
+      if (err != cudaSuccess) return err;
+    }
+    kk<<<grid, kThreads, smem_k, stream>>>(bp);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  if (p.max_q > 0) {
+    dim3 grid((p.max_q + kBMq - 1) / kBMq, p.num_seqs, p.G * p.H);
+    kdq<<<grid, kThreads, smem_dq, stream>>>(bp);
+    return cudaGetLastError();
+  }
+  return cudaSuccess;
+}
+
+template <typename T>
+cudaError_t dispatch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
+  const int d = max(bp.f.K, bp.f.Kv);
+  if (d <= 64) return launch<T, 64, 64, 64, false>(bp, stream, launched);
+  if (d <= 128) return launch<T, 128, 64, 64, false>(bp, stream, launched);
+  if (d <= 256) return launch<T, 256, 32, 32, true>(bp, stream, launched);
+  return cudaSuccess;
+}
+
+}  // namespace
+
+cudaError_t bwd_tc(const BwdParams& p, DType dt, cudaStream_t stream, bool* launched) {
+  *launched = false;
+  switch (dt) {
+    case DType::kF16: return dispatch<__half>(p, stream, launched);
+    case DType::kBF16: return dispatch<__nv_bfloat16>(p, stream, launched);
+    case DType::kF32: return cudaSuccess;
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace attncore

@@ -1,0 +1,241 @@
+// Tensor-core forward for fp16/bf16 on sm_80 and newer (mma.sync m16n8k16; Hopper runs it too).
+//
+// One CTA of 8 warps owns 128 queries of one (sequence, group, head); each warp owns 16 of them and
+// keeps its output tile in registers (and, for D <= 128, its Q fragments). Keys stream through shared
+// memory in tiles of BN with a two-stage cp.async pipeline: tile n + 1 (K and V) loads while tile n is
+// multiplied. Scores stay in registers and become the A operand of P V directly (see mma.cuh). Head
+// dims are padded with zeros to D (64, 128 or 256); only tiles that cross a band edge or a sequence end
+// evaluate the mask. Query tiles are scheduled last-first, so under a causal mask the longest rows start
+// first and the short ones fill the tail.
+#include "common.cuh"
+#include "kernels.h"
+#include "mma.cuh"
+
+namespace attncore {
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kBM = kWarps * 16;
+
+template <int D, int BN, int STAGES>
+constexpr int fwd_smem_bytes() {
+  return (kBM + 2 * STAGES * BN) * (D + 8) * 2;
+}
+
+template <typename T, int D, int BN, int STAGES>
+__global__ void __launch_bounds__(kThreads) fwd_tc_kernel(Params p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using M = tc::Mma<T>;
+  constexpr int LD = D + 8;  // 16-byte row padding: ldmatrix rows land in distinct banks
+  constexpr bool kQRegs = D <= 128;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Qs = reinterpret_cast<T*>(smem_raw);
+  T* KVs = Qs + kBM * LD;  // stage s: K at KVs + 2 s BN LD, V right after it
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int gr = lane / 4, tq = lane % 4;
+  const int g = blockIdx.z / p.H, h = blockIdx.z % p.H;
+  const Seq sq = load_seq(p, blockIdx.y);
+  const int m0 = (gridDim.x - 1 - blockIdx.x) * kBM;  // longest rows first
+  if (m0 >= sq.qlen) return;
+  const int m1 = min(m0 + kBM, sq.qlen);
+  int n_lo, n_hi;
+  key_range(p, sq, m0, m1, &n_lo, &n_hi);
+  const bool vec = p.vec != 0;
+
+  auto load_kv = [&](int n0, int stage) {
+    T* Ks = KVs + stage * 2 * BN * LD;
+    tc::load_tile<T, BN, D, LD, kThreads>(Ks, p.k, p.k_s, sq.b, sq.k0 + n0, g, h, n_hi - n0, p.K, vec);
+    tc::load_tile<T, BN, D, LD, kThreads>(Ks + BN * LD, p.v, p.v_s, sq.b, sq.k0 + n0, g, h, n_hi - n0, p.Kv, vec);
+  };
+
+  tc::load_tile<T, kBM, D, LD, kThreads>(Qs, p.q, p.q_s, sq.b, sq.q0 + m0, g, h, sq.qlen - m0, p.K, vec);
+  if (n_lo < n_hi) load_kv(n_lo, 0);
+  tc::cp_async_commit();
+
+  float o[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m_r[2] = {-INFINITY, -INFINITY};
+  float l_r[2] = {0.f, 0.f};
+  uint32_t qf[kQRegs ? D / 16 : 1][4];
+  const T* q_warp = Qs + (warp * 16 + lane % 16) * LD + (lane / 16) * 8;
+
+  int stage = 0;
+  for (int n0 = n_lo; n0 < n_hi; n0 += BN, stage ^= 1) {
+    const bool more = n0 + BN < n_hi;
+    if (STAGES == 2 && more) load_kv(n0 + BN, stage ^ 1);  // the other stage was released by the last iteration's barrier
+    tc::cp_async_commit();
+    if (STAGES == 2 && more) {
+      tc::cp_async_wait<1>();
+    } else {
+      tc::cp_async_wait<0>();
+    }
+    __syncthreads();  // tile n0 (and Q) in place for every warp
+    const int st = STAGES == 2 ? stage : 0;
+    const T* Ks = KVs + st * 2 * BN * LD;
+    const T* Vs = Ks + BN * LD;
+    if (kQRegs && n0 == n_lo) {
+#pragma unroll
+      for (int kk = 0; kk < (kQRegs ? D / 16 : 0); ++kk) tc::ldmatrix_x4(qf[kk], q_warp + kk * 16);
+    }
+    float s[BN / 8][4];
+#pragma unroll
+    for (int i = 0; i < BN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t a_tmp[4];
+      const uint32_t* a = a_tmp;
+      if constexpr (kQRegs) {
+        a = qf[kk];
+      } else {
+        tc::ldmatrix_x4(a_tmp, q_warp + kk * 16);
+      }
+#pragma unroll
+      for (int np = 0; np < BN / 16; ++np) {
+        uint32_t b[4];
+        tc::ldmatrix_x4(b, Ks + (np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 + ((lane / 8) % 2) * 8);
+        M::run(s[2 * np], a, b);
+        M::run(s[2 * np + 1], a, b + 2);
+      }
+    }
+
+    // scale (base 2), bias, mask; then the online softmax of rows gr and gr + 8 of this warp
+    const bool full = tile_all_visible(p, sq, m0, m1, n0, n0 + BN);
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = m0 + warp * 16 + gr + (e >= 2 ? 8 : 0);
+        const int j = n0 + nt * 8 + 2 * tq + (e & 1);
+        float x = s[nt][e] * p.scale_log2;
+        const bool ok = full || visible(p, sq, i, j);
+        if (ok && p.bias != nullptr) x += load_bias<T>(p, sq.b, g, h, sq.q0 + i, sq.k0 + j) * kLog2e;
+        s[nt][e] = ok ? x : -INFINITY;
+      }
+    }
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * hr], s[nt][2 * hr + 1]));
+      mx = quad_max(mx);
+      const float m_new = fmaxf(m_r[hr], mx);
+      const float mu = safe_max(m_new);
+      const float alpha = tc::fast_exp2(m_r[hr] - mu);
+      m_r[hr] = m_new;
+      float ps = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) {
+        s[nt][2 * hr] = tc::fast_exp2(s[nt][2 * hr] - mu);
+        s[nt][2 * hr + 1] = tc::fast_exp2(s[nt][2 * hr + 1] - mu);
+        ps += s[nt][2 * hr] + s[nt][2 * hr + 1];
+      }
+      l_r[hr] = l_r[hr] * alpha + ps;  // this thread's share; summed over the quad at the end
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        o[dt][2 * hr] *= alpha;
+        o[dt][2 * hr + 1] *= alpha;
+      }
+    }
+    if (STAGES == 1) {  // one stage: V was loaded with K; nothing to wait for
+    }
+#pragma unroll
+    for (int kc = 0; kc < BN / 16; ++kc) {
+      uint32_t a[4];
+      a[0] = M::pack(s[2 * kc][0], s[2 * kc][1]);
+      a[1] = M::pack(s[2 * kc][2], s[2 * kc][3]);
+      a[2] = M::pack(s[2 * kc + 1][0], s[2 * kc + 1][1]);
+      a[3] = M::pack(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        uint32_t b[4];
+        tc::ldmatrix_x4_trans(b, Vs + (kc * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD + dp * 16 + (lane / 16) * 8);
+        M::run(o[2 * dp], a, b);
+        M::run(o[2 * dp + 1], a, b + 2);
+      }
+    }
+    __syncthreads();  // every warp is done with this stage before it is refilled
+    if (STAGES == 1 && more) load_kv(n0 + BN, 0);
+  }
+  tc::cp_async_wait<0>();
+
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    const float l = quad_sum(l_r[hr]);
+    const int i = m0 + warp * 16 + gr + hr * 8;
+    if (i >= sq.qlen) continue;
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      const int col = dt * 8 + 2 * tq;
+      if (col < p.Kv) store_out<T>(p, sq.b, sq.q0 + i, g, h, col, o[dt][2 * hr] * inv);
+      if (col + 1 < p.Kv) store_out<T>(p, sq.b, sq.q0 + i, g, h, col + 1, o[dt][2 * hr + 1] * inv);
+    }
+    if (p.lse != nullptr && tq == 0) {
+      const int64_t at = ((int64_t)(sq.b * p.G + g) * p.H + h) * p.Mq + sq.q0 + i;
+      p.lse[at] = l > 0.f ? (m_r[hr] + log2f(l)) * kLn2 : -INFINITY;
+    }
+  }
+#else
+  __trap();  // never launched: the host checks tc_compiled_for_device() first
+#endif
+}
+
+template <typename T, int D, int BN, int STAGES>
+bool launch(const Params& p, cudaStream_t stream) {
+  constexpr int smem = fwd_smem_bytes<D, BN, STAGES>();
+  auto kern = fwd_tc_kernel<T, D, BN, STAGES>;
+  if (!allow_smem(kern, smem)) return false;
+  dim3 grid((p.max_q + kBM - 1) / kBM, p.num_seqs, p.G * p.H);
+  kern<<<grid, kThreads, smem, stream>>>(p);
+  return true;
+}
+
+// Two stages where the shared memory allows (sm_80/sm_90), else one (sm_86/sm_89 at D = 256).
+template <typename T, int D, int BN>
+cudaError_t launch_any(const Params& p, cudaStream_t stream, bool* launched) {
+  *launched = launch<T, D, BN, 2>(p, stream) || launch<T, D, BN, 1>(p, stream);
+  return *launched ? cudaGetLastError() : cudaSuccess;
+}
+
+template <typename T>
+cudaError_t dispatch(const Params& p, cudaStream_t stream, bool* launched) {
+  const int d = max(p.K, p.Kv);
+  if (d <= 64) return launch_any<T, 64, 64>(p, stream, launched);
+  if (d <= 128) return launch_any<T, 128, 64>(p, stream, launched);
+  if (d <= 256) return launch_any<T, 256, 32>(p, stream, launched);
+  return cudaSuccess;
+}
+
+}  // namespace
+
+cudaError_t fwd_tc(const Params& p, DType dt, cudaStream_t stream, bool* launched) {
+  *launched = false;
+  switch (dt) {
+    case DType::kF16: return dispatch<__half>(p, stream, launched);
+    case DType::kBF16: return dispatch<__nv_bfloat16>(p, stream, launched);
+    case DType::kF32: return cudaSuccess;
+  }
+  return cudaErrorInvalidValue;
+}
+
+namespace {
+__global__ void probe_kernel(int* out) {
+#if defined(__CUDA_ARCH__)
+  *out = __CUDA_ARCH__;
+#endif
+}
+}  // namespace
+
+bool tc_compiled_for_device() {
+  static int cached = -1;  // per process; attncore runs one device kind per process in practice
+  if (cached < 0) {
+    cudaFuncAttributes attr;
+    cached = cudaFuncGetAttributes(&attr, probe_kernel) == cudaSuccess && attr.binaryVersion >= 80 ? 1 : 0;
+  }
+  return cached == 1;
+}
+
+}  // namespace attncore

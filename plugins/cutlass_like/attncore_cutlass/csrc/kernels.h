@@ -1,0 +1,36 @@
+// Host entry points of the kernels (one translation unit each); bindings.cpp calls them.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "params.h"
+
+namespace attncore {
+
+enum class DType { kF32 = 0, kF16 = 1, kBF16 = 2 };
+
+// Portable kernels (every arch from sm_60, every dtype): fp32 arithmetic on CUDA cores.
+cudaError_t fwd_simt(const Params& p, DType dt, cudaStream_t stream);
+cudaError_t bwd_simt(const BwdParams& p, DType dt, cudaStream_t stream);
+
+// Tensor-core kernels (f16/bf16, compiled for sm_80+). `*launched` is false when no variant fits
+// this call (head dim, shared memory); the caller then runs the portable kernel.
+cudaError_t fwd_tc(const Params& p, DType dt, cudaStream_t stream, bool* launched);
+cudaError_t bwd_tc(const BwdParams& p, DType dt, cudaStream_t stream, bool* launched);
+
+// Whether the code the driver picked for this device (SASS or JIT from PTX) has tensor-core bodies,
+// i.e. was compiled for sm_80 or newer (an sm_75 build run on a newer GPU has none).
+bool tc_compiled_for_device();
+
+// Opt a kernel into more than 48 KiB of dynamic shared memory once per process; false if the device has less.
+template <typename K>
+bool allow_smem(K kernel, int bytes) {
+  int dev = 0, optin = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) return false;
+  if (bytes > optin) return false;
+  if (bytes > 48 * 1024) return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) == cudaSuccess;
+  return true;
+}
+
+}  // namespace attncore

@@ -1,0 +1,102 @@
+"""The operators: ``cutlass.mem_eff`` forward and backward (CUDA C++, built for an arch list).
+
+Memory-efficient exact attention ``softmax(scale * Q K^T + bias) V``: the ``[Mq, Mk]`` scores never
+exist in memory; masks are evaluated in the kernels from the bias geometry and tiles that cannot hold
+a visible pair are skipped. fp16/bf16 run on tensor cores where the binary has sm_80+ code for the
+device; everything else (fp32, older GPUs) runs the portable CUDA-core kernels. Whether a binary can
+run here at all is decided from its build record (:mod:`attncore_cutlass.negotiation`).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Optional
+
+import torch
+
+from attncore.capabilities import ALL_BANDS, BiasSupport, Capabilities
+from attncore.geometry import Anchor, Layout
+from attncore.inputs import Inputs
+from attncore.ops import AttentionBwOpBase, AttentionFwOpBase, ForwardResult, Gradients
+from attncore.reasons import Reason
+
+from . import _launch, negotiation
+
+__all__ = ["CAPABILITIES", "CutlassBwOp", "CutlassFwOp"]
+
+CAPABILITIES = Capabilities(
+    devices=frozenset({"cuda"}),
+    dtypes=frozenset({torch.float16, torch.bfloat16, torch.float32}),
+    min_head_dim=1,
+    max_head_dim=256,
+    different_value_dim=True,
+    ndims=frozenset({3, 4, 5}),
+    bias=BiasSupport(layouts=frozenset(Layout), bands=ALL_BANDS, anchors=frozenset(Anchor), paged=False, tensor=True),
+    dropout=False,
+    custom_scale=True,
+    lse=True,
+    tensor_bias_grad=True,
+    deterministic=True,  # no atomics: dK/dV per key tile, dQ per query tile
+    min_compute_capability=(6, 0),
+)
+
+
+def _binary_reasons(inputs: Inputs) -> list[Reason]:
+    dev = inputs.features.device
+    if dev.kind != "cuda" or dev.capability is None:
+        return []  # the capability check already rejects other devices
+    return negotiation.binary_reasons(negotiation.facts(), negotiation.current(dev.capability), dev.capability)
+
+
+class CutlassFwOp(AttentionFwOpBase):
+    """Memory-efficient forward in CUDA C++: ``out = softmax(scale * Q K^T + bias) V`` and the natural-log LSE.
+
+    One CTA per (query tile, head, sequence) streams the keys its rows can see with an online softmax
+    in base 2; fp16/bf16 use mma.sync tensor cores (sm_80+), fp32 exact CUDA-core arithmetic. Memory:
+    the output and the LSE only.
+    """
+
+    NAME: ClassVar[str] = "cutlass.mem_eff"
+    PRIORITY: ClassVar[int] = 50
+    CAPABILITIES: ClassVar[Capabilities] = CAPABILITIES
+
+    @classmethod
+    def extra_reasons(cls, inputs: Inputs) -> list[Reason]:
+        return _binary_reasons(inputs)
+
+    @classmethod
+    def apply(cls, inputs: Inputs, *, needs_lse: bool, dropout_seed: int) -> ForwardResult:
+        del dropout_seed  # no dropout (see CAPABILITIES)
+        out, lse = _launch.forward(inputs, needs_lse=needs_lse)
+        return ForwardResult(out, lse)
+
+
+class CutlassBwOp(AttentionBwOpBase):
+    """Memory-efficient backward in CUDA C++: ``dQ, dK, dV`` (and ``dbias = dS`` when the bias needs it).
+
+    ``P`` is recomputed from the forward's LSE. One kernel per key tile accumulates ``dV = P^T dO`` and
+    ``dK = scale dS^T Q`` over the query tiles that see it (and writes ``dS``), a second one per query
+    tile accumulates ``dQ = scale dS K``: no atomics, so results are bitwise reproducible.
+    """
+
+    NAME: ClassVar[str] = "cutlass.mem_eff"
+    PRIORITY: ClassVar[int] = 50
+    CAPABILITIES: ClassVar[Capabilities] = CAPABILITIES
+
+    @classmethod
+    def extra_reasons(cls, inputs: Inputs) -> list[Reason]:
+        return _binary_reasons(inputs)
+
+    @classmethod
+    def apply(
+        cls,
+        inputs: Inputs,
+        grad_out: torch.Tensor,
+        out: torch.Tensor,
+        lse: torch.Tensor,
+        *,
+        dropout_seed: int,
+        grad_lse: Optional[torch.Tensor] = None,
+    ) -> Gradients:
+        del dropout_seed
+        dq, dk, dv, dbias = _launch.backward(inputs, grad_out, out, lse, grad_lse)
+        return Gradients(dq, dk, dv, dbias)

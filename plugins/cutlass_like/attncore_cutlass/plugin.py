@@ -1,0 +1,70 @@
+"""Plugin hooks registering the CUDA C++ operators with attncore (entry point ``attncore.plugins``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from attncore.hookspecs import hookimpl
+from attncore.ops import AttentionOpBase
+from attncore.plugin_info import PluginInfo
+from attncore.requirements import declared_requirements, installed_version
+
+__all__ = ["attncore_operators", "attncore_plugin_info"]
+
+DISTRIBUTION = "attncore-cutlass"
+
+
+def build_info() -> dict[str, str]:
+    """What ``python -m attncore.info`` shows: the binary's record, or why there is none and what happens next."""
+    from . import build, negotiation
+
+    facts = negotiation.facts()
+    capability = _first_gpu()
+    located = negotiation.current(capability)
+    info: dict[str, str] = {"key_format": build.KEY_FORMAT, "cache": str(build.cache_root(facts.env))}
+    rec = located.record
+    if rec is not None:
+        info.update(
+            status="built",
+            origin=f"{located.origin}: {located.directory}",
+            key=rec.key,
+            built_for_torch=rec.torch,
+            built_for_cuda=rec.cuda,
+            arch_list=rec.arch_list,
+            ptx="yes" if rec.ptx else "no",
+            nvcc=rec.nvcc,
+            built=rec.built,
+        )
+    elif located.record_error is not None:
+        info.update(status="unreadable record", error=located.record_error)
+    elif located.jit_blocker is None and located.jit_arch_list is not None:
+        info.update(status="not built (builds on first use)", first_use=f"TORCH_CUDA_ARCH_LIST={located.jit_arch_list!r} into {located.jit_dir}")
+    else:
+        info.update(status=f"not built ({located.jit_blocker})", build_with=negotiation.BUILD_HINT)
+    return info
+
+
+def _first_gpu() -> tuple[int, int] | None:
+    import torch
+
+    if torch.version.cuda is None or not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability(0)
+    return (int(major), int(minor))
+
+
+@hookimpl
+def attncore_plugin_info() -> PluginInfo:
+    return PluginInfo(
+        version=installed_version(DISTRIBUTION) or "0+unknown",
+        requires=declared_requirements(DISTRIBUTION, ("torch",)),  # written once, in pyproject.toml
+        build=build_info(),
+        description="CUDA C++ memory-efficient attention (forward + backward) for NVIDIA sm_60+: f32 everywhere, f16/bf16 tensor cores on sm_80+",
+    )
+
+
+@hookimpl
+def attncore_operators() -> Sequence[type[AttentionOpBase]]:
+    from .ops import CutlassBwOp, CutlassFwOp
+
+    return [CutlassFwOp, CutlassBwOp]

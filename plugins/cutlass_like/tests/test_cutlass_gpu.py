@@ -1,0 +1,139 @@
+"""The CUDA kernels against the float64 ground truth on a GPU: both kernel families (tensor cores and
+portable), every bias kind, head dims from 8 to 256 with Kv != K, odd and long sequences, GQA views,
+unaligned rows, mixed output dtype, determinism. Skipped without a GPU, or (with the reason) where
+negotiation rejects the binary on this device (a gpu_matrix entry that omits it)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+import attncore
+from attncore.inputs import Inputs
+from attncore_cutlass import _launch, matrix, negotiation
+from attncore_cutlass.ops import CutlassBwOp, CutlassFwOp
+from attncore_reference import testing
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CUDA = torch.device("cuda")
+HALF = [torch.float16, torch.bfloat16]
+CASES = [c for c in testing.CASES if not c.paged]
+
+
+@pytest.fixture(autouse=True)
+def _usable() -> Iterator[None]:
+    matrix.ensure_built()  # under gpu_matrix: the entry's binary (a no-op otherwise)
+    cap = tuple(int(x) for x in torch.cuda.get_device_capability())
+    why = negotiation.binary_reasons(negotiation.facts(), negotiation.current(cap), cap)  # type: ignore[arg-type]  # (major, minor)
+    if why:
+        pytest.skip("cutlass binary rejected here: " + "; ".join(str(r) for r in why))
+    _launch.POISON = True
+    try:
+        yield
+    finally:
+        _launch.POISON = False
+
+
+@contextlib.contextmanager
+def family(name: str) -> Iterator[None]:
+    if name == "simt":
+        with _launch.portable_kernels():
+            yield
+    else:
+        yield
+
+
+def _expected_family(name: str, dtype: torch.dtype) -> str:
+    return "simt" if name == "simt" or dtype == torch.float32 else "tc"
+
+
+@pytest.mark.parametrize("fam", ["tc", "simt"])
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF], ids=str)
+@pytest.mark.parametrize("layout", ["4d", "5d-gqa"])
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_every_bias_kind(case: testing.Case, layout: str, dtype: torch.dtype, fam: str) -> None:
+    q, k, v, bias, _ = testing.build(case, layout, dtype, requires_grad=False)
+    q, k, v, bias = testing.moved(q, k, v, bias, CUDA)
+    tb = testing.bias_tensor(bias)
+    if tb is not None:
+        tb.requires_grad_(True)
+    with family(fam):
+        testing.compare_forward(CutlassFwOp, q, k, v, bias)
+        assert _launch.last_family("forward") == _expected_family(fam, dtype)
+        testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
+        assert _launch.last_family("backward") == _expected_family(fam, dtype)
+
+
+def _qkv(b: int, mq: int, mk: int, h: int, kd: int, kv: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    q = testing.randn(b, mq, h, kd, gen=gen, dtype=dtype).to(CUDA)
+    k = testing.randn(b, mk, h, kd, gen=gen, dtype=dtype).to(CUDA)
+    v = testing.randn(b, mk, h, kv, gen=gen, dtype=dtype).to(CUDA)
+    return q, k, v
+
+
+@pytest.mark.parametrize("fam", ["tc", "simt"])
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF], ids=str)
+@pytest.mark.parametrize(("kd", "kv"), [(64, 64), (128, 128), (256, 256), (80, 80), (96, 160), (40, 24), (16, 256), (256, 32)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_head_dims_and_odd_lengths(kd: int, kv: int, dtype: torch.dtype, fam: str, masked: bool) -> None:
+    q, k, v = _qkv(2, 333, 517, 3, kd, kv, dtype, seed=kd * 1000 + kv)
+    bias = attncore.LowerTriangularFromBottomRightMask() if masked else None
+    with family(fam):
+        testing.compare_forward(CutlassFwOp, q, k, v, bias)
+        testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
+        assert _launch.last_family("backward") == _expected_family(fam, dtype)
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("m", [4096, 16384])
+def test_long_sequences(m: int, dtype: torch.dtype) -> None:
+    q, k, v = _qkv(1, m, m, 1, 64, 64, dtype, seed=m)
+    bias = attncore.LowerTriangularMask()
+    testing.compare_forward(CutlassFwOp, q, k, v, bias)
+    if m <= 4096:
+        testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
+
+
+def test_unaligned_rows_take_the_element_loads() -> None:
+    """Rows 65 elements apart are not 16-byte aligned: the tensor-core kernels load element by element."""
+    gen = torch.Generator().manual_seed(3)
+    wide = testing.randn(2, 130, 4, 65, gen=gen, dtype=torch.bfloat16).to(CUDA)
+    q, k, v = wide[:, :100, :, :64], wide[:, :, :, 1:], wide[:, :, :, :64]
+    assert not _launch._vec_ok(q, k, v)
+    testing.compare_forward(CutlassFwOp, q, k, v, attncore.LowerTriangularMask())
+    testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, None)
+    assert _launch.last_family("backward") == "tc"
+
+
+def test_float32_output_from_half_inputs() -> None:
+    q, k, v = _qkv(2, 100, 120, 2, 64, 64, torch.bfloat16, seed=5)
+    out = attncore.memory_efficient_attention(q, k, v, output_dtype=torch.float32, op=(CutlassFwOp, None))
+    assert out.dtype == torch.float32
+    want = testing.reference(q, k, v)[0]
+    assert (out.double() - want).abs().max().item() < 1e-2
+
+
+@pytest.mark.parametrize("fam", ["tc", "simt"])
+def test_backward_is_deterministic(fam: str) -> None:
+    q, k, v = _qkv(2, 300, 300, 4, 64, 64, torch.bfloat16, seed=9)
+    inputs = Inputs.create(q, k, v, attncore.LowerTriangularMask())
+    with family(fam):
+        res = CutlassFwOp.apply(inputs, needs_lse=True, dropout_seed=0)
+        assert res.lse is not None
+        go = torch.randn_like(res.out)
+        first = CutlassBwOp.apply(inputs, go, res.out, res.lse, dropout_seed=0)
+        second = CutlassBwOp.apply(inputs, go, res.out, res.lse, dropout_seed=0)
+    for a, b in zip(first[:3], second[:3], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_dispatcher_prefers_it_over_the_reference_ops() -> None:
+    q, k, v = _qkv(1, 64, 64, 2, 64, 64, torch.float32, seed=1)
+    exp = attncore.dispatch.explain(q, k, v)
+    names = [c.op for c in exp.forward.candidates if c.status == "accepted"]
+    assert CutlassFwOp.NAME in names
+    assert names.index(CutlassFwOp.NAME) < names.index("reference.exact")

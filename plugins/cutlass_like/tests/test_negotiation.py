@@ -1,0 +1,202 @@
+"""Negotiation without a GPU: faked environments, faked build records, faked devices.
+
+Every outcome the plugin promises (built for another torch, arch not covered, PTX-only coverage,
+not built, first-use build) is checked here against :func:`locate` / :func:`binary_reasons`, and
+once end to end through the dispatcher with a faked device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import torch
+
+from attncore import dispatch
+from attncore.device import DeviceInfo
+from attncore.inputs import Inputs
+from attncore_cutlass import build, negotiation
+from attncore_cutlass.ops import CutlassBwOp, CutlassFwOp
+
+SOURCES = build.source_hash()
+NVCC13 = frozenset({"75", "80", "86", "87", "89", "90", "100", "120"})
+
+
+def facts(tmp_path: Path, *, torch_version: str = "2.11.0+cu130", cuda: Optional[str] = "13.0", nvcc: Optional[str] = "/opt/cuda/bin/nvcc",
+          env: Optional[dict[str, str]] = None) -> negotiation.Facts:  # fmt: skip
+    env = {"ATTNCORE_CUTLASS_CACHE": str(tmp_path / "cache"), **(env or {})}
+    return negotiation.Facts(torch_version, cuda, nvcc, NVCC13 if nvcc else frozenset(), SOURCES, env, tmp_path / "prebuilt")
+
+
+def write_record(directory: Path, **changes: object) -> build.BuildRecord:
+    rec = build.BuildRecord(
+        torch="2.11.0+cu130", cuda="13.0", arch_list="8.0;9.0", ptx=False, sources=SOURCES, nvcc="13.0", built="2026-11-25T00:00:00+00:00", key="k"
+    )
+    rec = dataclasses.replace(rec, **changes)  # type: ignore[arg-type]  # field names and types are the caller's
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / build.RECORD_NAME).write_text(rec.to_json())
+    return rec
+
+
+def reasons(f: negotiation.Facts, cap: Optional[tuple[int, int]]) -> list[str]:
+    return [str(r) for r in negotiation.binary_reasons(f, negotiation.locate(f, cap), cap)]
+
+
+def test_cpu_torch_means_not_built_with_the_build_command(tmp_path: Path) -> None:
+    f = facts(tmp_path, torch_version="2.13.0+cpu", cuda=None, nvcc=None)
+    located = negotiation.locate(f, None)
+    assert located.origin == "none" and located.record is None
+    (why,) = reasons(f, (9, 0))
+    assert "binary: found not built (torch 2.13.0+cpu is a CPU-only build)" in why
+    assert "python -m attncore_cutlass build" in why
+
+
+def test_no_toolkit_means_not_built(tmp_path: Path) -> None:
+    (why,) = reasons(facts(tmp_path, nvcc=None), (9, 0))
+    assert "no CUDA toolkit (nvcc)" in why
+
+
+def test_first_use_build_is_accepted_and_keyed(tmp_path: Path) -> None:
+    f = facts(tmp_path)
+    located = negotiation.locate(f, (9, 0))
+    assert located.record is None and located.jit_blocker is None and located.jit_arch_list == "9.0"
+    assert located.jit_dir == tmp_path / "cache" / f"torch2.11.0-cu13.0-sm9_0-{SOURCES}"
+    assert reasons(f, (9, 0)) == []
+
+
+def test_first_use_build_honours_the_arch_list_and_explains_a_miss(tmp_path: Path) -> None:
+    f = facts(tmp_path, env={"TORCH_CUDA_ARCH_LIST": "8.0"})
+    (why,) = reasons(f, (9, 0))
+    assert "compiled archs" in why and 'TORCH_CUDA_ARCH_LIST="8.0;9.0"' in why
+
+
+def test_an_arch_the_toolkit_cannot_target_is_not_built(tmp_path: Path) -> None:
+    (why,) = reasons(facts(tmp_path), (6, 0))
+    assert "cannot compile for sm_60" in why
+
+
+@pytest.mark.parametrize(
+    ("arch_list", "cap", "outcome"),
+    [
+        ("8.0;9.0", (9, 0), "sass"),
+        ("8.0", (8, 6), "sass"),  # sm_80 SASS runs on sm_86
+        ("8.0+PTX", (9, 0), "ptx"),
+        ("7.5;8.0", (9, 0), "rejected"),
+        ("9.0a", (9, 0), "sass"),
+        ("9.0a", (10, 0), "rejected"),  # arch-specific code runs on sm_90 only
+        ("9.0", (8, 0), "rejected"),
+    ],
+)
+def test_record_arch_coverage(tmp_path: Path, arch_list: str, cap: tuple[int, int], outcome: str) -> None:
+    f = facts(tmp_path)
+    write_record(f.prebuilt, arch_list=arch_list, ptx="+PTX" in arch_list)
+    assert negotiation.locate(f, cap).origin == "prebuilt"
+    got = reasons(f, cap)
+    if outcome == "rejected":
+        (why,) = got
+        assert f"device is sm_{cap[0]}{cap[1]}" in why and f'TORCH_CUDA_ARCH_LIST="{arch_list};{cap[0]}.{cap[1]}"' in why
+    else:
+        assert got == []
+
+
+def test_built_for_another_torch_is_rejected_with_the_fix(tmp_path: Path) -> None:
+    f = facts(tmp_path)
+    write_record(f.prebuilt, torch="2.4.1+cu121", cuda="12.1")
+    got = reasons(f, (9, 0))
+    assert any("torch (build): found built for torch 2.4.1+cu121, running torch 2.11.0+cu130" in r for r in got)
+    assert any("CUDA (build): found built with CUDA 12.1, torch uses CUDA 13.0" in r for r in got)
+    assert all("rebuild: python -m attncore_cutlass build" in r for r in got)
+    assert all("prebuilt: " in r for r in got)  # says which binary
+
+
+def test_local_version_suffixes_do_not_count(tmp_path: Path) -> None:
+    f = facts(tmp_path, torch_version="2.11.0")
+    write_record(f.prebuilt, torch="2.11.0+cu130")
+    assert reasons(f, (9, 0)) == []
+
+
+def test_stale_sources_are_rejected(tmp_path: Path) -> None:
+    f = facts(tmp_path)
+    write_record(f.prebuilt, sources="0123456789ab")
+    (why,) = reasons(f, (9, 0))
+    assert "binary sources: found built from sources 0123456789ab" in why and SOURCES in why
+
+
+def test_unreadable_record_is_explained(tmp_path: Path) -> None:
+    f = facts(tmp_path)
+    f.prebuilt.mkdir()
+    (f.prebuilt / build.RECORD_NAME).write_text(json.dumps({"torch": "2.11.0"}))
+    (why,) = reasons(f, (9, 0))
+    assert "unreadable build record" in why and "lacks" in why
+
+
+def test_explicit_directory_wins_and_must_hold_a_record(tmp_path: Path) -> None:
+    explicit = tmp_path / "matrix"
+    f = facts(tmp_path, env={"ATTNCORE_CUTLASS_DIR": str(explicit)})
+    write_record(f.prebuilt)
+    (why,) = reasons(f, (9, 0))  # not silently replaced by the prebuilt binary
+    assert f"ATTNCORE_CUTLASS_DIR={explicit} holds no build.json" in why
+    write_record(explicit, arch_list="7.5")
+    assert negotiation.locate(f, (9, 0)).origin == "ATTNCORE_CUTLASS_DIR"
+    assert "compiled archs" in reasons(f, (9, 0))[0]
+
+
+def test_cache_is_found_after_a_first_use_build(tmp_path: Path) -> None:
+    f = facts(tmp_path)
+    located = negotiation.locate(f, (9, 0))
+    assert located.jit_dir is not None
+    write_record(located.jit_dir, arch_list="9.0")
+    again = negotiation.locate(f, (9, 0))
+    assert again.origin == "cache" and again.record is not None and reasons(f, (9, 0)) == []
+
+
+def test_gencode_flags() -> None:
+    assert build.gencode_flags("8.0;9.0a 9.0+PTX") == [
+        "-gencode=arch=compute_80,code=sm_80",
+        "-gencode=arch=compute_90a,code=sm_90a",
+        "-gencode=arch=compute_90,code=sm_90",
+        "-gencode=arch=compute_90,code=compute_90",
+    ]
+    with pytest.raises(build.BuildError, match=r"expected entries like 8\.0"):
+        build.gencode_flags("8.0;sm_90")
+    with pytest.raises(build.BuildError, match="at least one entry"):
+        build.gencode_flags(" ; ")
+
+
+def test_build_refuses_on_a_cpu_torch() -> None:
+    if torch.version.cuda is not None:
+        pytest.skip("this torch has CUDA")
+    with pytest.raises(build.BuildError, match="CPU-only build"):
+        build.build("9.0", Path("/nonexistent"))
+
+
+def test_dispatcher_falls_back_and_explains_on_a_faked_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A binary for 7.5;8.0 on a (faked) sm_90: the operator is rejected with the rebuild hint and the
+    dispatcher picks the next operator; with 8.0;9.0 it is chosen."""
+    f = facts(tmp_path)
+    write_record(f.prebuilt, arch_list="7.5;8.0")
+    monkeypatch.setattr(negotiation, "facts", lambda: f)
+    negotiation.current.cache_clear()
+    dispatch.clear_cache()
+    q = torch.randn(1, 32, 2, 64, dtype=torch.float16)
+    inputs = Inputs.create(q, q, q)
+    gpu = DeviceInfo("cuda", (9, 0), None, "faked H100")
+    faked = inputs._replace(features=inputs.features._replace(device=gpu))
+    try:
+        with dispatch.policy(order=["cutlass", "reference"]):
+            sel = dispatch.evaluate(faked, "forward")
+        assert sel.chosen is not None and sel.chosen is not CutlassFwOp
+        row = next(c for c in sel.candidates if c.op == CutlassFwOp.NAME)
+        assert row.status == "rejected"
+        assert any('TORCH_CUDA_ARCH_LIST="7.5;8.0;9.0"' in str(r) for r in row.reasons)
+        write_record(f.prebuilt, arch_list="8.0;9.0")
+        negotiation.current.cache_clear()
+        with dispatch.policy(order=["cutlass", "reference"]):
+            assert dispatch.evaluate(faked, "forward").chosen is CutlassFwOp
+            assert dispatch.evaluate(faked._replace(features=faked.features._replace(requires_grad=True)), "backward").chosen is CutlassBwOp
+    finally:
+        negotiation.current.cache_clear()
+        dispatch.clear_cache()
