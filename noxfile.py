@@ -84,7 +84,10 @@ def gpu_matrix(session: nox.Session) -> None:
     """On a GPU host: build the CUDA plugin per env_matrix arch list; check negotiation and kernels (no downloads)."""
     root = Path(session.create_tmp()) / "gpu_matrix"
     tests = ROOT / "plugins" / "cutlass_like" / "tests"
+    only = [n for n in os.environ.get("ATTNCORE_GPU_MATRIX_ONLY", "").split(",") if n]  # a subset, by name
     for entry in MATRIX.cuda_arch_lists:
+        if only and entry.name not in only:
+            continue
         out = root / entry.name
         if out.exists() and os.environ.get("ATTNCORE_GPU_MATRIX_REUSE") != "1":
             shutil.rmtree(out)  # a fresh build per run: the build is part of what is checked
@@ -92,5 +95,12 @@ def gpu_matrix(session: nox.Session) -> None:
         env = {"ATTNCORE_GPU_MATRIX": entry.name, "ATTNCORE_CUTLASS_DIR": str(out), "TORCH_CUDA_ARCH_LIST": entry.value}
         # exit code 2: the builder refused the list before compiling (an arch this nvcc cannot target); the tests check that refusal
         session.run("python", "-m", "attncore_cutlass", "build", "--arch-list", entry.value, "--out", str(out), env=env, success_codes=[0, 2])
-        files = [str(tests / "test_gpu_matrix.py"), str(tests / "test_cutlass_gpu.py")]
-        session.run("python", "-m", "pytest", "-q", "-s", "-rs", "-p", "no:cacheprovider", *files, *session.posargs, env=env)
+        pytest = ("python", "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider")
+        session.run(*pytest, "-s", str(tests / "test_gpu_matrix.py"), env=env)  # the negotiation verdict, printed
+        session.run(*pytest, str(tests / "test_cutlass_gpu.py"), *session.posargs, env=env)  # the kernels, where the binary runs
+
+
+@nox.session(python=False, default=False)
+def cuda_check(session: nox.Session) -> None:
+    """Compile the CUDA kernels with the local nvcc (no GPU): errors, warnings, registers, spills."""
+    session.run("python3", str(ROOT / "plugins" / "cutlass_like" / "tools" / "cuda_check.py"), *session.posargs)

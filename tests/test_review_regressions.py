@@ -9,7 +9,7 @@ import attncore
 from attncore import attn_bias as ab
 from attncore import dispatch, registry
 from attncore.inputs import Inputs
-from fakeops import fake_fw
+from fakeops import fake_bw, fake_fw
 from reference_math import attention
 
 
@@ -80,3 +80,24 @@ def test_no_grad_mode_does_not_ask_for_training_capabilities() -> None:
     with torch.no_grad():
         assert Inputs.create(q, q, q).features.requires_grad is False
     assert Inputs.create(q, q, q).features.requires_grad is True
+
+
+def test_backward_keeps_the_policy_of_its_forward(isolated_registry: None) -> None:
+    """Autograd runs backward on its own threads (CUDA) or after the caller's ``with`` block: the
+    backward operator must be the one chosen under the forward's policy, not the default order."""
+    registry.restore({})
+    registry.register(fake_fw("a.fw", 20))
+    registry.register(fake_bw("a.bw", 20))
+    registry.register(fake_bw("b.bw", 10))
+    q, k, v = (torch.randn(1, 8, 2, 16, requires_grad=True) for _ in range(3))
+    with attncore.dispatch.policy(order=["a.fw", "b.bw"]):
+        out = attncore.memory_efficient_attention(q, k, v)
+    torch.autograd.backward(out.sum())  # outside the block, as a training loop would
+    assert q.grad is not None and q.grad.flatten()[0].item() == 10
+    # where no backward fits at forward time, the forward still runs; the backward explains the failure
+    registry.restore({})
+    registry.register(fake_fw("a.fw", 20))
+    q2 = torch.randn(1, 8, 2, 16, requires_grad=True)
+    out2 = attncore.memory_efficient_attention(q2, q2, q2)
+    with pytest.raises(attncore.NotSupportedError, match="backward"):
+        torch.autograd.backward(out2.sum())

@@ -76,7 +76,7 @@ def test_negotiation_outcome_on_this_device() -> None:
                 _launch.forward(Inputs.create(q.detach(), q.detach(), q.detach()), needs_lse=False, ext=lib)
             print(f"\n[gpu_matrix] {value!r} on sm_{cap[0]}{cap[1]}: rejected as expected; reason: {next(iter(row.reasons))}")
             return
-        assert row.status == "accepted" and exp.forward.chosen is CutlassFwOp, str(exp)
+        assert row.status == "chosen" and exp.forward.chosen is CutlassFwOp, str(exp)
         assert exp.backward is not None and exp.backward.chosen is CutlassBwOp
         out = attncore.memory_efficient_attention(q, q, q, bias)
         torch.autograd.backward(out.float().square().sum())
