@@ -14,7 +14,8 @@ Where binaries live, first match wins:
    ``ATTNCORE_CUTLASS_BUILD=1``);
 3. the cache, ``$ATTNCORE_CUTLASS_CACHE`` or ``~/.cache/attncore/cutlass/<key>``, filled on first use.
 
-This module needs torch only when it builds or loads; it never imports attncore.
+This module needs torch only when it builds or loads, and of attncore only the pure-Python
+``attncore.cuda_arch`` (the wheel build hook loads it on its own).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Optional
+
+from attncore.cuda_arch import parse_arch_list
 
 __all__ = [
     "EXT_NAME",
@@ -63,7 +66,6 @@ EXT_NAME = "attncore_cutlass_C"
 RECORD_NAME = "build.json"
 KEY_FORMAT = "torch<release>-cu<cuda>-sm<arch list>-<source hash>"
 
-_ENTRY = re.compile(r"^(\d+)\.(\d+)(a)?(\+PTX)?$")
 
 
 class BuildError(RuntimeError):
@@ -138,19 +140,16 @@ def cache_root(env: Mapping[str, str] = os.environ) -> Path:
 
 def gencode_flags(arch_list: str) -> list[str]:
     """nvcc flags for ``arch_list``: ``8.0`` -> SASS sm_80; ``9.0a`` -> sm_90a; ``8.0+PTX`` -> SASS and PTX compute_80."""
+    try:
+        entries = parse_arch_list(arch_list)
+    except ValueError as exc:
+        raise BuildError(f"TORCH_CUDA_ARCH_LIST: {exc}") from exc
     flags: list[str] = []
-    for raw in re.split(r"[;\s]+", arch_list.strip()):
-        if not raw:
-            continue
-        m = _ENTRY.match(raw)
-        if m is None:
-            raise BuildError(f"TORCH_CUDA_ARCH_LIST: expected entries like 8.0, 9.0a or 9.0+PTX, found {raw!r} in {arch_list!r}")
-        num = f"{m.group(1)}{m.group(2)}{'a' if m.group(3) else ''}"
+    for e in entries:
+        num = f"{e.major}{e.minor}{'a' if e.specific else ''}"
         flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
-        if m.group(4):
+        if e.ptx:
             flags.append(f"-gencode=arch=compute_{num},code=compute_{num}")
-    if not flags:
-        raise BuildError(f"TORCH_CUDA_ARCH_LIST: expected at least one entry, found {arch_list!r}")
     return flags
 
 
@@ -179,8 +178,7 @@ def _nvcc_version(nvcc: Path) -> str:
 
 def _check_archs(arch_list: str, nvcc: Path) -> None:
     supported = nvcc_archs(nvcc)
-    wanted = [re.sub(r"\+PTX$", "", e).replace(".", "") for e in re.split(r"[;\s]+", arch_list.strip()) if e]
-    missing = [w for w in wanted if w.removesuffix("a") not in supported]
+    missing = [f"{e.major}{e.minor}" for e in parse_arch_list(arch_list) if f"{e.major}{e.minor}" not in supported]
     if missing:
         raise BuildError(
             f"TORCH_CUDA_ARCH_LIST={arch_list!r}: nvcc {_nvcc_version(nvcc)} at {nvcc} cannot compile for "
