@@ -82,3 +82,21 @@ def test_geometry_encoding_round_trips(bias: ab.AttentionBias) -> None:
     assert back is not None
     assert back.band == geo.band and back.blocks == geo.blocks
     assert (back.paging is None) == (geo.paging is None)
+
+
+def test_compiled_calls_honour_both_halves_of_an_op_tuple(isolated_registry: None) -> None:
+    """op=(fw, bw): the compiled backward runs the tuple's backward, not the one named like the forward."""
+    from attncore import registry
+    from fakeops import fake_bw, fake_fw
+
+    registry.restore({})
+    fw, bw_a, bw_b = fake_fw("a.fw", 20), fake_bw("a.bw", 20), fake_bw("b.bw", 10)
+    for op in (fw, bw_a, bw_b):
+        registry.register(op)
+
+    def f(q: torch.Tensor) -> torch.Tensor:
+        return attncore.memory_efficient_attention(q, q, q, op=(fw, bw_b))
+
+    q = torch.randn(1, 8, 2, 16, requires_grad=True)
+    torch.autograd.backward(torch.compile(f, backend="aot_eager", fullgraph=True)(q).sum())
+    assert q.grad is not None and q.grad.flatten()[0].item() == 30  # b.bw's 10, for q, k and v (the same tensor)

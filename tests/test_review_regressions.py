@@ -101,3 +101,10 @@ def test_backward_keeps_the_policy_of_its_forward(isolated_registry: None) -> No
     out2 = attncore.memory_efficient_attention(q2, q2, q2)
     with pytest.raises(attncore.NotSupportedError, match="backward"):
         torch.autograd.backward(out2.sum())
+    # ... also when one exists but the forward's policy excluded it: the backward does not quietly use it
+    registry.register(fake_bw("b.bw", 10))
+    q3 = torch.randn(1, 8, 2, 16, requires_grad=True)
+    with attncore.dispatch.policy(order=["a.fw"]):
+        out3 = attncore.memory_efficient_attention(q3, q3, q3)
+    with pytest.raises(attncore.NotSupportedError, match="b.bw"):
+        torch.autograd.backward(out3.sum())

@@ -123,7 +123,8 @@ def _register() -> bool:
         dtype = _DTYPES[out_dtype] if out_dtype >= 0 else None
         inputs = Inputs.create(query, key, value, _bias_arg(spec, bias, block_tables), p, scale, dtype, is_partial=True)
         seed = _seed(p)
-        res = _fw_op(inputs, op or None).apply(inputs, needs_lse=True, dropout_seed=seed)
+        fw_name = op.split("|", maxsplit=1)[0]  # op: "forward name|backward name" (either may be empty)
+        res = _fw_op(inputs, fw_name or None).apply(inputs, needs_lse=True, dropout_seed=seed)
         assert res.lse is not None  # operators must honour needs_lse=True
         return inputs.from5(res.out).contiguous(), inputs.lse_from5(res.lse).contiguous(), torch.tensor(seed, dtype=torch.int64)
 
@@ -170,8 +171,9 @@ def _register() -> bool:
             bias = bias.detach().requires_grad_(True)  # tells the backward operator to produce dbias
         with torch.enable_grad():  # the flags say which gradients the backward operator must produce
             inputs = Inputs.create(query, key, value, _bias_arg(spec, bias, block_tables), p, scale, out.dtype, is_partial=True)
-        fw = _fw_op(inputs, op or None)
-        bw = _bw_op(inputs, op or None, fw)
+        fw_name, _, bw_name = op.partition("|")
+        fw = _fw_op(inputs, fw_name or None)
+        bw = _bw_op(inputs, bw_name or fw_name or None, fw)  # the tuple's backward, else the forward's name
         gl = None if grad_lse is None else inputs.lse_to5(grad_lse)
         g = inputs._to5(grad_out)
         grads = bw.apply(inputs, g, inputs._to5(out), inputs.lse_to5(lse), dropout_seed=int(seed.item()), grad_lse=gl)
@@ -253,8 +255,12 @@ def compiled_attention(
     ints, tensor, tables = encode_geometry(geo)
     if scale is None:
         scale = query.shape[-1] ** -0.5
-    fw_op = op[0] if isinstance(op, tuple) else op
-    name = fw_op if isinstance(fw_op, str) else str(getattr(fw_op, "NAME", ""))
+    fw_op, bw_op = (op[0], op[1]) if isinstance(op, tuple) else (op, None)
+
+    def _name(x: Any) -> str:
+        return x if isinstance(x, str) else str(getattr(x, "NAME", "")) if x is not None else ""
+
+    name = f"{_name(fw_op)}|{_name(bw_op)}"  # both halves of an (fw, bw) tuple reach the backward
     code = _DTYPES.index(output_dtype) if output_dtype is not None else -1
     out, lse, _ = torch.ops.attncore.attention(query, key, value, tensor, tables, ints, float(p), float(scale), name, code)
     return out, lse

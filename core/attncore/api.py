@@ -65,11 +65,13 @@ class _Attention(torch.autograd.Function):
         fw = _fw_op(inputs, op)
         # The backward operator is chosen now, under the caller's policy: autograd runs backward on its
         # own threads, where a `with dispatch.policy(...)` block around the forward is not active. Where
-        # no backward fits, the choice (and its explained error) waits for the backward pass.
+        # no backward fits, the forward still runs and the backward raises that explained error.
+        bw: Optional[type[AttentionBwOpBase]] = None
+        bw_error: Optional[NotSupportedError] = None
         try:
-            bw: Optional[type[AttentionBwOpBase]] = _bw_op(inputs, op, fw)
-        except NotSupportedError:
-            bw = None
+            bw = _bw_op(inputs, op, fw)
+        except NotSupportedError as exc:
+            bw_error = exc
         seed = _seed(inputs.p)
         res = fw.apply(inputs, needs_lse=True, dropout_seed=seed)
         assert res.lse is not None  # operators must honour needs_lse=True
@@ -84,7 +86,7 @@ class _Attention(torch.autograd.Function):
             geometry=dataclasses.replace(geo, tensor=None) if geo is not None and bias_tensor is not None else geo,
         )
         ctx.has_bias = bias_tensor is not None
-        ctx.op, ctx.fw, ctx.bw, ctx.seed = op, fw, bw, seed
+        ctx.op, ctx.fw, ctx.bw, ctx.bw_error, ctx.seed = op, fw, bw, bw_error, seed
         ctx.save_for_backward(query, key, value, bias_tensor, Inputs._to5(res.out), res.lse)  # canonical out for backward ops
         ctx.set_materialize_grads(False)
         return inputs.from5(res.out), inputs.lse_from5(res.lse)
@@ -95,7 +97,9 @@ class _Attention(torch.autograd.Function):
         inputs: Inputs = ctx.inputs._replace(query=query, key=key, value=value)
         if ctx.has_bias and inputs.geometry is not None:
             inputs = inputs._replace(geometry=dataclasses.replace(inputs.geometry, tensor=bias_tensor))
-        bw = ctx.bw if ctx.bw is not None else _bw_op(inputs, ctx.op, ctx.fw)
+        if ctx.bw_error is not None:
+            raise ctx.bw_error
+        bw = ctx.bw
         g5 = torch.zeros_like(out5) if grad_out is None else Inputs._to5(grad_out)
         gl5 = None if grad_lse is None else inputs.lse_to5(grad_lse)
         grads = bw.apply(inputs, g5, out5, lse5, dropout_seed=ctx.seed, grad_lse=gl5)

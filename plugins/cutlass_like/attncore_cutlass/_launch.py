@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import itertools
+import subprocess
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -60,15 +61,25 @@ def extension(capability: Optional[tuple[int, int]]) -> ModuleType:
         return mod
     with _LOCK:
         located = negotiation.current(capability)
-        if located.record is not None and located.directory is not None:
-            directory = located.directory
-        elif located.jit_blocker is None and located.jit_arch_list is not None and located.jit_dir is not None:
-            build.build(located.jit_arch_list, located.jit_dir)
-            negotiation.refresh()
-            directory = located.jit_dir
-        else:  # the dispatcher rejects the op first; reached only by calling this module directly
-            raise RuntimeError(f"attncore-cutlass: not built ({located.jit_blocker}); {negotiation.BUILD_HINT}")
-        mod = _MODULES[capability] = build.load_extension(directory)
+        try:
+            if located.record is not None and located.directory is not None:
+                directory = located.directory
+            elif located.jit_blocker is None and located.jit_arch_list is not None and located.jit_dir is not None:
+                build.build(located.jit_arch_list, located.jit_dir)
+                negotiation.refresh()
+                directory = located.jit_dir
+            else:  # the dispatcher rejects the op first; reached only by calling this module directly
+                raise RuntimeError(f"attncore-cutlass: not built ({located.jit_blocker}); {negotiation.BUILD_HINT}")
+            mod = _MODULES[capability] = build.load_extension(directory)
+        except (ImportError, OSError, RuntimeError, subprocess.SubprocessError) as exc:  # BuildError is a RuntimeError
+            # remembered: from the next call on, negotiation rejects the op with this reason and the
+            # dispatcher falls back (this call has already been dispatched, so it reports the failure)
+            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+            negotiation.record_failure(capability, f"{type(exc).__name__}: {last}")
+            raise RuntimeError(
+                f"attncore-cutlass: the CUDA extension could not be built or loaded ({exc}); later calls fall back to other operators "
+                "(python -m attncore.info and attncore.dispatch.explain show why)"
+            ) from exc
     return mod
 
 
@@ -111,7 +122,7 @@ def _i32(values: tuple[int, ...] | list[int], device: torch.device) -> torch.Ten
 
 
 def _seqs(blocks: BlockLayout, device: torch.device) -> _Seqs:
-    key = (blocks.q_seqstart, blocks.k_start, blocks.k_len, device)
+    key = (blocks.q_seqstart, blocks.k_start, blocks.k_len, blocks.k_total, device)
     hit = _SEQ_CACHE.get(key)
     if hit is not None:
         _SEQ_CACHE.move_to_end(key)
@@ -200,9 +211,10 @@ def forward(inputs: Inputs, *, needs_lse: bool, ext: Optional[ModuleType] = None
 
 
 def backward(
-    inputs: Inputs, grad_out: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, grad_lse: Optional[torch.Tensor]
+    inputs: Inputs, grad_out: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, grad_lse: Optional[torch.Tensor], ext: Optional[ModuleType] = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """``(dq, dk, dv, dbias)`` in the canonical layouts (dbias ``[B, G, H, Mq, Mk]`` when the bias needs a gradient)."""
+    """``(dq, dk, dv, dbias)`` in the canonical layouts (dbias ``[B, G, H, Mq, Mk]`` when the bias needs a gradient);
+    ``ext`` as for :func:`forward`."""
     q, k, v = (_last_contiguous(t) for t in (inputs.q5, inputs.k5, inputs.v5))
     b, mq, g, h, kd = q.shape
     mk, kv = k.shape[1], v.shape[-1]
@@ -230,7 +242,12 @@ def backward(
     dbias: Optional[torch.Tensor] = None
     if bias is not None and inputs.features.bias_requires_grad:
         dbias = torch.zeros((b, g, h, mq, mk), dtype=bias.dtype, device=dev)  # masked pairs stay 0
-    ext = extension(_capability(dev))
+    if call.max_q == 0 or call.max_k == 0 or call.num_seqs == 0:  # nothing to launch: no pair is visible
+        for t in (dq, dk, dv):
+            t.zero_()
+        _LAST["backward"] = "none"
+        return dq, dk, dv, dbias
+    ext = ext if ext is not None else extension(_capability(dev))
     family = ext.backward(
         q, k, v, bias, do, lse2, delta, dq, dk, dv, dbias, *call.seq_args(), seqs.seq_kw if seqs is not None else None,
         call.num_seqs, call.max_q, call.max_k, call.band_lo, call.band_hi, call.bottom_right, inputs.scale,

@@ -52,7 +52,10 @@ __all__ = [
     "cache_root",
     "gencode_flags",
     "load_extension",
+    "cxx11_abi",
     "nvcc_archs",
+    "nvcc_version",
+    "python_tag",
     "read_record",
     "source_hash",
     "toolkit",
@@ -64,7 +67,7 @@ SOURCES = ("bindings.cpp", "fwd_simt.cu", "bwd_simt.cu", "fwd_tc.cu", "bwd_tc.cu
 HEADERS = ("common.cuh", "kernels.h", "mma.cuh", "params.h")
 EXT_NAME = "attncore_cutlass_C"
 RECORD_NAME = "build.json"
-KEY_FORMAT = "torch<release>-cu<cuda>-sm<arch list>-<source hash>"
+KEY_FORMAT = "torch<release>-cu<cuda>-<python tag>-abi<cxx11 abi>-sm<arch list>-<source hash>"
 
 
 
@@ -78,12 +81,15 @@ class BuildRecord:
 
     torch: str
     cuda: str
+    python: str  # interpreter ABI tag (sys.implementation.cache_tag): the library is a CPython extension
+    cxx11_abi: str  # torch's _GLIBCXX_USE_CXX11_ABI ("1"/"0"): the C++ ABI the library links against
     arch_list: str
     ptx: bool
     sources: str
     nvcc: str
     built: str
     key: str
+    library: str  # file name of the library next to the record
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -124,10 +130,24 @@ def _slug(arch_list: str) -> str:
     return re.sub(r"[^0-9A-Za-z]+", "_", arch_list).strip("_")
 
 
-def build_key(torch_version: str, cuda: str, arch_list: str, sources: str) -> str:
-    """See :data:`KEY_FORMAT`: one cache directory per torch release, CUDA version, arch list and source state."""
+def build_key(torch_version: str, cuda: str, arch_list: str, sources: str, python: str, cxx11_abi: str) -> str:
+    """See :data:`KEY_FORMAT`: one cache directory per torch release, CUDA version, interpreter and C++ ABI,
+    arch list and source state."""
     release = torch_version.split("+", maxsplit=1)[0]
-    return f"torch{release}-cu{cuda}-sm{_slug(arch_list)}-{sources}"
+    return f"torch{release}-cu{cuda}-{python}-abi{cxx11_abi}-sm{_slug(arch_list)}-{sources}"
+
+
+def python_tag() -> str:
+    """The running interpreter's ABI tag (``cpython-311``)."""
+    return str(sys.implementation.cache_tag)
+
+
+def cxx11_abi() -> str:
+    """torch's C++ ABI flag (``"1"``, ``"0"``, or ``"?"`` when this torch does not say)."""
+    import torch
+
+    flag = getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", None)
+    return "?" if flag is None else str(int(bool(flag)))
 
 
 def cache_root(env: Mapping[str, str] = os.environ) -> Path:
@@ -171,7 +191,8 @@ def nvcc_archs(nvcc: Path) -> set[str]:
     return {line.strip().removeprefix("compute_") for line in _nvcc_output(nvcc, "--list-gpu-arch").splitlines() if line.strip()}
 
 
-def _nvcc_version(nvcc: Path) -> str:
+def nvcc_version(nvcc: Path) -> str:
+    """``release X.Y`` of ``nvcc --version`` (``"unknown"`` when absent)."""
     m = re.search(r"release (\d+\.\d+)", _nvcc_output(nvcc, "--version"))
     return m.group(1) if m else "unknown"
 
@@ -181,7 +202,7 @@ def _check_archs(arch_list: str, nvcc: Path) -> None:
     missing = [f"{e.major}{e.minor}" for e in parse_arch_list(arch_list) if f"{e.major}{e.minor}" not in supported]
     if missing:
         raise BuildError(
-            f"TORCH_CUDA_ARCH_LIST={arch_list!r}: nvcc {_nvcc_version(nvcc)} at {nvcc} cannot compile for "
+            f"TORCH_CUDA_ARCH_LIST={arch_list!r}: nvcc {nvcc_version(nvcc)} at {nvcc} cannot compile for "
             f"{', '.join('sm_' + m for m in missing)} (it supports {', '.join('sm_' + s for s in sorted(supported, key=int_key))}); "
             "drop those entries, or build with a CUDA toolkit that still has them (CUDA 12.x for sm_60/sm_70)"
         )
@@ -236,7 +257,12 @@ def build(arch_list: str, out_dir: Path, *, progress: Callable[[str], None] = _s
     _check_archs(arch_list, nvcc)
     out_dir.mkdir(parents=True, exist_ok=True)
     sources = source_hash()
-    key = build_key(torch.__version__, torch.version.cuda, arch_list, sources)
+    key = build_key(torch.__version__, torch.version.cuda, arch_list, sources, python_tag(), cxx11_abi())
+    for stale in [out_dir / RECORD_NAME, *out_dir.glob(f"{EXT_NAME}*.so")]:  # never leave a record beside another build's library
+        stale.unlink(missing_ok=True)
+    # a name per key and directory: torch renames a second build of one name in a process (name_v1), which
+    # would not match the library's init symbol; distinct names never collide
+    name = f"{EXT_NAME}_{hashlib.sha256((key + str(out_dir.resolve())).encode()).hexdigest()[:10]}"
     what = f"attncore-cutlass: building CUDA kernels for TORCH_CUDA_ARCH_LIST={arch_list!r}"
     progress(f"{what} into {out_dir} (key {key}); this takes a few minutes, once")
     if jobs is not None:
@@ -244,7 +270,7 @@ def build(arch_list: str, out_dir: Path, *, progress: Callable[[str], None] = _s
     start = time.monotonic()
     with _Heartbeat(progress, what):
         cpp_extension.load(
-            name=EXT_NAME,
+            name=name,
             sources=[str(CSRC / s) for s in SOURCES],
             extra_cflags=["-O3"],
             extra_cuda_cflags=["-O3", "--threads", "4", *flags],
@@ -252,35 +278,47 @@ def build(arch_list: str, out_dir: Path, *, progress: Callable[[str], None] = _s
             with_cuda=True,
             verbose=False,
         )
+    libs = sorted(out_dir.glob(f"{name}*.so"))
+    if not libs:
+        raise BuildError(f"the build of {name} in {out_dir} produced no library")
     record = BuildRecord(
         torch=torch.__version__,
         cuda=str(torch.version.cuda),
+        python=python_tag(),
+        cxx11_abi=cxx11_abi(),
         arch_list=arch_list,
         ptx="+PTX" in arch_list,
         sources=sources,
-        nvcc=_nvcc_version(nvcc),
+        nvcc=nvcc_version(nvcc),
         built=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         key=key,
+        library=libs[0].name,
     )
-    (out_dir / RECORD_NAME).write_text(record.to_json())
+    tmp = out_dir / f".{RECORD_NAME}.{os.getpid()}"
+    tmp.write_text(record.to_json())
+    os.replace(tmp, out_dir / RECORD_NAME)  # readers see the whole record or none
     progress(f"{what}: done in {time.monotonic() - start:.0f} s")
     return record
 
 
-def load_extension(directory: Path) -> ModuleType:
+def load_extension(directory: Path, record: Optional[BuildRecord] = None) -> ModuleType:
     """Import the compiled library in ``directory`` (its record has been checked by then)."""
     import torch  # noqa: F401  # the library links against torch's, which must be loaded first
 
-    libs = sorted(directory.glob(f"{EXT_NAME}*.so")) + sorted(directory.glob(f"{EXT_NAME}*.pyd"))
-    if not libs:
-        raise ImportError(f"attncore-cutlass: {directory} has a build record but no {EXT_NAME} library")
-    loaded = sys.modules.get(EXT_NAME)
-    if loaded is not None and getattr(loaded, "__file__", None) == str(libs[0]):
+    record = record if record is not None else read_record(directory)
+    if record is None:
+        raise ImportError(f"attncore-cutlass: {directory} holds no {RECORD_NAME}")
+    lib = directory / record.library
+    if not lib.is_file():
+        raise ImportError(f"attncore-cutlass: {directory} has a build record but no library {record.library}")
+    name = lib.name.split(".")[0]  # the module's init symbol is PyInit_<name>
+    loaded = sys.modules.get(name)
+    if loaded is not None and getattr(loaded, "__file__", None) == str(lib):
         return loaded
-    spec = importlib.util.spec_from_file_location(EXT_NAME, libs[0])
+    spec = importlib.util.spec_from_file_location(name, lib)
     if spec is None or spec.loader is None:
-        raise ImportError(f"attncore-cutlass: cannot load {libs[0]}")
+        raise ImportError(f"attncore-cutlass: cannot load {lib}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    sys.modules[EXT_NAME] = module
+    sys.modules[name] = module
     return module

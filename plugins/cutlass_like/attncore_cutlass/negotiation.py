@@ -30,7 +30,20 @@ from attncore.requirements import build_record_reasons
 
 from . import build as _build
 
-__all__ = ["DISTRIBUTION", "Facts", "Located", "binary_reasons", "current", "facts", "jit_arch_list", "locate", "refresh"]
+__all__ = [
+    "DISTRIBUTION",
+    "Facts",
+    "Located",
+    "binary_reasons",
+    "current",
+    "facts",
+    "failure",
+    "forget_failures",
+    "jit_arch_list",
+    "locate",
+    "record_failure",
+    "refresh",
+]
 
 DISTRIBUTION = "attncore-cutlass"
 BUILD_HINT = "python -m attncore_cutlass build  (uses TORCH_CUDA_ARCH_LIST, else the GPUs it sees)"
@@ -47,6 +60,10 @@ class Facts:
     sources: str  # hash of this package's CUDA sources
     env: Mapping[str, str]
     prebuilt: Path
+    python: str = "cpython-311"  # interpreter ABI tag of this process
+    cxx11_abi: str = "1"  # torch's C++ ABI flag
+    nvcc_version: Optional[str] = None  # "13.0"
+    ninja: bool = True  # torch builds extensions with ninja
 
 
 @dataclass(frozen=True)
@@ -60,6 +77,7 @@ class Located:
     jit_arch_list: Optional[str]  # what a first-use build would target
     jit_dir: Optional[Path]
     jit_blocker: Optional[str]  # why a first-use build cannot happen
+    jit_fix: Optional[str] = None  # what to do about it
 
 
 def jit_arch_list(env: Mapping[str, str], capability: Optional[tuple[int, int]]) -> Optional[str]:
@@ -77,27 +95,43 @@ def _read(directory: Path) -> tuple[Optional[_build.BuildRecord], Optional[str]]
         return None, str(exc)
 
 
+def _major(version: Optional[str]) -> Optional[str]:
+    return version.split(".", maxsplit=1)[0] if version else None
+
+
+def _first_use_blocker(facts: Facts, arch: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+    """Why a first-use build for ``arch`` cannot happen here, and the fix (``(None, None)`` when it can)."""
+    if facts.cuda is None:
+        return f"torch {facts.torch_version} is a CPU-only build", "install a CUDA build of torch; a CPU torch cannot use this backend"
+    if facts.nvcc is None:
+        return "no CUDA toolkit (nvcc) to build it on first use", f"install the CUDA {facts.cuda} toolkit (or set CUDA_HOME), then rerun; or {BUILD_HINT}"
+    if _major(facts.nvcc_version) not in (None, _major(facts.cuda)):
+        return f"nvcc {facts.nvcc_version} at {facts.nvcc} does not match torch's CUDA {facts.cuda}", f"point CUDA_HOME at a CUDA {facts.cuda} toolkit"
+    if not facts.ninja:
+        return "ninja is not installed (torch builds extensions with it)", "pip install ninja"
+    if arch is None:
+        return "no GPU to build for", "set TORCH_CUDA_ARCH_LIST or run on a GPU"
+    try:
+        entries = parse_arch_list(arch)
+    except ValueError as exc:
+        return str(exc), "fix TORCH_CUDA_ARCH_LIST"
+    missing = [f"sm_{e.major}{e.minor}" for e in entries if f"{e.major}{e.minor}" not in facts.nvcc_archs]
+    if missing:
+        return (
+            f"nvcc {facts.nvcc_version or ''} at {facts.nvcc} cannot compile for {', '.join(missing)}",
+            "drop those entries from TORCH_CUDA_ARCH_LIST, or build with a toolkit that has them (CUDA 12.x for sm_60/sm_70)",
+        )
+    return None, None
+
+
 def locate(facts: Facts, capability: Optional[tuple[int, int]]) -> Located:
     """Find the binary for a device of ``capability`` (``None``: no device known)."""
     arch = jit_arch_list(facts.env, capability)
-    blocker: Optional[str] = None
+    blocker, fix = _first_use_blocker(facts, arch)
     jit_dir: Optional[Path] = None
-    if facts.cuda is None:
-        blocker = f"torch {facts.torch_version} is a CPU-only build"
-    elif facts.nvcc is None:
-        blocker = "no CUDA toolkit (nvcc) to build it on first use"
-    elif arch is None:
-        blocker = "no GPU to build for"
-    else:
-        try:
-            entries = parse_arch_list(arch)
-        except ValueError as exc:
-            blocker = str(exc)
-        else:
-            missing = [f"sm_{e.major}{e.minor}" for e in entries if f"{e.major}{e.minor}" not in facts.nvcc_archs]
-            if missing:
-                blocker = f"nvcc at {facts.nvcc} cannot compile for {', '.join(missing)}"
-        jit_dir = _build.cache_root(facts.env) / _build.build_key(facts.torch_version, facts.cuda, arch, facts.sources)
+    if facts.cuda is not None and arch is not None:
+        key = _build.build_key(facts.torch_version, facts.cuda, arch, facts.sources, facts.python, facts.cxx11_abi)
+        jit_dir = _build.cache_root(facts.env) / key
     explicit = facts.env.get("ATTNCORE_CUTLASS_DIR")
     candidates = [("ATTNCORE_CUTLASS_DIR", Path(explicit))] if explicit else []
     candidates.append(("prebuilt", facts.prebuilt))
@@ -106,31 +140,62 @@ def locate(facts: Facts, capability: Optional[tuple[int, int]]) -> Located:
     for origin, directory in candidates:
         record, error = _read(directory)
         if record is not None or error is not None:
-            return Located(origin, directory, record, error, arch, jit_dir, blocker)
+            return Located(origin, directory, record, error, arch, jit_dir, blocker, fix)
         if origin == "ATTNCORE_CUTLASS_DIR":  # an explicit directory without a record is not silently replaced
-            return Located(origin, directory, None, None, arch, None, f"ATTNCORE_CUTLASS_DIR={directory} holds no {_build.RECORD_NAME}")
-    return Located("none", None, None, None, arch, jit_dir, blocker)
+            why = f"ATTNCORE_CUTLASS_DIR={directory} holds no {_build.RECORD_NAME}"
+            return Located(origin, directory, None, None, arch, None, why, f"python -m attncore_cutlass build --out {directory}")
+    return Located("none", None, None, None, arch, jit_dir, blocker, fix)
+
+
+def _rebuild_hint(located: Located) -> str:
+    """The command that replaces the located binary (one in ATTNCORE_CUTLASS_DIR must be rebuilt there)."""
+    if located.origin == "ATTNCORE_CUTLASS_DIR":
+        return f"rebuild: python -m attncore_cutlass build --out {located.directory}"
+    if located.origin == "cache":
+        return f"delete {located.directory}; it is rebuilt on the next call"
+    return f"rebuild: {BUILD_HINT}"
 
 
 def binary_reasons(facts: Facts, located: Located, capability: Optional[tuple[int, int]]) -> list[Reason]:
     """Every reason the located binary (or the lack of one) cannot run on a device of ``capability``."""
-    rebuild = f"rebuild: {BUILD_HINT}"
+    rebuild = _rebuild_hint(located)
     if located.record_error is not None:
         return [Reason("binary", f"unreadable build record ({located.record_error})", f"a {_build.RECORD_NAME} written by the build", rebuild)]
     rec = located.record
     if rec is None:
         if located.jit_blocker is not None:
-            return [Reason("binary", f"not built ({located.jit_blocker})", "a binary built for this torch and GPU", BUILD_HINT)]
+            return [Reason("binary", f"not built ({located.jit_blocker})", "a binary built for this torch and GPU", located.jit_fix or BUILD_HINT)]
         assert located.jit_arch_list is not None  # set whenever nothing blocks a first-use build
         return arch_reasons(located.jit_arch_list, capability, DISTRIBUTION) if capability is not None else []
+    where = f"{located.origin}: {located.directory}"
     out = build_record_reasons(DISTRIBUTION, {"torch": rec.torch, "cuda": rec.cuda}, lookup=lambda _dist: facts.torch_version, cuda=facts.cuda)
-    out = [Reason(r.topic, f"{r.found} ({located.origin}: {located.directory})", r.supported, rebuild) for r in out]
+    out = [Reason(r.topic, f"{r.found} ({where})", r.supported, rebuild) for r in out]
+    if rec.python != facts.python:
+        out.append(Reason("python (build)", f"built for {rec.python} ({where})", f"this interpreter, {facts.python}", rebuild))
+    if rec.cxx11_abi != facts.cxx11_abi:
+        out.append(Reason("C++ ABI (build)", f"built with _GLIBCXX_USE_CXX11_ABI={rec.cxx11_abi} ({where})", f"torch's {facts.cxx11_abi}", rebuild))
     if rec.sources != facts.sources:
-        where = f"{located.origin}: {located.directory}"
         out.append(Reason("binary sources", f"built from sources {rec.sources} ({where})", f"this package's sources {facts.sources}", rebuild))
     if capability is not None:
         out += arch_reasons(rec.arch_list, capability, DISTRIBUTION)
     return out
+
+
+_FAILURES: dict[Optional[tuple[int, int]], str] = {}
+
+
+def record_failure(capability: Optional[tuple[int, int]], why: str) -> None:
+    """Remember that building or loading the binary for ``capability`` failed in this process: from now
+    on :func:`binary_reasons` rejects the operator with ``why`` (the dispatch cache is cleared)."""
+    from attncore import dispatch
+
+    _FAILURES[capability] = why
+    dispatch.clear_cache()
+
+
+def failure(capability: Optional[tuple[int, int]]) -> Optional[str]:
+    """Why building or loading failed for ``capability`` in this process, if it did."""
+    return _FAILURES.get(capability)
 
 
 @functools.lru_cache(maxsize=1)
@@ -145,6 +210,14 @@ def facts() -> Facts:
             archs = frozenset(_build.nvcc_archs(nvcc))
         except (OSError, subprocess.SubprocessError):  # a toolkit that does not run counts as none
             nvcc = None
+    version: Optional[str] = None
+    if nvcc is not None:
+        try:
+            version = _build.nvcc_version(nvcc)
+        except (OSError, subprocess.SubprocessError):
+            nvcc = None
+    from torch.utils import cpp_extension
+
     return Facts(
         torch_version=torch.__version__,
         cuda=torch.version.cuda,
@@ -153,6 +226,10 @@ def facts() -> Facts:
         sources=_build.source_hash(),
         env=dict(os.environ),
         prebuilt=_build.PREBUILT,
+        python=_build.python_tag(),
+        cxx11_abi=_build.cxx11_abi(),
+        nvcc_version=version,
+        ninja=bool(cpp_extension.is_ninja_available()),
     )
 
 
@@ -163,6 +240,11 @@ def current(capability: Optional[tuple[int, int]]) -> Located:
 
 
 def refresh() -> None:
-    """Forget what was read about the environment (after a build, or in tests)."""
+    """Forget what was read about the environment (after a build, or in tests); remembered failures stay."""
     facts.cache_clear()
     current.cache_clear()
+
+
+def forget_failures() -> None:
+    """Forget remembered build/load failures (tests; or after fixing the environment in a long process)."""
+    _FAILURES.clear()

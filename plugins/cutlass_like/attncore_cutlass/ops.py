@@ -44,7 +44,11 @@ def _binary_reasons(inputs: Inputs) -> list[Reason]:
     dev = inputs.features.device
     if dev.kind != "cuda" or dev.capability is None:
         return []  # the capability check already rejects other devices
-    return negotiation.binary_reasons(negotiation.facts(), negotiation.current(dev.capability), dev.capability)
+    reasons = negotiation.binary_reasons(negotiation.facts(), negotiation.current(dev.capability), dev.capability)
+    failed = negotiation.failure(dev.capability)
+    if failed is not None:  # this process tried to build or load the binary and could not
+        reasons.append(Reason("binary", f"build or load failed in this process ({failed})", "a binary that builds and loads", negotiation.BUILD_HINT))
+    return reasons
 
 
 class CutlassFwOp(AttentionFwOpBase):

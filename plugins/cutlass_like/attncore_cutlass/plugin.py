@@ -15,12 +15,15 @@ DISTRIBUTION = "attncore-cutlass"
 
 
 def build_info() -> dict[str, str]:
-    """What ``python -m attncore.info`` shows: the binary's record, or why there is none and what happens next."""
+    """What ``python -m attncore.info`` shows: the binary's record, or why there is none and what happens next.
+
+    Never touches a GPU (the registry loads plugins on the first dispatch, CPU calls included, and
+    initializing CUDA there would break fork-based workers); ``python -m attncore_cutlass status`` checks
+    each visible device."""
     from . import build, negotiation
 
     facts = negotiation.facts()
-    capability = _first_gpu()
-    located = negotiation.current(capability)
+    located = negotiation.locate(facts, None)
     info: dict[str, str] = {"key_format": build.KEY_FORMAT, "cache": str(build.cache_root(facts.env))}
     rec = located.record
     if rec is not None:
@@ -30,6 +33,7 @@ def build_info() -> dict[str, str]:
             key=rec.key,
             built_for_torch=rec.torch,
             built_for_cuda=rec.cuda,
+            python=rec.python,
             arch_list=rec.arch_list,
             ptx="yes" if rec.ptx else "no",
             nvcc=rec.nvcc,
@@ -37,20 +41,12 @@ def build_info() -> dict[str, str]:
         )
     elif located.record_error is not None:
         info.update(status="unreadable record", error=located.record_error)
-    elif located.jit_blocker is None and located.jit_arch_list is not None:
-        info.update(status="not built (builds on first use)", first_use=f"TORCH_CUDA_ARCH_LIST={located.jit_arch_list!r} into {located.jit_dir}")
+    elif located.jit_blocker is None or located.jit_blocker == "no GPU to build for":
+        target = located.jit_arch_list or "the device's own arch"
+        info.update(status="not built (builds on first use)", first_use=f"TORCH_CUDA_ARCH_LIST={target} into the cache")
     else:
-        info.update(status=f"not built ({located.jit_blocker})", build_with=negotiation.BUILD_HINT)
+        info.update(status=f"not built ({located.jit_blocker})", fix=located.jit_fix or negotiation.BUILD_HINT)
     return info
-
-
-def _first_gpu() -> tuple[int, int] | None:
-    import torch
-
-    if torch.version.cuda is None or not torch.cuda.is_available():
-        return None
-    major, minor = torch.cuda.get_device_capability(0)
-    return (int(major), int(minor))
 
 
 @hookimpl

@@ -15,10 +15,11 @@ from typing import Optional
 import pytest
 import torch
 
+import attncore
 from attncore import dispatch
 from attncore.device import DeviceInfo
 from attncore.inputs import Inputs
-from attncore_cutlass import build, negotiation
+from attncore_cutlass import _launch, build, negotiation
 from attncore_cutlass.ops import CutlassBwOp, CutlassFwOp
 
 SOURCES = build.source_hash()
@@ -28,12 +29,24 @@ NVCC13 = frozenset({"75", "80", "86", "87", "89", "90", "100", "120"})
 def facts(tmp_path: Path, *, torch_version: str = "2.11.0+cu130", cuda: Optional[str] = "13.0", nvcc: Optional[str] = "/opt/cuda/bin/nvcc",
           env: Optional[dict[str, str]] = None) -> negotiation.Facts:  # fmt: skip
     env = {"ATTNCORE_CUTLASS_CACHE": str(tmp_path / "cache"), **(env or {})}
-    return negotiation.Facts(torch_version, cuda, nvcc, NVCC13 if nvcc else frozenset(), SOURCES, env, tmp_path / "prebuilt")
+    return negotiation.Facts(
+        torch_version, cuda, nvcc, NVCC13 if nvcc else frozenset(), SOURCES, env, tmp_path / "prebuilt", "cpython-311", "1", "13.0" if nvcc else None, True
+    )
 
 
 def write_record(directory: Path, **changes: object) -> build.BuildRecord:
     rec = build.BuildRecord(
-        torch="2.11.0+cu130", cuda="13.0", arch_list="8.0;9.0", ptx=False, sources=SOURCES, nvcc="13.0", built="2026-11-25T00:00:00+00:00", key="k"
+        torch="2.11.0+cu130",
+        cuda="13.0",
+        python="cpython-311",
+        cxx11_abi="1",
+        arch_list="8.0;9.0",
+        ptx=False,
+        sources=SOURCES,
+        nvcc="13.0",
+        built="2026-11-25T00:00:00+00:00",
+        key="k",
+        library="attncore_cutlass_C_0123456789.so",
     )
     rec = dataclasses.replace(rec, **changes)  # type: ignore[arg-type]  # field names and types are the caller's
     directory.mkdir(parents=True, exist_ok=True)
@@ -51,7 +64,7 @@ def test_cpu_torch_means_not_built_with_the_build_command(tmp_path: Path) -> Non
     assert located.origin == "none" and located.record is None
     (why,) = reasons(f, (9, 0))
     assert "binary: found not built (torch 2.13.0+cpu is a CPU-only build)" in why
-    assert "python -m attncore_cutlass build" in why
+    assert "install a CUDA build of torch" in why  # building cannot help there
 
 
 def test_no_toolkit_means_not_built(tmp_path: Path) -> None:
@@ -63,7 +76,7 @@ def test_first_use_build_is_accepted_and_keyed(tmp_path: Path) -> None:
     f = facts(tmp_path)
     located = negotiation.locate(f, (9, 0))
     assert located.record is None and located.jit_blocker is None and located.jit_arch_list == "9.0"
-    assert located.jit_dir == tmp_path / "cache" / f"torch2.11.0-cu13.0-sm9_0-{SOURCES}"
+    assert located.jit_dir == tmp_path / "cache" / f"torch2.11.0-cu13.0-cpython-311-abi1-sm9_0-{SOURCES}"
     assert reasons(f, (9, 0)) == []
 
 
@@ -108,7 +121,7 @@ def test_built_for_another_torch_is_rejected_with_the_fix(tmp_path: Path) -> Non
     got = reasons(f, (9, 0))
     assert any("torch (build): found built for torch 2.4.1+cu121, running torch 2.11.0+cu130" in r for r in got)
     assert any("CUDA (build): found built with CUDA 12.1, torch uses CUDA 13.0" in r for r in got)
-    assert all("rebuild: python -m attncore_cutlass build" in r for r in got)
+    assert all("rebuild: python -m attncore_cutlass build" in r for r in got)  # prebuilt: rebuilt into the package
     assert all("prebuilt: " in r for r in got)  # says which binary
 
 
@@ -139,9 +152,11 @@ def test_explicit_directory_wins_and_must_hold_a_record(tmp_path: Path) -> None:
     write_record(f.prebuilt)
     (why,) = reasons(f, (9, 0))  # not silently replaced by the prebuilt binary
     assert f"ATTNCORE_CUTLASS_DIR={explicit} holds no build.json" in why
-    write_record(explicit, arch_list="7.5")
+    write_record(explicit, arch_list="7.5", torch="2.4.1")
     assert negotiation.locate(f, (9, 0)).origin == "ATTNCORE_CUTLASS_DIR"
-    assert "compiled archs" in reasons(f, (9, 0))[0]
+    got = reasons(f, (9, 0))
+    assert any("compiled archs" in r for r in got)
+    assert f"rebuild: python -m attncore_cutlass build --out {explicit}" in got[0]  # rebuilt where it is looked for
 
 
 def test_cache_is_found_after_a_first_use_build(tmp_path: Path) -> None:
@@ -200,3 +215,73 @@ def test_dispatcher_falls_back_and_explains_on_a_faked_gpu(tmp_path: Path, monke
     finally:
         negotiation.current.cache_clear()
         dispatch.clear_cache()
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"ninja": False}, "ninja is not installed"),
+        ({"nvcc_version": "12.4"}, "does not match torch's CUDA 13.0"),
+    ],
+)
+def test_first_use_build_blockers(tmp_path: Path, change: dict[str, object], expected: str) -> None:
+    f = dataclasses.replace(facts(tmp_path), **change)  # type: ignore[arg-type]  # field names and types are the caller's
+    (why,) = reasons(f, (9, 0))
+    assert expected in why
+
+
+def test_other_interpreter_or_cxx_abi_is_rejected(tmp_path: Path) -> None:
+    f = facts(tmp_path)
+    write_record(f.prebuilt, python="cpython-310", cxx11_abi="0")
+    got = reasons(f, (9, 0))
+    assert any("python (build): found built for cpython-310" in r for r in got)
+    assert any("C++ ABI (build)" in r for r in got)
+
+
+def test_a_failed_build_or_load_becomes_a_reason_and_the_dispatcher_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = facts(tmp_path)
+    write_record(f.prebuilt, arch_list="9.0")
+    monkeypatch.setattr(negotiation, "facts", lambda: f)
+    negotiation.current.cache_clear()
+    q = torch.randn(1, 32, 2, 64, dtype=torch.float16)
+    inputs = Inputs.create(q, q, q)
+    faked = inputs._replace(features=inputs.features._replace(device=DeviceInfo("cuda", (9, 0), None, "faked H100")))
+    try:
+        with dispatch.policy(order=["cutlass", "reference"]):
+            assert dispatch.evaluate(faked, "forward").chosen is CutlassFwOp
+        # the library cannot be loaded (no .so beside the record): the call reports it, later calls fall back
+        with pytest.raises(RuntimeError, match="later calls fall back"):
+            _launch.extension((9, 0))
+        with dispatch.policy(order=["cutlass", "reference"]):
+            sel = dispatch.evaluate(faked, "forward")
+        assert sel.chosen is not CutlassFwOp
+        row = next(c for c in sel.candidates if c.op == CutlassFwOp.NAME)
+        assert any("build or load failed in this process" in str(r) for r in row.reasons)
+    finally:
+        negotiation.forget_failures()
+        negotiation.current.cache_clear()
+        dispatch.clear_cache()
+
+
+def test_layout_cache_tells_key_paddings_apart() -> None:
+    """Same blocks, different key padding: the dK/dV buffers must have each layout's own row count."""
+    a = attncore.BlockDiagonalPaddedKeysMask.from_seqlens([2], kv_padding=8, kv_seqlen=[3]).geometry().blocks
+    b = attncore.BlockDiagonalPaddedKeysMask.from_seqlens([2], kv_padding=16, kv_seqlen=[3]).geometry().blocks
+    assert a is not None and b is not None
+    cpu = torch.device("cpu")
+    assert (_launch._seqs(a, cpu).write_rows, _launch._seqs(b, cpu).write_rows) == (8, 16)
+
+
+def test_backward_with_no_visible_pair_launches_nothing() -> None:
+    """All key lengths 0 (a first decoding step): zero gradients, and no kernel launch (a 0-block grid is an error)."""
+
+    class NoLaunch:
+        def backward(self, *args: object) -> str:
+            raise AssertionError("launched")
+
+    q, k = torch.randn(1, 2, 1, 8), torch.randn(1, 8, 1, 8)
+    bias = attncore.BlockDiagonalPaddedKeysMask.from_seqlens([1, 1], kv_padding=4, kv_seqlen=[0, 0])
+    inputs = Inputs.create(q, k, k, bias)
+    out, lse = torch.zeros(1, 2, 1, 1, 8), torch.full((1, 1, 1, 2), float("-inf"))
+    dq, dk, dv, dbias = _launch.backward(inputs, torch.randn_like(out), out, lse, None, ext=NoLaunch())  # type: ignore[arg-type]  # a stand-in module
+    assert not dq.any() and not dk.any() and not dv.any() and dbias is None

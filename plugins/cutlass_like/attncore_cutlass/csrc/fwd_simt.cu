@@ -49,7 +49,7 @@ __global__ void __launch_bounds__(kThreads) fwd_simt_kernel(Params p) {
       KVs[r * ldkv + c] = n0 + r < n_hi ? to_float<T>(row_ptr<T>(p.k, p.k_s, sq.b, sq.k0 + n0 + r, g, h)[c]) : 0.f;
     }
     __syncthreads();
-    const bool full = tile_all_visible(p, sq, m0, m1, n0, n0 + BN);
+    const bool full = tile_all_visible(p, sq, m0, m0 + BM, n0, n0 + BN);  // a partial last tile: per-element checks
     for (int e = tid; e < BM * BN; e += kThreads) {
       const int r = e / BN, c = e % BN;
       const float* qr = Qs + r * ldq;

@@ -102,7 +102,9 @@ __global__ void __launch_bounds__(kThreads) fwd_tc_kernel(Params p) {
     }
 
     // scale (base 2), bias, mask; then the online softmax of rows gr and gr + 8 of this warp
-    const bool full = tile_all_visible(p, sq, m0, m1, n0, n0 + BN);
+    // m0 + kBM, not m1: a partial last query tile must take the per-element path (its rows past the
+    // sequence have no bias row to read)
+    const bool full = tile_all_visible(p, sq, m0, m0 + kBM, n0, n0 + BN);
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
@@ -229,13 +231,19 @@ __global__ void probe_kernel(int* out) {
 }
 }  // namespace
 
+// ptxVersion is the virtual arch the running code was compiled from (SASS built from compute_90, or PTX
+// JIT-compiled by the driver): a 7.5+PTX build on an H100 runs compute_75 code, whose tensor-core
+// bodies are traps. binaryVersion would say 90 there. Cached per device.
 bool tc_compiled_for_device() {
-  static int cached = -1;  // per process; attncore runs one device kind per process in practice
-  if (cached < 0) {
+  static int cached[64] = {0};  // 0 unknown, 1 yes, 2 no
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0) return false;
+  if (dev >= 64) dev = 63;
+  if (cached[dev] == 0) {
     cudaFuncAttributes attr;
-    cached = cudaFuncGetAttributes(&attr, probe_kernel) == cudaSuccess && attr.binaryVersion >= 80 ? 1 : 0;
+    cached[dev] = cudaFuncGetAttributes(&attr, probe_kernel) == cudaSuccess && attr.ptxVersion >= 80 ? 1 : 2;
   }
-  return cached == 1;
+  return cached[dev] == 1;
 }
 
 }  // namespace attncore
