@@ -13,7 +13,7 @@ import itertools
 import subprocess
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Optional
@@ -154,10 +154,6 @@ class _Call:
     band_hi: int
     bottom_right: bool
 
-    def seq_args(self) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
-        if self.seqs is None:
-            return None, None, None
-        return self.seqs.seq_q, self.seqs.seq_k, self.seqs.seq_klen
 
 
 def _describe(inputs: Inputs) -> _Call:
@@ -172,6 +168,37 @@ def _describe(inputs: Inputs) -> _Call:
     if seqs is not None:
         return _Call(seqs, seqs.num_seqs, seqs.max_q, seqs.max_k, lo, hi, br)
     return _Call(None, q.shape[0], q.shape[1], inputs.num_keys, lo, hi, br)
+
+
+#: CUDA's limit on gridDim.y, which the kernels use for sequences (batch entries or packed blocks)
+MAX_SEQS_PER_LAUNCH = 65535
+
+Cut = Callable[[Optional[torch.Tensor]], Optional[torch.Tensor]]
+
+
+def _seq_chunks(call: _Call, with_kw: bool = False) -> Iterator[tuple[Cut, tuple[Optional[torch.Tensor], ...], int]]:
+    """Launch pieces of at most MAX_SEQS_PER_LAUNCH sequences: ``(cut, sequence arrays, count)``.
+
+    Dense layouts cut every ``[B, ...]`` tensor along the batch (``cut`` slices it); packed layouts pass
+    slices of the block arrays (blocks index global rows, so tensors stay whole)."""
+    step = MAX_SEQS_PER_LAUNCH
+    seqs = call.seqs
+    if seqs is None:
+        for b0 in range(0, max(call.num_seqs, 1), step):
+            b1 = min(b0 + step, call.num_seqs)
+            whole = b0 == 0 and b1 == call.num_seqs
+
+            def cut(t: Optional[torch.Tensor], b0: int = b0, b1: int = b1, whole: bool = whole) -> Optional[torch.Tensor]:
+                return t if t is None or whole else t[b0:b1]
+
+            yield cut, ((None, None, None, None) if with_kw else (None, None, None)), b1 - b0
+        return
+    for s0 in range(0, max(seqs.num_seqs, 1), step):
+        s1 = min(s0 + step, seqs.num_seqs)
+        arrays: tuple[Optional[torch.Tensor], ...] = (seqs.seq_q[s0 : s1 + 1], seqs.seq_k[s0:s1], seqs.seq_klen[s0:s1])
+        if with_kw:
+            arrays = (*arrays, seqs.seq_kw[s0:s1])
+        yield (lambda t: t), arrays, s1 - s0
 
 
 def _vec_ok(*tensors: torch.Tensor) -> bool:
@@ -202,10 +229,14 @@ def forward(inputs: Inputs, *, needs_lse: bool, ext: Optional[ModuleType] = None
     lse = _empty((b, g, h, mq), torch.float32, dev) if needs_lse else None
     call = _describe(inputs)
     ext = ext if ext is not None else extension(_capability(dev))
-    family = ext.forward(
-        q, k, v, _bias(inputs), out, lse, *call.seq_args(), call.num_seqs, call.max_q, call.max_k, call.band_lo, call.band_hi,
-        call.bottom_right, inputs.scale, _vec_ok(q, k, v), _TENSOR_CORES.get(),
-    )  # fmt: skip
+    bias = _bias(inputs)
+    vec, tc = _vec_ok(q, k, v), _TENSOR_CORES.get()
+    family = "none"
+    for cut, seq_args, n in _seq_chunks(call):
+        family = ext.forward(
+            cut(q), cut(k), cut(v), cut(bias), cut(out), cut(lse), *seq_args, n, call.max_q, call.max_k, call.band_lo, call.band_hi,
+            call.bottom_right, inputs.scale, vec, tc,
+        )  # fmt: skip
     _LAST["forward"] = family
     return (out if out.dtype == out_dtype else out.to(out_dtype)), lse
 
@@ -248,11 +279,13 @@ def backward(
         _LAST["backward"] = "none"
         return dq, dk, dv, dbias
     ext = ext if ext is not None else extension(_capability(dev))
-    family = ext.backward(
-        q, k, v, bias, do, lse2, delta, dq, dk, dv, dbias, *call.seq_args(), seqs.seq_kw if seqs is not None else None,
-        call.num_seqs, call.max_q, call.max_k, call.band_lo, call.band_hi, call.bottom_right, inputs.scale,
-        _vec_ok(q, k, v, do), _TENSOR_CORES.get(),
-    )  # fmt: skip
+    vec, tc = _vec_ok(q, k, v, do), _TENSOR_CORES.get()
+    family = "none"
+    for cut, seq_args, n in _seq_chunks(call, with_kw=True):
+        family = ext.backward(
+            cut(q), cut(k), cut(v), cut(bias), cut(do), cut(lse2), cut(delta), cut(dq), cut(dk), cut(dv), cut(dbias), *seq_args,
+            n, call.max_q, call.max_k, call.band_lo, call.band_hi, call.bottom_right, inputs.scale, vec, tc,
+        )  # fmt: skip
     _LAST["backward"] = family
     if seqs is not None and not seqs.direct:
         dk, dv = _sum_overlaps(seqs, dk, dv, mk)

@@ -1,8 +1,9 @@
-"""Negotiation without a GPU: faked environments, faked build records, faked devices.
+"""What needs no GPU: negotiation (faked environments, build records and devices) and the host launcher.
 
 Every outcome the plugin promises (built for another torch, arch not covered, PTX-only coverage,
-not built, first-use build) is checked here against :func:`locate` / :func:`binary_reasons`, and
-once end to end through the dispatcher with a faked device.
+not built, first-use build, a failed build) is checked here against :func:`locate` /
+:func:`binary_reasons`, and end to end through the dispatcher with a faked device; the launcher's
+layout cache, empty calls and grid-limit splitting run against stand-in modules.
 """
 
 from __future__ import annotations
@@ -285,3 +286,34 @@ def test_backward_with_no_visible_pair_launches_nothing() -> None:
     out, lse = torch.zeros(1, 2, 1, 1, 8), torch.full((1, 1, 1, 2), float("-inf"))
     dq, dk, dv, dbias = _launch.backward(inputs, torch.randn_like(out), out, lse, None, ext=NoLaunch())  # type: ignore[arg-type]  # a stand-in module
     assert not dq.any() and not dk.any() and not dv.any() and dbias is None
+
+
+class _Recorder:
+    """Stands in for the compiled module: records each launch's sequence count and batch size."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, Optional[int]]] = []
+
+    def forward(self, q: torch.Tensor, *args: object) -> str:
+        seq_q, count = args[5], args[8]  # positional layout of the binding: ..., seq_q, seq_k, seq_klen, num_seqs, ...
+        assert isinstance(count, int) and (seq_q is None or isinstance(seq_q, torch.Tensor))
+        self.calls.append((count, q.shape[0], None if seq_q is None else seq_q.numel()))
+        return "simt"
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_launches_are_split_at_the_grid_limit(packed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More sequences than gridDim.y allows (65535) go in several launches (the limit is lowered here)."""
+    monkeypatch.setattr(_launch, "MAX_SEQS_PER_LAUNCH", 2)
+    if packed:
+        q = torch.randn(1, 10, 1, 8)
+        bias: object = attncore.BlockDiagonalMask.from_seqlens([2, 2, 2, 2, 2])
+    else:
+        q = torch.randn(5, 4, 1, 8)
+        bias = None
+    rec = _Recorder()
+    _launch.forward(Inputs.create(q, q, q, bias), needs_lse=True, ext=rec)  # type: ignore[arg-type]  # a stand-in module
+    if packed:
+        assert rec.calls == [(2, 1, 3), (2, 1, 3), (1, 1, 2)]  # block arrays sliced; tensors whole
+    else:
+        assert rec.calls == [(2, 2, None), (2, 2, None), (1, 1, None)]  # batch sliced
