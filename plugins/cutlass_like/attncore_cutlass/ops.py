@@ -51,13 +51,8 @@ def _binary_reasons(inputs: Inputs) -> list[Reason]:
     return reasons
 
 
-class CutlassFwOp(AttentionFwOpBase):
-    """Memory-efficient forward in CUDA C++: ``out = softmax(scale * Q K^T + bias) V`` and the natural-log LSE.
-
-    One CTA per (query tile, head, sequence) streams the keys its rows can see with an online softmax
-    in base 2; fp16/bf16 use mma.sync tensor cores (sm_80+), fp32 exact CUDA-core arithmetic. Memory:
-    the output and the LSE only.
-    """
+class _Cutlass:
+    """What both directions share: the name, the priority, the capabilities and the binary's reasons."""
 
     NAME: ClassVar[str] = "cutlass.mem_eff"
     PRIORITY: ClassVar[int] = 50
@@ -66,6 +61,15 @@ class CutlassFwOp(AttentionFwOpBase):
     @classmethod
     def extra_reasons(cls, inputs: Inputs) -> list[Reason]:
         return _binary_reasons(inputs)
+
+
+class CutlassFwOp(_Cutlass, AttentionFwOpBase):
+    """Memory-efficient forward in CUDA C++: ``out = softmax(scale * Q K^T + bias) V`` and the natural-log LSE.
+
+    One CTA per (query tile, head, sequence) streams the keys its rows can see with an online softmax
+    in base 2; fp16/bf16 use mma.sync tensor cores (sm_80+), fp32 exact CUDA-core arithmetic. Memory:
+    the output and the LSE only.
+    """
 
     @classmethod
     def apply(cls, inputs: Inputs, *, needs_lse: bool, dropout_seed: int) -> ForwardResult:
@@ -74,21 +78,13 @@ class CutlassFwOp(AttentionFwOpBase):
         return ForwardResult(out, lse)
 
 
-class CutlassBwOp(AttentionBwOpBase):
+class CutlassBwOp(_Cutlass, AttentionBwOpBase):
     """Memory-efficient backward in CUDA C++: ``dQ, dK, dV`` (and ``dbias = dS`` when the bias needs it).
 
     ``P`` is recomputed from the forward's LSE. One kernel per key tile accumulates ``dV = P^T dO`` and
     ``dK = scale dS^T Q`` over the query tiles that see it (and writes ``dS``), a second one per query
     tile accumulates ``dQ = scale dS K``: no atomics, so results are bitwise reproducible.
     """
-
-    NAME: ClassVar[str] = "cutlass.mem_eff"
-    PRIORITY: ClassVar[int] = 50
-    CAPABILITIES: ClassVar[Capabilities] = CAPABILITIES
-
-    @classmethod
-    def extra_reasons(cls, inputs: Inputs) -> list[Reason]:
-        return _binary_reasons(inputs)
 
     @classmethod
     def apply(
