@@ -21,7 +21,7 @@ ROOT = Path(__file__).parent
 MATRIX = env_matrix.load()
 TORCH = os.environ.get("ATTNCORE_TORCH", f"torch=={MATRIX.pin('ci').torch}")
 PLUGINS = sorted(str(p.parent) for p in (ROOT / "plugins").glob("*/pyproject.toml"))
-TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "numpy", "pydantic>=2"]
+TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "numpy", "pydantic>=2", "ninja"]  # ninja: the CUDA plugin's CPU emulation builds with it
 
 
 REFERENCE = str(ROOT / "plugins" / "reference")
@@ -104,3 +104,11 @@ def gpu_matrix(session: nox.Session) -> None:
 def cuda_check(session: nox.Session) -> None:
     """Compile the CUDA kernels with the local nvcc (no GPU): errors, warnings, registers, spills."""
     session.run("python3", str(ROOT / "plugins" / "cutlass_like" / "tools" / "cuda_check.py"), *session.posargs)
+
+
+@nox.session(python="3.11", default=False)
+def emulate(session: nox.Session) -> None:
+    """Run the CUDA plugin's tensor-core kernels in the CPU emulation (slow; needs CUDA headers)."""
+    _install_project(session)
+    session.install(*TEST_DEPS)
+    session.run("pytest", "-q", "-m", "slow", str(ROOT / "plugins" / "cutlass_like" / "tests" / "test_emulated.py"), *session.posargs)

@@ -1,8 +1,20 @@
 // Python bindings: validate what the Python launcher hands over (it has already validated the
 // user's inputs), fill Params, pick the tensor-core or the portable kernel, launch on the current stream.
-#include <c10/cuda/CUDAStream.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
+
+// ATTNCORE_EMULATE: the CPU emulation build (emulate.h): CPU tensors, no device guard, no stream.
+#ifdef ATTNCORE_EMULATE
+#include <cuda_runtime.h>
+#define ATTNCORE_DEVICE_GUARD(t)
+#define ATTNCORE_STREAM() (cudaStream_t{nullptr})
+#define ATTNCORE_ON_DEVICE(t) ((t).is_cpu())
+#else
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#define ATTNCORE_DEVICE_GUARD(t) const c10::cuda::CUDAGuard guard((t).device())
+#define ATTNCORE_STREAM() (c10::cuda::getCurrentCUDAStream())
+#define ATTNCORE_ON_DEVICE(t) ((t).is_cuda())
+#endif
 
 #include <optional>
 #include <string>
@@ -46,7 +58,7 @@ Params make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
                    const std::optional<at::Tensor>& seq_klen, int64_t num_seqs, int64_t max_q, int64_t max_k, int64_t band_lo, int64_t band_hi,
                    bool bottom_right, double scale, bool vec) {
   Params p{};
-  TORCH_CHECK(q.is_cuda() && k.device() == q.device() && v.device() == q.device() && out.device() == q.device(),
+  TORCH_CHECK(ATTNCORE_ON_DEVICE(q) && k.device() == q.device() && v.device() == q.device() && out.device() == q.device(),
               "attncore-cutlass: q, k, v and out must be on one CUDA device");
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), "attncore-cutlass: q, k, v must share a dtype");
   p.q = q.data_ptr();
@@ -100,11 +112,11 @@ std::string forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
                     const std::optional<at::Tensor>& lse, const std::optional<at::Tensor>& seq_q, const std::optional<at::Tensor>& seq_k,
                     const std::optional<at::Tensor>& seq_klen, int64_t num_seqs, int64_t max_q, int64_t max_k, int64_t band_lo, int64_t band_hi,
                     bool bottom_right, double scale, bool vec, bool allow_tc) {
-  const c10::cuda::CUDAGuard guard(q.device());
+  ATTNCORE_DEVICE_GUARD(q);
   Params p = make_params(q, k, v, bias, out, lse, seq_q, seq_k, seq_klen, num_seqs, max_q, max_k, band_lo, band_hi, bottom_right, scale, vec);
   if (p.num_seqs == 0 || p.max_q == 0 || p.G * p.H == 0) return "none";
   const DType dt = dtype_of(q);
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = ATTNCORE_STREAM();
   if (allow_tc && dt != DType::kF32 && attncore::tc_compiled_for_device()) {
     bool launched = false;
     check(attncore::fwd_tc(p, dt, stream, &launched), "forward (tensor cores)");
@@ -119,7 +131,7 @@ std::string backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                      const std::optional<at::Tensor>& dbias, const std::optional<at::Tensor>& seq_q, const std::optional<at::Tensor>& seq_k,
                      const std::optional<at::Tensor>& seq_klen, const std::optional<at::Tensor>& seq_kw, int64_t num_seqs, int64_t max_q,
                      int64_t max_k, int64_t band_lo, int64_t band_hi, bool bottom_right, double scale, bool vec, bool allow_tc) {
-  const c10::cuda::CUDAGuard guard(q.device());
+  ATTNCORE_DEVICE_GUARD(q);
   BwdParams bp{};
   bp.f = make_params(q, k, v, bias, dq, std::nullopt, seq_q, seq_k, seq_klen, num_seqs, max_q, max_k, band_lo, band_hi, bottom_right, scale, vec);
   bp.f.out = nullptr;
@@ -147,7 +159,7 @@ std::string backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   bp.seq_kw = opt_int_ptr(seq_kw);
   if (bp.f.num_seqs == 0 || bp.f.G * bp.f.H == 0) return "none";
   const DType dt = dtype_of(q);
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = ATTNCORE_STREAM();
   if (allow_tc && dt != DType::kF32 && attncore::tc_compiled_for_device()) {
     bool launched = false;
     check(attncore::bwd_tc(bp, dt, stream, &launched), "backward (tensor cores)");

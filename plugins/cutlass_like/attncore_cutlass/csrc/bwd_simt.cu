@@ -108,7 +108,8 @@ __device__ __forceinline__ void load_row_stats(const BwdParams& bp, const Seq& s
 
 template <typename T, int BM, int BN, int MAXD>
 __global__ void __launch_bounds__(kThreads) bwd_dkdv_simt_kernel(BwdParams bp) {
-  extern __shared__ float smem[];
+  ATTNCORE_DYNAMIC_SMEM(smem_bytes);
+  float* smem = reinterpret_cast<float*>(smem_bytes);
   const Params& p = bp.f;
   const int D = p.K, DV = p.Kv;
   const PairTiles t = carve<BM, BN>(smem, D, DV);
@@ -165,7 +166,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_simt_kernel(BwdParams bp) {
 
 template <typename T, int BM, int BN, int MAXD>
 __global__ void __launch_bounds__(kThreads) bwd_dq_simt_kernel(BwdParams bp) {
-  extern __shared__ float smem[];
+  ATTNCORE_DYNAMIC_SMEM(smem_bytes);
+  float* smem = reinterpret_cast<float*>(smem_bytes);
   const Params& p = bp.f;
   const int D = p.K, DV = p.Kv;
   const PairTiles t = carve<BM, BN>(smem, D, DV);
@@ -220,11 +222,11 @@ cudaError_t launch(const BwdParams& bp, cudaStream_t stream) {
   auto kdq = bwd_dq_simt_kernel<T, BM, BN, MAXD>;
   if (!allow_smem(kdkdv, smem) || !allow_smem(kdq, smem)) return cudaErrorInvalidConfiguration;
   dim3 g1((p.max_k + BN - 1) / BN, p.num_seqs, p.G * p.H);
-  kdkdv<<<g1, kThreads, smem, stream>>>(bp);
+  ATTNCORE_LAUNCH(kdkdv, g1, kThreads, smem, stream, bp);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   dim3 g2((p.max_q + BM - 1) / BM, p.num_seqs, p.G * p.H);
-  kdq<<<g2, kThreads, smem, stream>>>(bp);
+  ATTNCORE_LAUNCH(kdq, g2, kThreads, smem, stream, bp);
   return cudaGetLastError();
 }
 

@@ -52,7 +52,13 @@ constexpr int dq_smem_bytes(bool bias) {
 // ldmatrix x4 (kTrans: .trans) on a 32-bit shared address (base + constant offsets fold into the instruction).
 template <bool kTrans>
 __device__ __forceinline__ void ldsm(uint32_t* r, uint32_t addr) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(ATTNCORE_EMULATE)
+  if constexpr (kTrans) {
+    tc::ldmatrix_x4_trans(r, ::attncore::emu::self.dyn_smem + addr);
+  } else {
+    tc::ldmatrix_x4(r, ::attncore::emu::self.dyn_smem + addr);
+  }
+#elif ATTNCORE_TC
   if constexpr (kTrans) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -171,14 +177,14 @@ __device__ __forceinline__ void load_bias_tile(float* dst, const Params& p, cons
 // this launch computes (dbias goes with dK, which needs dS).
 template <typename T, int D, int BM, bool kDV, bool kDK>
 __global__ void __launch_bounds__(kThreads) bwd_dkdv_tc_kernel(BwdParams bp) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if ATTNCORE_TC
   using M = tc::Mma<T>;
   constexpr int LD = D + 8;  // 16-byte row padding: ldmatrix rows land in distinct banks
   constexpr int BN = kBN;
   constexpr int LDB = kLdbKV;
   constexpr bool kKVRegs = false;  // K / V fragments in registers: faster for D = 64 but spills (ptxas, sm_90)
   static_assert(BM % 16 == 0 && D % 16 == 0 && BM / 8 * 4 <= 32, "tile shapes");
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  ATTNCORE_DYNAMIC_SMEM(smem_raw);
   T* Ks = reinterpret_cast<T*>(smem_raw);
   T* Vs = Ks + BN * LD;                         // only when kDK
   T* Qs = Vs + (kDK ? BN * LD : 0);             // [2][BM][LD]
@@ -394,15 +400,15 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_tc_kernel(BwdParams bp) {
 // One CTA: queries [m0, m0 + kBMq) of sequence blockIdx.y, head blockIdx.z.
 template <typename T, int D, int BN>
 __global__ void __launch_bounds__(kThreads) bwd_dq_tc_kernel(BwdParams bp) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if ATTNCORE_TC
   using M = tc::Mma<T>;
   constexpr int LD = D + 8;
   constexpr int BM = kBMq;
   constexpr int LDB = (BN + kLdbQPad);
   // Q / dO fragments of the warp's queries stay in registers (for D = 128 only where ptxas fits them: sm_90)
-  constexpr bool kQRegs = D <= (__CUDA_ARCH__ >= 900 ? 128 : 64);
+  constexpr bool kQRegs = D <= (ATTNCORE_ARCH >= 900 ? 128 : 64);
   static_assert(BN % 16 == 0 && D % 16 == 0 && BN / 8 * 4 <= 32, "tile shapes");
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  ATTNCORE_DYNAMIC_SMEM(smem_raw);
   T* Qs = reinterpret_cast<T*>(smem_raw);
   T* dOs = Qs + BM * LD;
   T* Ks = dOs + BM * LD;     // [2][BN][LD]
@@ -588,17 +594,18 @@ cudaError_t launch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
   if (p.max_k > 0) {
     dim3 grid((p.max_k + kBN - 1) / kBN, p.num_seqs, p.G * p.H);
     if constexpr (kSplit) {
-      bwd_dkdv_tc_kernel<T, D, BM, true, false><<<grid, kThreads, smem_v, stream>>>(bp);
+      auto kv = bwd_dkdv_tc_kernel<T, D, BM, true, false>;
+      ATTNCORE_LAUNCH(kv, grid, kThreads, smem_v, stream, bp);
       cudaError_t err = cudaGetLastError();
       if (err != cudaSuccess) return err;
     }
-    kk<<<grid, kThreads, smem_k, stream>>>(bp);
+    ATTNCORE_LAUNCH(kk, grid, kThreads, smem_k, stream, bp);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
   if (p.max_q > 0) {
     dim3 grid((p.max_q + kBMq - 1) / kBMq, p.num_seqs, p.G * p.H);
-    kdq<<<grid, kThreads, smem_dq, stream>>>(bp);
+    ATTNCORE_LAUNCH(kdq, grid, kThreads, smem_dq, stream, bp);
     return cudaGetLastError();
   }
   return cudaSuccess;

@@ -13,7 +13,8 @@ constexpr int kThreads = 128;
 
 template <typename T, int BM, int BN, int MAXD>
 __global__ void __launch_bounds__(kThreads) fwd_simt_kernel(Params p) {
-  extern __shared__ float smem[];
+  ATTNCORE_DYNAMIC_SMEM(smem_bytes);
+  float* smem = reinterpret_cast<float*>(smem_bytes);
   const int D = p.K, DV = p.Kv;
   const int ldq = D + 1, ldkv = max(D, DV) + 1;
   float* Qs = smem;              // [BM][D + 1]
@@ -118,7 +119,7 @@ cudaError_t launch(const Params& p, cudaStream_t stream) {
   auto kern = fwd_simt_kernel<T, BM, BN, MAXD>;
   if (!allow_smem(kern, smem)) return cudaErrorInvalidConfiguration;
   dim3 grid((p.max_q + BM - 1) / BM, p.num_seqs, p.G * p.H);
-  kern<<<grid, kThreads, smem, stream>>>(p);
+  ATTNCORE_LAUNCH(kern, grid, kThreads, smem, stream, p);
   return cudaGetLastError();
 }
 

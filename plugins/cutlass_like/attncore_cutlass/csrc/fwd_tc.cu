@@ -25,11 +25,11 @@ constexpr int fwd_smem_bytes() {
 
 template <typename T, int D, int BN, int STAGES>
 __global__ void __launch_bounds__(kThreads) fwd_tc_kernel(Params p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if ATTNCORE_TC
   using M = tc::Mma<T>;
   constexpr int LD = D + 8;  // 16-byte row padding: ldmatrix rows land in distinct banks
   constexpr bool kQRegs = D <= 128;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  ATTNCORE_DYNAMIC_SMEM(smem_raw);
   T* Qs = reinterpret_cast<T*>(smem_raw);
   T* KVs = Qs + kBM * LD;  // stage s: K at KVs + 2 s BN LD, V right after it
 
@@ -191,7 +191,7 @@ bool launch(const Params& p, cudaStream_t stream) {
   auto kern = fwd_tc_kernel<T, D, BN, STAGES>;
   if (!allow_smem(kern, smem)) return false;
   dim3 grid((p.max_q + kBM - 1) / kBM, p.num_seqs, p.G * p.H);
-  kern<<<grid, kThreads, smem, stream>>>(p);
+  ATTNCORE_LAUNCH(kern, grid, kThreads, smem, stream, p);
   return true;
 }
 
@@ -241,7 +241,7 @@ bool tc_compiled_for_device() {
   if (dev >= 64) dev = 63;
   if (cached[dev] == 0) {
     cudaFuncAttributes attr;
-    cached[dev] = cudaFuncGetAttributes(&attr, probe_kernel) == cudaSuccess && attr.ptxVersion >= 80 ? 1 : 2;
+    cached[dev] = cudaFuncGetAttributes(&attr, reinterpret_cast<const void*>(probe_kernel)) == cudaSuccess && attr.ptxVersion >= 80 ? 1 : 2;
   }
   return cached[dev] == 1;
 }

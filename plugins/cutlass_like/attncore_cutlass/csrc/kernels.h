@@ -5,6 +5,27 @@
 
 #include "params.h"
 
+// A kernel launch; under ATTNCORE_EMULATE (the CPU emulation, emulate.h) the kernel runs on host threads.
+// `kernel` must be a single token (an alias of the template instance).
+#ifdef ATTNCORE_EMULATE
+#define ATTNCORE_LAUNCH(kernel, grid, block, smem, stream, ...) ::attncore::emu::launch(grid, dim3(block), (smem), [&] { kernel(__VA_ARGS__); })
+#else
+#define ATTNCORE_LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
+#define ATTNCORE_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
+// Tensor-core bodies: compiled for sm_80+, and in the CPU emulation (mma.cuh emulates the instructions).
+#if defined(ATTNCORE_EMULATE) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800)
+#define ATTNCORE_TC 1
+#else
+#define ATTNCORE_TC 0
+#endif
+#ifdef __CUDA_ARCH__
+#define ATTNCORE_ARCH __CUDA_ARCH__
+#else
+#define ATTNCORE_ARCH 900  // the emulation takes the Hopper paths
+#endif
+
 namespace attncore {
 
 enum class DType { kF32 = 0, kF16 = 1, kBF16 = 2 };
@@ -29,7 +50,7 @@ bool allow_smem(K kernel, int bytes) {
   if (cudaGetDevice(&dev) != cudaSuccess) return false;
   if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) return false;
   if (bytes > optin) return false;
-  if (bytes > 48 * 1024) return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) == cudaSuccess;
+  if (bytes > 48 * 1024) return cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) == cudaSuccess;
   return true;
 }
 

@@ -9,9 +9,75 @@
 #pragma once
 
 #include "common.cuh"
+#include "kernels.h"
 
 namespace attncore {
 namespace tc {
+
+#ifdef ATTNCORE_EMULATE
+// The warp-collective instructions on host threads (emulate.h): each lane publishes its operands, every
+// lane computes its own part of the result from the documented fragment layouts (see above).
+template <typename T>
+inline float half_of(uint32_t u, int which);
+template <>
+inline float half_of<__half>(uint32_t u, int which) {
+  __half_raw raw;
+  raw.x = static_cast<unsigned short>(which ? u >> 16 : u & 0xffffu);
+  return __half2float(__half(raw));
+}
+template <>
+inline float half_of<__nv_bfloat16>(uint32_t u, int which) {
+  __nv_bfloat16_raw raw;
+  raw.x = static_cast<unsigned short>(which ? u >> 16 : u & 0xffffu);
+  return __bfloat162float(__nv_bfloat16(raw));
+}
+
+template <typename T>
+inline void emu_mma(float* c, const uint32_t* a, const uint32_t* b) {
+  uint32_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+  ::attncore::emu::publish(mine, sizeof(mine));
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  auto reg = [](int src, int r) {
+    uint32_t v;
+    std::memcpy(&v, ::attncore::emu::lane_slot(src) + 4 * r, 4);
+    return v;
+  };
+  float out[4];
+  for (int e = 0; e < 4; ++e) {
+    const int row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
+    float acc = c[e];
+    for (int k = 0; k < 16; ++k) {
+      const float av = half_of<T>(reg((row % 8) * 4 + (k % 8) / 2, (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)), k % 2);
+      const float bv = half_of<T>(reg(col * 4 + (k % 8) / 2, 4 + (k >= 8 ? 1 : 0)), k % 2);
+      acc = std::fma(av, bv, acc);
+    }
+    out[e] = acc;
+  }
+  ::attncore::emu::warp_sync();  // every lane has read the operands before the scratch is reused
+  for (int e = 0; e < 4; ++e) c[e] = out[e];
+}
+
+inline void emu_ldmatrix(uint32_t* r, const void* p, bool trans) {
+  ::attncore::emu::publish(&p, sizeof(p));
+  const int lane = threadIdx.x % 32;
+  auto row = [](int src) {
+    const unsigned char* q;
+    std::memcpy(&q, ::attncore::emu::lane_slot(src), sizeof(q));
+    return q;
+  };
+  for (int j = 0; j < 4; ++j) {
+    if (!trans) {
+      std::memcpy(&r[j], row(j * 8 + lane / 4) + 4 * (lane % 4), 4);
+    } else {
+      uint16_t lo, hi;
+      std::memcpy(&lo, row(j * 8 + 2 * (lane % 4)) + 2 * (lane / 4), 2);
+      std::memcpy(&hi, row(j * 8 + 2 * (lane % 4) + 1) + 2 * (lane / 4), 2);
+      r[j] = static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
+    }
+  }
+  ::attncore::emu::warp_sync();
+}
+#endif
 
 template <typename T>
 struct Mma;
@@ -19,7 +85,9 @@ struct Mma;
 template <>
 struct Mma<__half> {
   static __device__ __forceinline__ void run(float* c, const uint32_t* a, const uint32_t* b) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(ATTNCORE_EMULATE)
+    emu_mma<__half>(c, a, b);
+#elif ATTNCORE_TC
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
@@ -35,7 +103,9 @@ struct Mma<__half> {
 template <>
 struct Mma<__nv_bfloat16> {
   static __device__ __forceinline__ void run(float* c, const uint32_t* a, const uint32_t* b) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(ATTNCORE_EMULATE)
+    emu_mma<__nv_bfloat16>(c, a, b);
+#elif ATTNCORE_TC
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
@@ -43,7 +113,7 @@ struct Mma<__nv_bfloat16> {
 #endif
   }
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if ATTNCORE_TC
     __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&h);
 #else
@@ -54,16 +124,26 @@ struct Mma<__nv_bfloat16> {
 
 // 2^x on the special function unit (max relative error 2^-22; flushes denormal results to 0).
 __device__ __forceinline__ float fast_exp2(float x) {
+#ifdef ATTNCORE_EMULATE
+  return exp2f(x);
+#else
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
+#endif
 }
 
+#ifdef ATTNCORE_EMULATE  // offsets into the block's dynamic shared memory stand in for the shared window
+inline uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(static_cast<const unsigned char*>(p) - ::attncore::emu::self.dyn_smem); }
+#else
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+#endif
 
 // Four 8x8 b16 matrices; lane l gives the address of row (l % 8) of matrix (l / 8).
 __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(ATTNCORE_EMULATE)
+  emu_ldmatrix(r, p, false);
+#elif ATTNCORE_TC
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_addr(p)));
@@ -71,7 +151,9 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
 }
 
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(ATTNCORE_EMULATE)
+  emu_ldmatrix(r, p, true);
+#elif ATTNCORE_TC
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_addr(p)));
@@ -80,18 +162,24 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* p) {
 
 // 16 bytes global -> shared, zero-filled when !valid (no global read then).
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(ATTNCORE_EMULATE)  // synchronous: the emulation has nothing to overlap
+  if (valid) {
+    std::memcpy(dst, src, 16);
+  } else {
+    std::memset(dst, 0, 16);
+  }
+#elif ATTNCORE_TC
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(valid ? 16 : 0));
 #endif
 }
 __device__ __forceinline__ void cp_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if ATTNCORE_TC && !defined(ATTNCORE_EMULATE)
   asm volatile("cp.async.commit_group;\n" ::);
 #endif
 }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if ATTNCORE_TC && !defined(ATTNCORE_EMULATE)
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 #endif
 }
@@ -117,6 +205,33 @@ __device__ __forceinline__ void load_tile(T* dst, const void* base, const int64_
       const int r = e / COLS, c = e % COLS;
       T x = from_float<T>(0.f);
       if (r < nrows && c < ncols) x = row_ptr<T>(base, st, b, row0 + r, g, h)[c];
+      dst[r * LD + c] = x;
+    }
+  }
+}
+
+// Rows [row0, row0 + ROWS) below `base` (row stride `stride` elements) into shared memory [ROWS][LD],
+// columns [0, COLS); rows at or past `nrows` and columns at or past `ncols` are zero. Cheaper per tile
+// than load_tile when the same (sequence, head) is walked tile by tile: only row0 changes.
+template <typename T, int ROWS, int COLS, int LD, int THREADS>
+__device__ __forceinline__ void load_rows(T* dst, const T* base, int64_t stride, int row0, int nrows, int ncols, bool vec) {
+  const int tid = threadIdx.x;
+  if (vec) {
+    constexpr int CHUNKS = COLS / 8;
+    constexpr int STEPS = (ROWS * CHUNKS + THREADS - 1) / THREADS;
+#pragma unroll
+    for (int i = 0; i < STEPS; ++i) {
+      const int e = tid + i * THREADS;
+      if ((ROWS * CHUNKS) % THREADS != 0 && e >= ROWS * CHUNKS) break;
+      const int r = e / CHUNKS, c = (e % CHUNKS) * 8;
+      const bool ok = r < nrows && c < ncols;
+      cp_async_16(dst + r * LD + c, ok ? base + (int64_t)(row0 + r) * stride + c : base, ok);
+    }
+  } else {
+    for (int e = tid; e < ROWS * COLS; e += THREADS) {
+      const int r = e / COLS, c = e % COLS;
+      T x = from_float<T>(0.f);
+      if (r < nrows && c < ncols) x = base[(int64_t)(row0 + r) * stride + c];
       dst[r * LD + c] = x;
     }
   }

@@ -1,0 +1,107 @@
+"""The portable CUDA kernels on the CPU, through the emulation (``attncore_cutlass.emulation``).
+
+The host launcher and the real kernel code run on CPU tensors (CUDA's execution model on host threads),
+against the float64 ground truth: every bias kind, fp32/fp16/bf16, 4-D and GQA layouts, head dims that
+cover one to four 64-column chunks with Kv != K, tiles cut by the sequence ends, deterministic results.
+Skipped where no CUDA headers are installed (the emulation includes cuda_fp16.h); this is how CI checks
+the kernels' logic without a GPU. The tensor-core kernels run under emulated mma.sync/ldmatrix in the
+slow tests (``nox -s emulate``), a few seconds per call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import ModuleType
+
+import pytest
+import torch
+
+import attncore
+from attncore.inputs import Inputs
+from attncore_cutlass import _launch, emulation
+from attncore_cutlass.ops import CutlassBwOp, CutlassFwOp
+from attncore_reference import testing
+
+pytestmark = [
+    pytest.mark.skipif(emulation.cuda_headers() is None, reason="no CUDA headers (cuda_fp16.h) for the CPU emulation"),
+    pytest.mark.skipif(not emulation.can_compile(), reason="no ninja to build the CPU emulation with (pip install ninja)"),
+]
+CASES = [c for c in testing.CASES if not c.paged]
+
+
+@pytest.fixture(scope="module")
+def emulated() -> ModuleType:
+    return emulation.extension()
+
+
+@pytest.fixture(autouse=True)
+def _on_the_emulation(emulated: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The operators' launches go to the emulation library; outputs are poisoned first."""
+    monkeypatch.setattr(_launch, "extension", lambda capability: emulated)
+    monkeypatch.setattr(_launch, "_capability", lambda device: None)
+    monkeypatch.setattr(_launch, "POISON", True)
+    yield
+
+
+@pytest.fixture
+def portable() -> Iterator[None]:
+    """The portable kernels (fast to emulate); the tensor-core ones are emulated in the slow tests."""
+    with _launch.portable_kernels():
+        yield
+
+
+@pytest.mark.parametrize(("layout", "dtype"), [("4d", torch.float32), ("5d-gqa", torch.float32), ("4d", torch.bfloat16), ("5d-gqa", torch.float16)], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_every_bias_kind(case: testing.Case, layout: str, dtype: torch.dtype, portable: None) -> None:
+    q, k, v, bias, _ = testing.build(case, layout, dtype, requires_grad=False)
+    tb = testing.bias_tensor(bias)
+    if tb is not None:
+        tb.requires_grad_(True)
+    testing.compare_forward(CutlassFwOp, q, k, v, bias)
+    assert _launch.last_family("forward") == "simt"
+    testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
+    assert _launch.last_family("backward") == "simt"
+
+
+@pytest.mark.parametrize(("kd", "kv"), [(64, 64), (40, 72), (130, 24), (16, 256)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_head_dim_chunks_and_partial_tiles(kd: int, kv: int, masked: bool, portable: None) -> None:
+    gen = torch.Generator().manual_seed(kd * 1000 + kv)
+    q = testing.randn(1, 70, 2, kd, gen=gen, dtype=torch.float32)
+    k = testing.randn(1, 97, 2, kd, gen=gen, dtype=torch.float32)
+    v = testing.randn(1, 97, 2, kv, gen=gen, dtype=torch.float32)
+    bias = attncore.LowerTriangularFromBottomRightMask() if masked else None
+    testing.compare_forward(CutlassFwOp, q, k, v, bias)
+    testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
+
+
+def test_backward_is_deterministic(portable: None) -> None:
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (testing.randn(1, 80, 2, 32, gen=gen, dtype=torch.float32) for _ in range(3))
+    inputs = Inputs.create(q, k, v, attncore.LowerTriangularMask())
+    res = CutlassFwOp.apply(inputs, needs_lse=True, dropout_seed=0)
+    assert res.lse is not None
+    go = torch.randn(res.out.shape, generator=gen)
+    first = CutlassBwOp.apply(inputs, go, res.out, res.lse, dropout_seed=0)
+    second = CutlassBwOp.apply(inputs, go, res.out, res.lse, dropout_seed=0)
+    for a, b in zip(first[:3], second[:3], strict=True):
+        assert torch.equal(a, b)
+
+
+TC_CASES = [c for c in CASES if c.name in ("none", "LowerTriangularFromBottomRightMask", "BlockDiagonalCausalMask", "tensor")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", TC_CASES, ids=repr)
+def test_tensor_core_kernels(case: testing.Case, dtype: torch.dtype) -> None:
+    """mma.sync, ldmatrix and cp.async emulated from their fragment layouts: the tensor-core forward and
+    backward (K=8 and Kv=12, padded to 64) against the float64 reference."""
+    q, k, v, bias, _ = testing.build(case, "4d", dtype, requires_grad=False)
+    tb = testing.bias_tensor(bias)
+    if tb is not None:
+        tb.requires_grad_(True)
+    testing.compare_forward(CutlassFwOp, q, k, v, bias)
+    assert _launch.last_family("forward") == "tc"
+    testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
+    assert _launch.last_family("backward") == "tc"
