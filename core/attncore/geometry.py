@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import itertools
 import math
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -106,6 +107,17 @@ class BlockLayout:
 
     def q_len(self, b: int) -> int:
         return self.q_seqstart[b + 1] - self.q_seqstart[b]
+
+    @property
+    def keys_disjoint(self) -> bool:
+        """No two blocks' (non-empty) key spans overlap, so per-block key gradients can be written in place."""
+        spans = sorted((s, s + n) for s, n in zip(self.k_start, self.k_len, strict=True) if n > 0)
+        return all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+
+    @property
+    def key_offsets(self) -> tuple[int, ...]:
+        """``n + 1`` running totals of ``k_len``: where each block's keys start when packed back to back."""
+        return tuple(itertools.accumulate(self.k_len, initial=0))
 
     def intervals_overlapping(self, q0: int, q1: int) -> list[tuple[int, int, int, int]]:
         """The :meth:`intervals` of the blocks whose queries intersect ``[q0, q1)``."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import itertools
 import subprocess
 import threading
 from collections import OrderedDict
@@ -83,11 +82,6 @@ def extension(capability: Optional[tuple[int, int]]) -> ModuleType:
     return mod
 
 
-def _capability(device: torch.device) -> tuple[int, int]:
-    major, minor = torch.cuda.get_device_capability(device)
-    return (int(major), int(minor))
-
-
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     if POISON:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
@@ -128,10 +122,9 @@ def _seqs(blocks: BlockLayout, device: torch.device) -> _Seqs:
         _SEQ_CACHE.move_to_end(key)
         return hit
     n = blocks.num_blocks
-    spans = sorted((s, s + kl) for s, kl in zip(blocks.k_start, blocks.k_len, strict=True) if kl > 0)
-    direct = all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
-    offsets = list(itertools.accumulate(blocks.k_len, initial=0))
-    kw = list(blocks.k_start) if direct else offsets[:-1]
+    direct = blocks.keys_disjoint
+    offsets = blocks.key_offsets
+    kw = blocks.k_start if direct else offsets[:-1]
     out = _Seqs(
         _i32(blocks.q_seqstart, device), _i32(blocks.k_start, device), _i32(blocks.k_len, device), _i32(kw, device), n,
         max((blocks.q_len(b) for b in range(n)), default=0), max(blocks.k_len, default=0), direct,
@@ -153,7 +146,6 @@ class _Call:
     band_lo: int
     band_hi: int
     bottom_right: bool
-
 
 
 def _describe(inputs: Inputs) -> _Call:
@@ -228,7 +220,7 @@ def forward(inputs: Inputs, *, needs_lse: bool, ext: Optional[ModuleType] = None
     out = _empty((b, mq, g, h, kv), kernel_dtype, dev)
     lse = _empty((b, g, h, mq), torch.float32, dev) if needs_lse else None
     call = _describe(inputs)
-    ext = ext if ext is not None else extension(_capability(dev))
+    ext = ext if ext is not None else extension(inputs.features.device.capability)
     bias = _bias(inputs)
     vec, tc = _vec_ok(q, k, v), _TENSOR_CORES.get()
     family = "none"
@@ -278,7 +270,7 @@ def backward(
             t.zero_()
         _LAST["backward"] = "none"
         return dq, dk, dv, dbias
-    ext = ext if ext is not None else extension(_capability(dev))
+    ext = ext if ext is not None else extension(inputs.features.device.capability)
     vec, tc = _vec_ok(q, k, v, do), _TENSOR_CORES.get()
     family = "none"
     for cut, seq_args, n in _seq_chunks(call, with_kw=True):

@@ -47,6 +47,8 @@ __all__ = [
 
 DISTRIBUTION = "attncore-cutlass"
 BUILD_HINT = "python -m attncore_cutlass build  (uses TORCH_CUDA_ARCH_LIST, else the GPUs it sees)"
+#: The only blocker that is not about the environment: no device (nor arch list) was known to build for.
+NO_TARGET = "no GPU to build for"
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ def _first_use_blocker(facts: Facts, arch: Optional[str]) -> tuple[Optional[str]
     if not facts.ninja:
         return "ninja is not installed (torch builds extensions with it)", "pip install ninja"
     if arch is None:
-        return "no GPU to build for", "set TORCH_CUDA_ARCH_LIST or run on a GPU"
+        return NO_TARGET, "set TORCH_CUDA_ARCH_LIST or run on a GPU"
     try:
         entries = parse_arch_list(arch)
     except ValueError as exc:

@@ -41,7 +41,7 @@ def build_info() -> dict[str, str]:
         )
     elif located.record_error is not None:
         info.update(status="unreadable record", error=located.record_error)
-    elif located.jit_blocker is None or located.jit_blocker == "no GPU to build for":
+    elif located.jit_blocker in (None, negotiation.NO_TARGET):  # the environment can build; the device decides the arch
         target = located.jit_arch_list or "the device's own arch"
         info.update(status="not built (builds on first use)", first_use=f"TORCH_CUDA_ARCH_LIST={target} into the cache")
     else:

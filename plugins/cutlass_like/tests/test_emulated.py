@@ -38,7 +38,6 @@ def emulated() -> ModuleType:
 def _on_the_emulation(emulated: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The operators' launches go to the emulation library; outputs are poisoned first."""
     monkeypatch.setattr(_launch, "extension", lambda capability: emulated)
-    monkeypatch.setattr(_launch, "_capability", lambda device: None)
     monkeypatch.setattr(_launch, "POISON", True)
     yield
 

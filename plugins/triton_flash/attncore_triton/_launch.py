@@ -9,7 +9,6 @@ paged keys through the page table. Block layouts are described to the kernels by
 from __future__ import annotations
 
 import functools
-import itertools
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -149,9 +148,7 @@ def _seq_meta(blocks: BlockLayout, paging: Optional[Paging], num_keys: int, devi
     q_lens = [blocks.q_len(b) for b in range(n)]
     max_q = max(q_lens, default=0)
     max_k = max(blocks.k_len, default=0)
-    offsets = [0]
-    for kl in blocks.k_len:
-        offsets.append(offsets[-1] + kl)
+    offsets = blocks.key_offsets
     if paging is not None:
         row_len = paging.row_len
         klog = [b * row_len + s for b, s in enumerate(blocks.k_start)]
@@ -164,8 +161,7 @@ def _seq_meta(blocks: BlockLayout, paging: Optional[Paging], num_keys: int, devi
     if meta is not None:
         _META_CACHE.move_to_end(key)
         return meta
-    spans = sorted((s, s + kl) for s, kl in zip(blocks.k_start, blocks.k_len, strict=True) if kl > 0)
-    direct = all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+    direct = blocks.keys_disjoint
     phys: Optional[torch.Tensor] = None
     if not direct:
         pieces = [torch.arange(s, s + kl, dtype=torch.int64) for s, kl in zip(blocks.k_start, blocks.k_len, strict=True)]
