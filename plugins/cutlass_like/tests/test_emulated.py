@@ -104,3 +104,20 @@ def test_tensor_core_kernels(case: testing.Case, dtype: torch.dtype) -> None:
     assert _launch.last_family("forward") == "tc"
     testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
     assert _launch.last_family("backward") == "tc"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "bias",
+    [None, attncore.LowerTriangularMask(), attncore.LocalAttentionFromBottomRightMask(window_left=250, window_right=40)],
+    ids=lambda b: type(b).__name__,
+)
+def test_tensor_core_forward_fast_tiles(bias: attncore.AttentionBias | None) -> None:
+    """Sequences long enough for whole 128 x 64 tiles inside the band: the forward's unmasked path (raw
+    row maximum, the scale inside the exponent) next to masked tiles and a partial last query tile."""
+    gen = torch.Generator().manual_seed(11)
+    q = testing.randn(1, 300, 1, 24, gen=gen, dtype=torch.bfloat16)
+    k = testing.randn(1, 320, 1, 24, gen=gen, dtype=torch.bfloat16)
+    v = testing.randn(1, 320, 1, 40, gen=gen, dtype=torch.bfloat16)
+    testing.compare_forward(CutlassFwOp, q, k, v, bias)
+    assert _launch.last_family("forward") == "tc"

@@ -70,6 +70,17 @@ __device__ __forceinline__ void query_range(const Params& p, const Seq& s, int n
   *hi = (int)min((long long)s.qlen, b);
 }
 
+// Keys [lo, hi) (local) that query i (local) may see: one interval per row, so a masked tile tests two
+// bounds per element instead of the band arithmetic; empty for rows past the sequence's end.
+__device__ __forceinline__ void row_keys(const Params& p, const Seq& s, int i, int* lo, int* hi) {
+  if (i >= s.qlen) {
+    *lo = 0;
+    *hi = 0;
+    return;
+  }
+  key_range(p, s, i, i + 1, lo, hi);
+}
+
 // Whether every (query, key) pair of the tile [m0, m1) x [n0, n1) is visible (no per-element mask).
 __device__ __forceinline__ bool tile_all_visible(const Params& p, const Seq& s, int m0, int m1, int n0, int n1) {
   if (n1 > s.klen || m1 > s.qlen) return false;

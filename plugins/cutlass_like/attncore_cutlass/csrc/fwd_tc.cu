@@ -23,6 +23,64 @@ constexpr int fwd_smem_bytes() {
   return (kBM + 2 * STAGES * BN) * (D + 8) * 2;
 }
 
+// One key tile of the online softmax for the rows i0 and i0 + 8 this thread holds (columns j0 + 8 nt
+// and j0 + 8 nt + 1 of its score fragment s): scores become probabilities in place (base 2), the running
+// maximum m_r and this thread's share of the row sum l_r are updated, and the output rows are rescaled.
+// kMasked: apply the bias and each row's key interval; else every score is visible and unbiased, and
+// the scale (positive) is applied inside the exponent.
+template <bool kMasked, typename T, int BN, int D>
+__device__ __forceinline__ void online_softmax(const Params& p, const Seq& sq, int g, int h, int i0, int j0,
+                                               float (&s)[BN / 8][4], float (&o)[D / 8][4], float (&m_r)[2],
+                                               float (&l_r)[2]) {
+  const float scale = p.scale_log2;
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    float mx = -INFINITY;
+    if constexpr (kMasked) {
+      const int i = i0 + 8 * hr;
+      int lo, hi;
+      row_keys(p, sq, i, &lo, &hi);
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int j = j0 + nt * 8 + e;
+          const bool ok = j >= lo && j < hi;
+          float x = s[nt][2 * hr + e] * scale;
+          if (ok && p.bias != nullptr) x += load_bias<T>(p, sq.b, g, h, sq.q0 + i, sq.k0 + j) * kLog2e;
+          s[nt][2 * hr + e] = ok ? x : -INFINITY;
+          mx = fmaxf(mx, s[nt][2 * hr + e]);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * hr], s[nt][2 * hr + 1]));
+      mx *= scale;
+    }
+    mx = quad_max(mx);
+    const float m_new = fmaxf(m_r[hr], mx);
+    const float mu = safe_max(m_new);
+    const float alpha = tc::fast_exp2(m_r[hr] - mu);
+    m_r[hr] = m_new;
+    float ps = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float& x = s[nt][2 * hr + e];
+        x = kMasked ? tc::fast_exp2(x - mu) : tc::fast_exp2(fmaf(x, scale, -mu));
+        ps += x;
+      }
+    }
+    l_r[hr] = l_r[hr] * alpha + ps;  // this thread's share; summed over the quad at the end
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      o[dt][2 * hr] *= alpha;
+      o[dt][2 * hr + 1] *= alpha;
+    }
+  }
+}
+
 template <typename T, int D, int BN, int STAGES>
 __global__ void __launch_bounds__(kThreads) fwd_tc_kernel(Params p) {
 #if ATTNCORE_TC
@@ -101,47 +159,14 @@ __global__ void __launch_bounds__(kThreads) fwd_tc_kernel(Params p) {
       }
     }
 
-    // scale (base 2), bias, mask; then the online softmax of rows gr and gr + 8 of this warp
-    // m0 + kBM, not m1: a partial last query tile must take the per-element path (its rows past the
-    // sequence have no bias row to read)
-    const bool full = tile_all_visible(p, sq, m0, m0 + kBM, n0, n0 + BN);
-#pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = m0 + warp * 16 + gr + (e >= 2 ? 8 : 0);
-        const int j = n0 + nt * 8 + 2 * tq + (e & 1);
-        float x = s[nt][e] * p.scale_log2;
-        const bool ok = full || visible(p, sq, i, j);
-        if (ok && p.bias != nullptr) x += load_bias<T>(p, sq.b, g, h, sq.q0 + i, sq.k0 + j) * kLog2e;
-        s[nt][e] = ok ? x : -INFINITY;
-      }
-    }
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * hr], s[nt][2 * hr + 1]));
-      mx = quad_max(mx);
-      const float m_new = fmaxf(m_r[hr], mx);
-      const float mu = safe_max(m_new);
-      const float alpha = tc::fast_exp2(m_r[hr] - mu);
-      m_r[hr] = m_new;
-      float ps = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) {
-        s[nt][2 * hr] = tc::fast_exp2(s[nt][2 * hr] - mu);
-        s[nt][2 * hr + 1] = tc::fast_exp2(s[nt][2 * hr + 1] - mu);
-        ps += s[nt][2 * hr] + s[nt][2 * hr + 1];
-      }
-      l_r[hr] = l_r[hr] * alpha + ps;  // this thread's share; summed over the quad at the end
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        o[dt][2 * hr] *= alpha;
-        o[dt][2 * hr + 1] *= alpha;
-      }
-    }
-    if (STAGES == 1) {  // one stage: V was loaded with K; nothing to wait for
+    // Tiles inside the band with no bias (most of them) take the plain path: the row maximum of the raw
+    // scores, then one FMA and one exp2 per element. Tiles on a band edge or a sequence end, and every
+    // tile with a bias, test each element against its row's key interval. m0 + kBM, not m1: a partial
+    // last query tile must take the masked path (its rows past the sequence have no bias row to read).
+    if (p.bias == nullptr && p.scale_log2 > 0.f && tile_all_visible(p, sq, m0, m0 + kBM, n0, n0 + BN)) {
+      online_softmax<false, T, BN, D>(p, sq, g, h, m0 + warp * 16 + gr, n0 + 2 * tq, s, o, m_r, l_r);
+    } else {
+      online_softmax<true, T, BN, D>(p, sq, g, h, m0 + warp * 16 + gr, n0 + 2 * tq, s, o, m_r, l_r);
     }
 #pragma unroll
     for (int kc = 0; kc < BN / 16; ++kc) {
