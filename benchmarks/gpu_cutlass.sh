@@ -19,7 +19,7 @@ if want build; then  # the first-use build, timed, then what negotiation says
   { time python3 -c "import torch; from attncore_cutlass import _launch; _launch.extension(tuple(torch.cuda.get_device_capability()))"; python3 -m attncore_cutlass status; } 2>&1 | tee "$OUT/build.log" || status=1
 fi
 if want tests; then
-  python3 -m pytest -q -p no:cacheprovider $par plugins/cutlass_like/tests tests/test_conformance.py -k "${TEST_K:-cutlass or Cutlass or negotiation}" 2>&1 | tee "$OUT/tests.log" || status=1
+  python3 -m pytest -q -p no:cacheprovider -m "not slow" $par plugins/cutlass_like/tests tests/test_conformance.py -k "${TEST_K:-cutlass or Cutlass or negotiation}" 2>&1 | tee "$OUT/tests.log" || status=1
 fi
 if want matrix; then
   python3 -m nox -s gpu_matrix -- $par ${MATRIX_ARGS:-} 2>&1 | tee "$OUT/matrix.log" || status=1

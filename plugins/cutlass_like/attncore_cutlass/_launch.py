@@ -194,9 +194,10 @@ def _seq_chunks(call: _Call, with_kw: bool = False) -> Iterator[tuple[Cut, tuple
 
 
 def _vec_ok(*tensors: torch.Tensor) -> bool:
-    """16-byte loads are safe: 2-byte elements, head dims multiples of 8, aligned bases and row strides."""
+    """16-byte loads are safe: head dims a whole number of 16-byte chunks, aligned bases and row strides."""
     for t in tensors:
-        if t.element_size() != 2 or t.shape[-1] % 8 or t.data_ptr() % 16 or any((s * 2) % 16 for s in t.stride()[:4]):
+        e = t.element_size()
+        if (t.shape[-1] * e) % 16 or t.data_ptr() % 16 or any((s * e) % 16 for s in t.stride()[:4]):
             return False
     return True
 

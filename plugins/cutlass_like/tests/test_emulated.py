@@ -112,12 +112,24 @@ def test_tensor_core_kernels(case: testing.Case, dtype: torch.dtype) -> None:
     [None, attncore.LowerTriangularMask(), attncore.LocalAttentionFromBottomRightMask(window_left=250, window_right=40)],
     ids=lambda b: type(b).__name__,
 )
-def test_tensor_core_forward_fast_tiles(bias: attncore.AttentionBias | None) -> None:
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_tensor_core_forward_fast_tiles(bias: attncore.AttentionBias | None, dtype: torch.dtype) -> None:
     """Sequences long enough for whole 128 x 64 tiles inside the band: the forward's unmasked path (raw
     row maximum, the scale inside the exponent) next to masked tiles and a partial last query tile."""
     gen = torch.Generator().manual_seed(11)
-    q = testing.randn(1, 300, 1, 24, gen=gen, dtype=torch.bfloat16)
-    k = testing.randn(1, 320, 1, 24, gen=gen, dtype=torch.bfloat16)
-    v = testing.randn(1, 320, 1, 40, gen=gen, dtype=torch.bfloat16)
+    q = testing.randn(1, 300, 1, 24, gen=gen, dtype=dtype)
+    k = testing.randn(1, 320, 1, 24, gen=gen, dtype=dtype)
+    v = testing.randn(1, 320, 1, 40, gen=gen, dtype=dtype)
+    testing.compare_forward(CutlassFwOp, q, k, v, bias)
+    assert _launch.last_family("forward") == "tc"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["4d", "5d-gqa"])
+@pytest.mark.parametrize("case", TC_CASES, ids=repr)
+def test_fp32_forward_on_tensor_cores(case: testing.Case, layout: str) -> None:
+    """fp32 forward as 3xTF32 (mma.m16n8k8, each operand split into two tf32 parts): fp32 accuracy
+    against the float64 reference, under fp32's own tolerance."""
+    q, k, v, bias, _ = testing.build(case, layout, torch.float32, requires_grad=False)
     testing.compare_forward(CutlassFwOp, q, k, v, bias)
     assert _launch.last_family("forward") == "tc"

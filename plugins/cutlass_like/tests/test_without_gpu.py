@@ -243,6 +243,7 @@ def test_a_failed_build_or_load_becomes_a_reason_and_the_dispatcher_falls_back(t
     f = facts(tmp_path)
     write_record(f.prebuilt, arch_list="9.0")
     monkeypatch.setattr(negotiation, "facts", lambda: f)
+    monkeypatch.setattr(_launch, "_MODULES", {})  # on a GPU host an earlier test may have loaded the real library
     negotiation.current.cache_clear()
     q = torch.randn(1, 32, 2, 64, dtype=torch.float16)
     inputs = Inputs.create(q, q, q)

@@ -117,7 +117,7 @@ std::string forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   if (p.num_seqs == 0 || p.max_q == 0 || p.G * p.H == 0) return "none";
   const DType dt = dtype_of(q);
   cudaStream_t stream = ATTNCORE_STREAM();
-  if (allow_tc && dt != DType::kF32 && attncore::tc_compiled_for_device()) {
+  if (allow_tc && attncore::tc_compiled_for_device()) {  // fp32 too: 3xTF32, fp32 accuracy
     bool launched = false;
     check(attncore::fwd_tc(p, dt, stream, &launched), "forward (tensor cores)");
     if (launched) return "tc";

@@ -1,26 +1,91 @@
-// Tensor-core forward for fp16/bf16 on sm_80 and newer (mma.sync m16n8k16; Hopper runs it too).
+// Tensor-core forward on sm_80 and newer (mma.sync; Hopper runs it too): fp16/bf16 with m16n8k16, fp32
+// as 3xTF32 with m16n8k8 (each operand split into two tf32 parts, fp32 accuracy; mma.cuh).
 //
-// One CTA of 8 warps owns 128 queries of one (sequence, group, head); each warp owns 16 of them and
-// keeps its output tile in registers (and, for D <= 128, its Q fragments). Keys stream through shared
-// memory in tiles of BN with a two-stage cp.async pipeline: tile n + 1 (K and V) loads while tile n is
-// multiplied. Scores stay in registers and become the A operand of P V directly (see mma.cuh). Head
-// dims are padded with zeros to D (64, 128 or 256); only tiles that cross a band edge or a sequence end
-// evaluate the mask. Query tiles are scheduled last-first, so under a causal mask the longest rows start
-// first and the short ones fill the tail.
+// One CTA of 8 warps (4 at D = 64 in fp16/bf16, warps_for) owns 128 (64) queries of one (sequence,
+// group, head); each warp owns 16 of them and keeps its output tile in registers (and, for fp16/bf16
+// with D <= 128, its Q fragments). Keys stream through shared memory in tiles of BN with a two-stage
+// cp.async pipeline: tile n + 1 (K and V) loads while tile n is multiplied. Scores stay in registers and
+// become the A operand of P V directly (see mma.cuh, and accumulate_f32 for fp32). Head dims are padded
+// with zeros to D (64, 128 or 256). Tiles inside the band with no bias take an unmasked path (the scale
+// folded into one FMA before exp2); tiles on a band edge or a sequence end, or with a bias, test each
+// score against its row's key interval. Query tiles are scheduled last-first, so under a causal mask
+// the longest rows start first and the short ones fill the tail.
 #include "common.cuh"
 #include "kernels.h"
 #include "mma.cuh"
 
+#include <cstdlib>
+#include <type_traits>
+
 namespace attncore {
 namespace {
 
-constexpr int kWarps = 8;
-constexpr int kThreads = kWarps * 32;
-constexpr int kBM = kWarps * 16;
+// A CTA of W warps owns W * 16 queries (each warp 16 rows).
+template <int W>
+__host__ __device__ constexpr int threads_of() {
+  return W * 32;
+}
+template <int W>
+__host__ __device__ constexpr int rows_of() {
+  return W * 16;
+}
 
-template <int D, int BN, int STAGES>
+// Shared-memory row pitch: 16 bytes of padding, so the rows one fragment load touches fall in distinct banks
+// (ldmatrix for 2-byte types; for fp32 the scalar loads of (g, t) below, at word offsets 4 g + t).
+template <typename T, int D>
+__host__ __device__ constexpr int row_pitch() {
+  return D + 16 / static_cast<int>(sizeof(T));
+}
+
+template <typename T, int D, int BN, int STAGES, int W>
 constexpr int fwd_smem_bytes() {
-  return (kBM + 2 * STAGES * BN) * (D + 8) * 2;
+  return (rows_of<W>() + 2 * STAGES * BN) * row_pitch<T, D>() * static_cast<int>(sizeof(T));
+}
+
+// fp32 scores S += Q K^T of one warp's 16 rows and a key tile (3xTF32, m16n8k8): Q (rows gr, gr + 8 and
+// columns tq, tq + 4 of each 8-column step) and K are read from shared memory and split on the fly.
+template <int D, int BN, int LD>
+__device__ __forceinline__ void scores_f32(float (&s)[BN / 8][4], const float* Qw, const float* Ks, int gr, int tq) {
+#pragma unroll 1
+  for (int kk = 0; kk < D / 8; ++kk) {
+    const float* qa = Qw + gr * LD + kk * 8 + tq;
+    uint32_t ab[4], as[4];
+    tc::Tf32::split(qa[0], &ab[0], &as[0]);
+    tc::Tf32::split(qa[8 * LD], &ab[1], &as[1]);
+    tc::Tf32::split(qa[4], &ab[2], &as[2]);
+    tc::Tf32::split(qa[8 * LD + 4], &ab[3], &as[3]);
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+      const float* kb = Ks + (nt * 8 + gr) * LD + kk * 8 + tq;
+      uint32_t bb[2], bs[2];
+      tc::Tf32::split(kb[0], &bb[0], &bs[0]);
+      tc::Tf32::split(kb[4], &bb[1], &bs[1]);
+      tc::Tf32::mma3_rn(s[nt], ab, as, bb, bs);
+    }
+  }
+}
+
+// fp32 O += P V (3xTF32). The probabilities stay where the score product left them: this thread holds
+// keys 2 tq and 2 tq + 1 of each 8-key chunk, which become the A fragment's k = tq and k = tq + 4 (the
+// contraction order within a chunk is free, as long as V's rows follow: b0 = V[2 tq], b1 = V[2 tq + 1]).
+template <int D, int BN, int LD>
+__device__ __forceinline__ void accumulate_f32(float (&o)[D / 8][4], const float (&s)[BN / 8][4], const float* Vs, int gr, int tq) {
+#pragma unroll
+  for (int kc = 0; kc < BN / 8; ++kc) {
+    uint32_t ab[4], as[4];
+    tc::Tf32::split(s[kc][0], &ab[0], &as[0]);
+    tc::Tf32::split(s[kc][2], &ab[1], &as[1]);
+    tc::Tf32::split(s[kc][1], &ab[2], &as[2]);
+    tc::Tf32::split(s[kc][3], &ab[3], &as[3]);
+    const float* vr = Vs + (kc * 8 + 2 * tq) * LD + gr;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      uint32_t bb[2], bs[2];
+      tc::Tf32::split(vr[dt * 8], &bb[0], &bs[0]);
+      tc::Tf32::split(vr[LD + dt * 8], &bb[1], &bs[1]);
+      tc::Tf32::mma3_rn(o[dt], ab, as, bb, bs);
+    }
+  }
 }
 
 // One key tile of the online softmax for the rows i0 and i0 + 8 this thread holds (columns j0 + 8 nt
@@ -81,12 +146,14 @@ __device__ __forceinline__ void online_softmax(const Params& p, const Seq& sq, i
   }
 }
 
-template <typename T, int D, int BN, int STAGES>
-__global__ void __launch_bounds__(kThreads) fwd_tc_kernel(Params p) {
+template <typename T, int D, int BN, int STAGES, int W>
+__global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
+  constexpr int kThreads = threads_of<W>();
+  constexpr int kBM = rows_of<W>();
 #if ATTNCORE_TC
-  using M = tc::Mma<T>;
-  constexpr int LD = D + 8;  // 16-byte row padding: ldmatrix rows land in distinct banks
-  constexpr bool kQRegs = D <= 128;
+  constexpr bool kF32 = std::is_same<T, float>::value;  // 3xTF32 products, scalar fragment loads
+  constexpr int LD = row_pitch<T, D>();
+  constexpr bool kQRegs = !kF32 && D <= 128;
   ATTNCORE_DYNAMIC_SMEM(smem_raw);
   T* Qs = reinterpret_cast<T*>(smem_raw);
   T* KVs = Qs + kBM * LD;  // stage s: K at KVs + 2 s BN LD, V right after it
@@ -141,22 +208,28 @@ __global__ void __launch_bounds__(kThreads) fwd_tc_kernel(Params p) {
     float s[BN / 8][4];
 #pragma unroll
     for (int i = 0; i < BN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    if constexpr (kF32) {
+      scores_f32<D, BN, LD>(s, Qs + warp * 16 * LD, Ks, gr, tq);
+    } else {
+      using M = tc::Mma<T>;
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a_tmp[4];
-      const uint32_t* a = a_tmp;
-      if constexpr (kQRegs) {
-        a = qf[kk];
-      } else {
-        tc::ldmatrix_x4(a_tmp, q_warp + kk * 16);
-      }
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t a_tmp[4];
+        const uint32_t* a = a_tmp;
+        if constexpr (kQRegs) {
+          a = qf[kk];
+        } else {
+          tc::ldmatrix_x4(a_tmp, q_warp + kk * 16);
+        }
 #pragma unroll
-      for (int np = 0; np < BN / 16; ++np) {
-        uint32_t b[4];
-        tc::ldmatrix_x4(b, Ks + (np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 + ((lane / 8) % 2) * 8);
-        M::run(s[2 * np], a, b);
-        M::run(s[2 * np + 1], a, b + 2);
+        for (int np = 0; np < BN / 16; ++np) {
+          uint32_t b[4];
+          tc::ldmatrix_x4(b, Ks + (np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 + ((lane / 8) % 2) * 8);
+          M::run(s[2 * np], a, b);
+          M::run(s[2 * np + 1], a, b + 2);
+        }
       }
+
     }
 
     // Tiles inside the band with no bias (most of them) take the plain path: the row maximum of the raw
@@ -168,19 +241,24 @@ __global__ void __launch_bounds__(kThreads) fwd_tc_kernel(Params p) {
     } else {
       online_softmax<true, T, BN, D>(p, sq, g, h, m0 + warp * 16 + gr, n0 + 2 * tq, s, o, m_r, l_r);
     }
+    if constexpr (kF32) {
+      accumulate_f32<D, BN, LD>(o, s, Vs, gr, tq);
+    } else {
+      using M = tc::Mma<T>;
 #pragma unroll
-    for (int kc = 0; kc < BN / 16; ++kc) {
-      uint32_t a[4];
-      a[0] = M::pack(s[2 * kc][0], s[2 * kc][1]);
-      a[1] = M::pack(s[2 * kc][2], s[2 * kc][3]);
-      a[2] = M::pack(s[2 * kc + 1][0], s[2 * kc + 1][1]);
-      a[3] = M::pack(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+      for (int kc = 0; kc < BN / 16; ++kc) {
+        uint32_t a[4];
+        a[0] = M::pack(s[2 * kc][0], s[2 * kc][1]);
+        a[1] = M::pack(s[2 * kc][2], s[2 * kc][3]);
+        a[2] = M::pack(s[2 * kc + 1][0], s[2 * kc + 1][1]);
+        a[3] = M::pack(s[2 * kc + 1][2], s[2 * kc + 1][3]);
 #pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        uint32_t b[4];
-        tc::ldmatrix_x4_trans(b, Vs + (kc * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD + dp * 16 + (lane / 16) * 8);
-        M::run(o[2 * dp], a, b);
-        M::run(o[2 * dp + 1], a, b + 2);
+        for (int dp = 0; dp < D / 16; ++dp) {
+          uint32_t b[4];
+          tc::ldmatrix_x4_trans(b, Vs + (kc * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD + dp * 16 + (lane / 16) * 8);
+          M::run(o[2 * dp], a, b);
+          M::run(o[2 * dp + 1], a, b + 2);
+        }
       }
     }
     __syncthreads();  // every warp is done with this stage before it is refilled
@@ -210,29 +288,51 @@ __global__ void __launch_bounds__(kThreads) fwd_tc_kernel(Params p) {
 #endif
 }
 
-template <typename T, int D, int BN, int STAGES>
+template <typename T, int D, int BN, int STAGES, int W>
 bool launch(const Params& p, cudaStream_t stream) {
-  constexpr int smem = fwd_smem_bytes<D, BN, STAGES>();
-  auto kern = fwd_tc_kernel<T, D, BN, STAGES>;
+  constexpr int kBM = rows_of<W>();
+  constexpr int smem = fwd_smem_bytes<T, D, BN, STAGES, W>();
+  auto kern = fwd_tc_kernel<T, D, BN, STAGES, W>;
   if (!allow_smem(kern, smem)) return false;
   dim3 grid((p.max_q + kBM - 1) / kBM, p.num_seqs, p.G * p.H);
-  ATTNCORE_LAUNCH(kern, grid, kThreads, smem, stream, p);
+  ATTNCORE_LAUNCH(kern, grid, threads_of<W>(), smem, stream, p);
   return true;
+}
+
+// CTA size: 8 warps (128 queries) share each K/V tile between more rows; 4 warps (64 queries) take half
+// the registers and shared memory, so two CTAs fit on a multiprocessor and one's prologue and epilogue
+// overlap the other's main loop. Measured on an H200 (benchmarks/RESULTS.md): 4 warps win at D = 64 in
+// fp16/bf16 (+3-15%), 8 warps at D = 128 and 256 and for fp32 (fp32 at D = 256: 1.5x).
+// ATTNCORE_CUTLASS_FWD_WARPS=4 or 8, read once, overrides the choice (for measurements).
+template <typename T, int D>
+int warps_for() {
+  static const int forced = [] {
+    const char* env = std::getenv("ATTNCORE_CUTLASS_FWD_WARPS");
+    return env != nullptr ? std::atoi(env) : 0;
+  }();
+  if (forced == 4 || forced == 8) return forced;
+  return !std::is_same<T, float>::value && D <= 64 ? 4 : 8;
 }
 
 // Two stages where the shared memory allows (sm_80/sm_90), else one (sm_86/sm_89 at D = 256).
 template <typename T, int D, int BN>
 cudaError_t launch_any(const Params& p, cudaStream_t stream, bool* launched) {
-  *launched = launch<T, D, BN, 2>(p, stream) || launch<T, D, BN, 1>(p, stream);
+  if (warps_for<T, D>() == 4) {
+    *launched = launch<T, D, BN, 2, 4>(p, stream) || launch<T, D, BN, 1, 4>(p, stream);
+  } else {
+    *launched = launch<T, D, BN, 2, 8>(p, stream) || launch<T, D, BN, 1, 8>(p, stream);
+  }
   return *launched ? cudaGetLastError() : cudaSuccess;
 }
 
 template <typename T>
 cudaError_t dispatch(const Params& p, cudaStream_t stream, bool* launched) {
   const int d = max(p.K, p.Kv);
+  // fp32: narrower key tiles, since the split operands take registers (no spills with these)
+  constexpr bool kF32 = std::is_same<T, float>::value;
   if (d <= 64) return launch_any<T, 64, 64>(p, stream, launched);
-  if (d <= 128) return launch_any<T, 128, 64>(p, stream, launched);
-  if (d <= 256) return launch_any<T, 256, 32>(p, stream, launched);
+  if (d <= 128) return launch_any<T, 128, kF32 ? 32 : 64>(p, stream, launched);
+  if (d <= 256) return launch_any<T, 256, kF32 ? 16 : 32>(p, stream, launched);
   return cudaSuccess;
 }
 
@@ -243,7 +343,7 @@ cudaError_t fwd_tc(const Params& p, DType dt, cudaStream_t stream, bool* launche
   switch (dt) {
     case DType::kF16: return dispatch<__half>(p, stream, launched);
     case DType::kBF16: return dispatch<__nv_bfloat16>(p, stream, launched);
-    case DType::kF32: return cudaSuccess;
+    case DType::kF32: return dispatch<float>(p, stream, launched);
   }
   return cudaErrorInvalidValue;
 }

@@ -1,4 +1,4 @@
-// Tensor-core building blocks for sm_80 and newer (mma.sync m16n8k16, ldmatrix, cp.async).
+// Tensor-core building blocks for sm_80 and newer (mma.sync m16n8k16 and m16n8k8.tf32, ldmatrix, cp.async).
 //
 // Fragment layouts of mma.m16n8k16 (g = lane / 4, t = lane % 4):
 //   A (16 x 16, row-major)  a0: (g, 2t..2t+1)  a1: (g+8, 2t..)  a2: (g, 2t+8..)  a3: (g+8, 2t+8..)
@@ -77,7 +77,103 @@ inline void emu_ldmatrix(uint32_t* r, const void* p, bool trans) {
   }
   ::attncore::emu::warp_sync();
 }
+
+// mma.m16n8k8 with tf32 operands (float bits, already rounded to tf32 by Tf32::split).
+inline void emu_mma_tf32(float* c, const uint32_t* a, const uint32_t* b) {
+  uint32_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+  ::attncore::emu::publish(mine, sizeof(mine));
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  auto val = [](int src, int r) {
+    float v;
+    std::memcpy(&v, ::attncore::emu::lane_slot(src) + 4 * r, 4);
+    return v;
+  };
+  float out[4];
+  for (int e = 0; e < 4; ++e) {
+    const int row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
+    float acc = c[e];
+    for (int k = 0; k < 8; ++k) {
+      acc = std::fma(val((row % 8) * 4 + k % 4, (row >= 8 ? 1 : 0) + (k >= 4 ? 2 : 0)), val(col * 4 + k % 4, 4 + (k >= 4 ? 1 : 0)), acc);
+    }
+    out[e] = acc;
+  }
+  ::attncore::emu::warp_sync();
+  for (int e = 0; e < 4; ++e) c[e] = out[e];
+}
 #endif
+
+// fp32 products on tensor cores at fp32 accuracy ("3xTF32"): each operand x = big + small, both tf32
+// (10-bit mantissas), and a b = a_small b_big + a_big b_small + a_big b_big (a_small b_small, below
+// fp32's rounding, is dropped; mma3_rn says how the sums avoid the tensor cores' truncation). mma.m16n8k8 fragment layouts (g = lane / 4, t = lane % 4):
+//   A (16 x 8)  a0: (g, t)  a1: (g+8, t)  a2: (g, t+4)  a3: (g+8, t+4)
+//   B (8 x 8)   b0: (k t, n g)  b1: (k t+4, n g)
+//   C           as for m16n8k16 (c0,c1: (g, 2t..2t+1), c2,c3: (g+8, 2t..2t+1))
+struct Tf32 {
+  static __device__ __forceinline__ uint32_t round(float x) {
+#if defined(ATTNCORE_EMULATE)  // cvt.rna: to nearest, ties away from zero, on the 13 dropped bits
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+    return u;
+#elif ATTNCORE_TC
+    uint32_t r;
+    asm volatile("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));  // volatile: split right where it is used (fewer live registers)
+    return r;
+#else
+    return 0u;
+#endif
+  }
+  static __device__ __forceinline__ float value(uint32_t u) {
+#if defined(ATTNCORE_EMULATE)
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+#else
+    return __uint_as_float(u);
+#endif
+  }
+  static __device__ __forceinline__ void split(float x, uint32_t* big, uint32_t* small) {
+    *big = round(x);
+    *small = round(x - value(*big));
+  }
+  static __device__ __forceinline__ void mma(float* c, const uint32_t* a, const uint32_t* b) {
+#if defined(ATTNCORE_EMULATE)
+    emu_mma_tf32(c, a, b);
+#elif ATTNCORE_TC
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+  }
+  // acc += a b at fp32 accuracy from the split operands. The tensor cores add in fp32 but truncate, so
+  // a long chain of products into one accumulator drifts toward zero by about one ulp of the
+  // accumulator per step: the three products of this 8-wide step start from zero and their sum is
+  // added to acc in round-to-nearest fp32 (as Ootomo and Yokota, 2022, recover SGEMM accuracy).
+  static __device__ __forceinline__ void mma3_rn(float* acc, const uint32_t* a_big, const uint32_t* a_small, const uint32_t* b_big,
+                                                 const uint32_t* b_small) {
+#if defined(ATTNCORE_EMULATE) || !ATTNCORE_TC
+    float t[4] = {0.f, 0.f, 0.f, 0.f};
+    mma(t, a_small, b_big);
+    mma(t, a_big, b_small);
+    mma(t, a_big, b_big);
+    for (int e = 0; e < 4; ++e) acc[e] += t[e];
+#else
+    // One block with its own zeroed temporaries: written as separate statements, the compiler hoisted
+    // every step's zero initialization to the top of the unrolled loop and spilled (D = 128, sm_90).
+    asm volatile(
+        "{\n .reg .f32 t0, t1, t2, t3;\n"
+        " mov.f32 t0, 0f00000000;\n mov.f32 t1, 0f00000000;\n mov.f32 t2, 0f00000000;\n mov.f32 t3, 0f00000000;\n"
+        " mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {t0,t1,t2,t3}, {%8,%9,%10,%11}, {%12,%13}, {t0,t1,t2,t3};\n"
+        " mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {t0,t1,t2,t3}, {%4,%5,%6,%7}, {%14,%15}, {t0,t1,t2,t3};\n"
+        " mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {t0,t1,t2,t3}, {%4,%5,%6,%7}, {%12,%13}, {t0,t1,t2,t3};\n"
+        " add.rn.f32 %0, %0, t0;\n add.rn.f32 %1, %1, t1;\n add.rn.f32 %2, %2, t2;\n add.rn.f32 %3, %3, t3;\n}\n"
+        : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+        : "r"(a_big[0]), "r"(a_big[1]), "r"(a_big[2]), "r"(a_big[3]), "r"(a_small[0]), "r"(a_small[1]), "r"(a_small[2]), "r"(a_small[3]),
+          "r"(b_big[0]), "r"(b_big[1]), "r"(b_small[0]), "r"(b_small[1]));
+#endif
+  }
+};
 
 template <typename T>
 struct Mma;
@@ -192,10 +288,11 @@ __device__ __forceinline__ void load_tile(T* dst, const void* base, const int64_
                                           bool vec) {
   const int tid = threadIdx.x;
   if (vec) {
-    constexpr int CHUNKS = COLS / 8;  // 8 elements of 2 bytes
+    constexpr int E = 16 / sizeof(T);  // elements per 16-byte chunk
+    constexpr int CHUNKS = COLS / E;
 #pragma unroll 4
     for (int e = tid; e < ROWS * CHUNKS; e += THREADS) {
-      const int r = e / CHUNKS, c = (e % CHUNKS) * 8;
+      const int r = e / CHUNKS, c = (e % CHUNKS) * E;
       const bool ok = r < nrows && c < ncols;
       const T* src = ok ? row_ptr<T>(base, st, b, row0 + r, g, h) + c : reinterpret_cast<const T*>(base);
       cp_async_16(dst + r * LD + c, src, ok);
@@ -217,13 +314,14 @@ template <typename T, int ROWS, int COLS, int LD, int THREADS>
 __device__ __forceinline__ void load_rows(T* dst, const T* base, int64_t stride, int row0, int nrows, int ncols, bool vec) {
   const int tid = threadIdx.x;
   if (vec) {
-    constexpr int CHUNKS = COLS / 8;
+    constexpr int E = 16 / sizeof(T);
+    constexpr int CHUNKS = COLS / E;
     constexpr int STEPS = (ROWS * CHUNKS + THREADS - 1) / THREADS;
 #pragma unroll
     for (int i = 0; i < STEPS; ++i) {
       const int e = tid + i * THREADS;
       if ((ROWS * CHUNKS) % THREADS != 0 && e >= ROWS * CHUNKS) break;
-      const int r = e / CHUNKS, c = (e % CHUNKS) * 8;
+      const int r = e / CHUNKS, c = (e % CHUNKS) * E;
       const bool ok = r < nrows && c < ncols;
       cp_async_16(dst + r * LD + c, ok ? base + (int64_t)(row0 + r) * stride + c : base, ok);
     }
