@@ -100,3 +100,36 @@ def test_compiled_calls_honour_both_halves_of_an_op_tuple(isolated_registry: Non
     q = torch.randn(1, 8, 2, 16, requires_grad=True)
     torch.autograd.backward(torch.compile(f, backend="aot_eager", fullgraph=True)(q).sum())
     assert q.grad is not None and q.grad.flatten()[0].item() == 30  # b.bw's 10, for q, k and v (the same tensor)
+
+
+def test_compiled_backward_keeps_the_policy_of_its_forward(isolated_registry: None) -> None:
+    """The backward runs after the caller's `with dispatch.policy(...)` block has ended (as autograd's
+    device threads do): it must still choose under the forward's policy."""
+    from attncore import registry
+    from fakeops import fake_bw, fake_fw
+
+    registry.restore({})
+    fw, bw_a, bw_b = fake_fw("a.fw", 20), fake_bw("a.bw", 20), fake_bw("b.bw", 10)
+    for op in (fw, bw_a, bw_b):
+        registry.register(op)
+
+    def f(q: torch.Tensor) -> torch.Tensor:
+        return attncore.memory_efficient_attention(q, q, q)
+
+    q = torch.randn(1, 8, 2, 16, requires_grad=True)
+    with attncore.dispatch.policy(order=["a.fw", "b.bw"]):  # a.bw, the higher priority, is left out
+        loss = torch.compile(f, backend="aot_eager", fullgraph=True)(q).sum()
+    torch.autograd.backward(loss)
+    assert q.grad is not None and q.grad.flatten()[0].item() == 30  # b.bw's 10, for q, k and v
+
+
+def test_policy_tokens_round_trip() -> None:
+    from attncore import policy
+
+    with attncore.dispatch.policy(order=["reference"]) as pol:
+        token = policy.token_of(pol)
+    assert policy.token_of(pol) == token and policy.from_token(token) is pol
+    with policy.using(pol):
+        assert policy.current_policy() is pol
+    with pytest.raises(ValueError, match="token: expected a policy token"):
+        policy.from_token(10**6)

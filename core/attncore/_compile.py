@@ -116,9 +116,10 @@ def _register() -> bool:
         scale: float,
         op: str,
         out_dtype: int,
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         from attncore.api import _fw_op, _seed
         from attncore.inputs import Inputs
+        from attncore.policy import current_policy, token_of
 
         dtype = _DTYPES[out_dtype] if out_dtype >= 0 else None
         inputs = Inputs.create(query, key, value, _bias_arg(spec, bias, block_tables), p, scale, dtype, is_partial=True)
@@ -126,7 +127,10 @@ def _register() -> bool:
         fw_name = op.split("|", maxsplit=1)[0]  # op: "forward name|backward name" (either may be empty)
         res = _fw_op(inputs, fw_name or None).apply(inputs, needs_lse=True, dropout_seed=seed)
         assert res.lse is not None  # operators must honour needs_lse=True
-        return inputs.from5(res.out).contiguous(), inputs.lse_from5(res.lse).contiguous(), torch.tensor(seed, dtype=torch.int64)
+        # the policy in force here, for the backward: autograd may run it on another thread, or after the
+        # caller's `with dispatch.policy(...)` block has ended
+        pol = torch.tensor(token_of(current_policy()), dtype=torch.int64)
+        return inputs.from5(res.out).contiguous(), inputs.lse_from5(res.lse).contiguous(), torch.tensor(seed, dtype=torch.int64), pol
 
     @attention_op.register_fake
     def _(
@@ -140,11 +144,11 @@ def _register() -> bool:
         scale: float,
         op: str,
         out_dtype: int,
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         dtype = _DTYPES[out_dtype] if out_dtype >= 0 else query.dtype
         out = query.new_empty((*query.shape[:-1], value.shape[-1]), dtype=dtype)
         lse = query.new_empty(_lse_shape(query), dtype=torch.float64 if query.dtype == torch.float64 else torch.float32)
-        return out, lse, torch.empty((), dtype=torch.int64)
+        return out, lse, torch.empty((), dtype=torch.int64), torch.empty((), dtype=torch.int64)
 
     @torch.library.custom_op("attncore::attention_backward", mutates_args=())
     def attention_backward_op(
@@ -158,6 +162,7 @@ def _register() -> bool:
         out: torch.Tensor,
         lse: torch.Tensor,
         seed: torch.Tensor,
+        policy: torch.Tensor,
         spec: List[int],
         p: float,
         scale: float,
@@ -166,14 +171,16 @@ def _register() -> bool:
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         from attncore.api import _bw_op, _fw_op
         from attncore.inputs import Inputs
+        from attncore.policy import from_token, using
 
         if bias is not None and bias_grad:
             bias = bias.detach().requires_grad_(True)  # tells the backward operator to produce dbias
         with torch.enable_grad():  # the flags say which gradients the backward operator must produce
             inputs = Inputs.create(query, key, value, _bias_arg(spec, bias, block_tables), p, scale, out.dtype, is_partial=True)
         fw_name, _, bw_name = op.partition("|")
-        fw = _fw_op(inputs, fw_name or None)
-        bw = _bw_op(inputs, bw_name or fw_name or None, fw)  # the tuple's backward, else the forward's name
+        with using(from_token(int(policy.item()))):  # the forward's policy, wherever this runs
+            fw = _fw_op(inputs, fw_name or None)
+            bw = _bw_op(inputs, bw_name or fw_name or None, fw)  # the tuple's backward, else the forward's name
         gl = None if grad_lse is None else inputs.lse_to5(grad_lse)
         g = inputs._to5(grad_out)
         grads = bw.apply(inputs, g, inputs._to5(out), inputs.lse_to5(lse), dropout_seed=int(seed.item()), grad_lse=gl)
@@ -194,6 +201,7 @@ def _register() -> bool:
         out: torch.Tensor,
         lse: torch.Tensor,
         seed: torch.Tensor,
+        policy: torch.Tensor,
         spec: List[int],
         p: float,
         scale: float,
@@ -205,17 +213,19 @@ def _register() -> bool:
 
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
         query, key, value, bias, block_tables, spec, p, scale, op, _ = inputs
-        out, lse, seed = output
-        ctx.save_for_backward(query, key, value, bias, block_tables, out, lse, seed)
+        out, lse, seed, policy = output
+        ctx.save_for_backward(query, key, value, bias, block_tables, out, lse, seed, policy)
         ctx.args = (spec, p, scale, op, bias is not None and bias.requires_grad)
 
-    def backward(ctx: Any, grad_out: Optional[torch.Tensor], grad_lse: Optional[torch.Tensor], _grad_seed: Any) -> tuple[Optional[torch.Tensor], ...]:
-        query, key, value, bias, block_tables, out, lse, seed = ctx.saved_tensors
+    def backward(
+        ctx: Any, grad_out: Optional[torch.Tensor], grad_lse: Optional[torch.Tensor], _grad_seed: Any, _grad_policy: Any
+    ) -> tuple[Optional[torch.Tensor], ...]:
+        query, key, value, bias, block_tables, out, lse, seed, policy = ctx.saved_tensors
         spec, p, scale, op, bias_grad = ctx.args
         if grad_out is None:
             grad_out = torch.zeros_like(out)
         dq, dk, dv, dbias = torch.ops.attncore.attention_backward(
-            grad_out, grad_lse, query, key, value, bias, block_tables, out, lse, seed, spec, p, scale, op, bias_grad
+            grad_out, grad_lse, query, key, value, bias, block_tables, out, lse, seed, policy, spec, p, scale, op, bias_grad
         )
         return dq, dk, dv, (dbias if bias_grad else None), None, None, None, None, None, None
 
@@ -262,5 +272,5 @@ def compiled_attention(
 
     name = f"{_name(fw_op)}|{_name(bw_op)}"  # both halves of an (fw, bw) tuple reach the backward
     code = _DTYPES.index(output_dtype) if output_dtype is not None else -1
-    out, lse, _ = torch.ops.attncore.attention(query, key, value, tensor, tables, ints, float(p), float(scale), name, code)
+    out, lse, _, _ = torch.ops.attncore.attention(query, key, value, tensor, tables, ints, float(p), float(scale), name, code)
     return out, lse

@@ -17,11 +17,12 @@ import contextlib
 import contextvars
 import functools
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
-__all__ = ["ENV_BACKENDS", "ENV_RELAX", "Policy", "current_policy", "policy", "reload_environment"]
+__all__ = ["ENV_BACKENDS", "ENV_RELAX", "Policy", "current_policy", "from_token", "policy", "reload_environment", "token_of", "using"]
 
 ENV_BACKENDS = "ATTNCORE_BACKENDS"
 ENV_RELAX = "ATTNCORE_RELAX"
@@ -108,6 +109,41 @@ def policy(order: Optional[Sequence[str]] = None, relax: Sequence[str] = ()) -> 
         yield pol
     finally:
         _CURRENT.reset(token)
+
+
+@contextlib.contextmanager
+def using(pol: Policy) -> Iterator[Policy]:
+    """Make an existing :class:`Policy` current for a ``with`` block (restored on exit): how a backward
+    pass that runs elsewhere (another thread, a compiled graph) applies the policy of its forward."""
+    token = _CURRENT.set(pol)
+    try:
+        yield pol
+    finally:
+        _CURRENT.reset(token)
+
+
+# Policies by small integer, for carriers that take only tensors and numbers (the compiled path's
+# custom ops). Append-only: a process sees few distinct policies, each kept once.
+_TOKENS: dict[Policy, int] = {}
+_BY_TOKEN: list[Policy] = []
+_TOKENS_LOCK = threading.Lock()
+
+
+def token_of(pol: Policy) -> int:
+    """A process-local integer that :func:`from_token` turns back into ``pol``."""
+    with _TOKENS_LOCK:
+        found = _TOKENS.get(pol)
+        if found is None:
+            found = _TOKENS[pol] = len(_BY_TOKEN)
+            _BY_TOKEN.append(pol)
+        return found
+
+
+def from_token(token: int) -> Policy:
+    """The policy :func:`token_of` numbered ``token`` (in this process)."""
+    if not 0 <= token < len(_BY_TOKEN):
+        raise ValueError(f"token: expected a policy token of this process (0..{len(_BY_TOKEN) - 1}), found {token}")
+    return _BY_TOKEN[token]
 
 
 def _check_names(order: tuple[str, ...]) -> None:
