@@ -218,6 +218,33 @@ def test_bias5_is_broadcast_view(nd: int, bias_shape: tuple[int, ...]) -> None:
     assert torch.equal(b5.reshape(target), torch.broadcast_to(bias, target))
 
 
+@pytest.mark.parametrize(
+    ("nd", "bias_shape", "shared"),
+    [
+        (3, (B, MQ, MK), False),
+        (3, (MK,), True),
+        (4, (MQ, MK), True),
+        (4, (1, H, MQ, MK), True),
+        (4, (B, 1, MQ, MK), False),
+        (5, (1, G, 1, MQ, MK), True),
+        (5, (H, MQ, MK), True),
+    ],
+)
+def test_a_bias_shared_over_the_batch_takes_a_summed_gradient(nd: int, bias_shape: tuple[int, ...], shared: bool) -> None:
+    """``bias_shared_over_batch``: the gradient may come back summed over B (``[1, G, H, Mq, Mk]``) and
+    still reduce to the bias's own shape, equal to reducing the full one."""
+    bias = rand(*bias_shape)
+    inputs = Inputs.create(**call(nd, attn_bias=bias))
+    assert inputs.bias_shared_over_batch is shared
+    g, h = (G if nd == 5 else 1), (H if nd >= 4 else 1)
+    full = rand(B, g, h, MQ, MK)
+    want = inputs.bias_grad_from5(full)
+    assert want.shape == bias.shape
+    if shared:
+        got = inputs.bias_grad_from5(full.sum(0, keepdim=True))
+        assert got.shape == bias.shape and torch.allclose(got, want, atol=1e-5)
+
+
 def test_bias5_of_structured_biases() -> None:
     t = rand(1, H, MQ, MK)
     b5 = Inputs.create(**call(attn_bias=ab.LowerTriangularMask().add_bias(t))).bias5

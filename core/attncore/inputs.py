@@ -290,8 +290,20 @@ class Inputs(NamedTuple):
             return tb.unsqueeze(1)
         return tb
 
+    @property
+    def bias_shared_over_batch(self) -> bool:
+        """Whether the tensor bias has no batch extent of its own (absent or size 1 along B) while B > 1:
+        its gradient is then one batch entry's size, and a backward may sum it over the batch as it goes
+        (:class:`~attncore.ops.Gradients` allows a ``dbias`` of size 1 along B)."""
+        if self.geometry is None or self.geometry.tensor is None or self.shape5[0] <= 1:
+            return False
+        tb = self.geometry.tensor
+        at = tb.dim() - self.query.dim()  # the batch dim, right-aligned with [B, (G,) (H,) Mq, Mk]
+        return at < 0 or tb.shape[at] == 1
+
     def bias_grad_from5(self, d5: torch.Tensor) -> torch.Tensor:
-        """Undo :attr:`bias5` on a gradient: ``[B, G, H, Mq, Mk]`` summed back to the bias tensor's shape."""
+        """Undo :attr:`bias5` on a gradient: ``[B, G, H, Mq, Mk]`` (or ``[1, ...]`` when
+        :attr:`bias_shared_over_batch` let the backend sum it) summed back to the bias tensor's shape."""
         assert self.geometry is not None and self.geometry.tensor is not None  # only called for a tensor bias
         nd = self.query.dim()
         d = d5 if nd == 5 else (d5.squeeze(1) if nd == 4 else d5.squeeze(1).squeeze(1))

@@ -33,7 +33,9 @@ class ForwardResult(NamedTuple):
 
 
 class Gradients(NamedTuple):
-    """Gradients in the canonical layout (``dq`` like ``inputs.q5``...); ``dbias`` like ``inputs.bias5``."""
+    """Gradients in the canonical layout (``dq`` like ``inputs.q5``...); ``dbias`` like ``inputs.bias5``, or
+    ``[1, G, H, Mq, Mk]`` already summed over the batch when ``inputs.bias_shared_over_batch`` (so that a
+    backend need not materialize B copies of a shared bias's gradient)."""
 
     dq: torch.Tensor
     dk: torch.Tensor

@@ -165,16 +165,21 @@ def _describe(inputs: Inputs) -> _Call:
 #: CUDA's limit on gridDim.y, which the kernels use for sequences (batch entries or packed blocks)
 MAX_SEQS_PER_LAUNCH = 65535
 
+#: A tensor bias broadcast over the batch gets its gradient summed over the batch as the backward goes:
+#: batch pieces whose score-gradient buffer stays within this many bytes, instead of one [B, G, H, Mq, Mk]
+DBIAS_PIECE_BYTES = 256 << 20
+
 Cut = Callable[[Optional[torch.Tensor]], Optional[torch.Tensor]]
 
 
-def _seq_chunks(call: _Call, with_kw: bool = False) -> Iterator[tuple[Cut, tuple[Optional[torch.Tensor], ...], int]]:
+def _seq_chunks(call: _Call, with_kw: bool = False, batch_step: int = MAX_SEQS_PER_LAUNCH) -> Iterator[tuple[Cut, tuple[Optional[torch.Tensor], ...], int]]:
     """Launch pieces of at most MAX_SEQS_PER_LAUNCH sequences: ``(cut, sequence arrays, count)``.
 
-    Dense layouts cut every ``[B, ...]`` tensor along the batch (``cut`` slices it); packed layouts pass
-    slices of the block arrays (blocks index global rows, so tensors stay whole)."""
-    step = MAX_SEQS_PER_LAUNCH
+    Dense layouts cut every ``[B, ...]`` tensor along the batch (``cut`` slices it), at most
+    ``batch_step`` entries a piece; packed layouts pass slices of the block arrays (blocks index global
+    rows, so tensors stay whole)."""
     seqs = call.seqs
+    step = max(1, min(batch_step, MAX_SEQS_PER_LAUNCH)) if seqs is None else MAX_SEQS_PER_LAUNCH
     if seqs is None:
         for b0 in range(0, max(call.num_seqs, 1), step):
             b1 = min(b0 + step, call.num_seqs)
@@ -237,8 +242,10 @@ def forward(inputs: Inputs, *, needs_lse: bool, ext: Optional[ModuleType] = None
 def backward(
     inputs: Inputs, grad_out: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, grad_lse: Optional[torch.Tensor], ext: Optional[ModuleType] = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """``(dq, dk, dv, dbias)`` in the canonical layouts (dbias ``[B, G, H, Mq, Mk]`` when the bias needs a gradient);
-    ``ext`` as for :func:`forward`."""
+    """``(dq, dk, dv, dbias)`` in the canonical layouts; ``ext`` as for :func:`forward`.
+
+    dbias (when the bias needs a gradient) is ``[B, G, H, Mq, Mk]``, or ``[1, G, H, Mq, Mk]`` already
+    summed over the batch when the bias tensor is shared by every batch entry (``bias_shared_over_batch``)."""
     q, k, v = (_last_contiguous(t) for t in (inputs.q5, inputs.k5, inputs.v5))
     b, mq, g, h, kd = q.shape
     mk, kv = k.shape[1], v.shape[-1]
@@ -264,8 +271,13 @@ def backward(
         dv = torch.zeros((b, rows, g, h, kv), dtype=q.dtype, device=dev)
     bias = _bias(inputs)
     dbias: Optional[torch.Tensor] = None
+    # a bias broadcast over the batch (ALiBi-like [H, Mq, Mk]) has a gradient of one batch entry's size:
+    # sum it piece by piece (deterministic order, fp32) rather than materialize B copies of it
+    summed = bias is not None and inputs.features.bias_requires_grad and seqs is None and inputs.bias_shared_over_batch
+    per_entry = g * h * mq * mk * (bias.element_size() if bias is not None else 0)
     if bias is not None and inputs.features.bias_requires_grad:
-        dbias = torch.zeros((b, g, h, mq, mk), dtype=bias.dtype, device=dev)  # masked pairs stay 0
+        shape = (1, g, h, mq, mk) if summed else (b, g, h, mq, mk)
+        dbias = torch.zeros(shape, dtype=torch.float32 if summed else bias.dtype, device=dev)  # masked pairs stay 0
     if call.max_q == 0 or call.max_k == 0 or call.num_seqs == 0:  # nothing to launch: no pair is visible
         for t in (dq, dk, dv):
             t.zero_()
@@ -274,11 +286,15 @@ def backward(
     ext = ext if ext is not None else extension(inputs.features.device.capability)
     vec, tc = _vec_ok(q, k, v, do), _TENSOR_CORES.get()
     family = "none"
-    for cut, seq_args, n in _seq_chunks(call, with_kw=True):
+    step = max(1, DBIAS_PIECE_BYTES // max(1, per_entry)) if summed else MAX_SEQS_PER_LAUNCH
+    for cut, seq_args, n in _seq_chunks(call, with_kw=True, batch_step=step):
+        piece = torch.zeros((n, g, h, mq, mk), dtype=bias.dtype, device=dev) if summed and bias is not None else cut(dbias)
         family = ext.backward(
-            cut(q), cut(k), cut(v), cut(bias), cut(do), cut(lse2), cut(delta), cut(dq), cut(dk), cut(dv), cut(dbias), *seq_args,
+            cut(q), cut(k), cut(v), cut(bias), cut(do), cut(lse2), cut(delta), cut(dq), cut(dk), cut(dv), piece, *seq_args,
             n, call.max_q, call.max_k, call.band_lo, call.band_hi, call.bottom_right, inputs.scale, vec, tc,
         )  # fmt: skip
+        if summed and dbias is not None and piece is not None:
+            dbias += piece.float().sum(0, keepdim=True)
     _LAST["backward"] = family
     if seqs is not None and not seqs.direct:
         dk, dv = _sum_overlaps(seqs, dk, dv, mk)

@@ -119,6 +119,15 @@ def test_unaligned_rows_take_the_element_loads() -> None:
     assert _launch.last_family("backward") == _expected_family("tc", torch.bfloat16)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_a_bias_shared_over_the_batch_gets_its_gradient_summed(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """[H, Mq, Mk] bias, B=4, pieces of one batch entry: dbias is summed as the backward goes."""
+    monkeypatch.setattr(_launch, "DBIAS_PIECE_BYTES", 1)
+    q, k, v = _qkv(4, 200, 260, 3, 64, 64, dtype, seed=12)
+    bias = testing.randn(3, 200, 260, gen=torch.Generator().manual_seed(13), dtype=dtype).to(CUDA).requires_grad_(True)
+    testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
+
+
 def test_float32_output_from_half_inputs() -> None:
     q, k, v = _qkv(2, 100, 120, 2, 64, 64, torch.bfloat16, seed=5)
     out = attncore.memory_efficient_attention(q, k, v, output_dtype=torch.float32, op=(CutlassFwOp, None))

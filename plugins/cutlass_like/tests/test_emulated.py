@@ -74,6 +74,25 @@ def test_head_dim_chunks_and_partial_tiles(kd: int, kv: int, masked: bool, porta
     testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
 
 
+@pytest.mark.parametrize("piece_bytes", [1, 1 << 30], ids=["one-entry-pieces", "one-piece"])
+def test_a_bias_shared_over_the_batch_gets_its_gradient_summed(piece_bytes: int, portable: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An [H, Mq, Mk] bias with B=3: dbias comes back [1, 1, H, Mq, Mk], summed piece by piece (one batch
+    entry per launch, or all at once), never as B copies; it matches the float64 gradient summed over B."""
+    monkeypatch.setattr(_launch, "DBIAS_PIECE_BYTES", piece_bytes)
+    gen = torch.Generator().manual_seed(21)
+    q = testing.randn(3, 37, 2, 16, gen=gen, dtype=torch.float32)
+    k = testing.randn(3, 45, 2, 16, gen=gen, dtype=torch.float32)
+    v = testing.randn(3, 45, 2, 24, gen=gen, dtype=torch.float32)
+    bias = testing.randn(2, 37, 45, gen=gen, dtype=torch.float32).requires_grad_(True)
+    inputs = Inputs.create(q, k, v, bias)
+    assert inputs.bias_shared_over_batch
+    res = CutlassFwOp.apply(inputs, needs_lse=True, dropout_seed=0)
+    assert res.lse is not None
+    grads = CutlassBwOp.apply(inputs, torch.randn(res.out.shape, generator=gen), res.out, res.lse, dropout_seed=0)
+    assert grads.dbias is not None and tuple(grads.dbias.shape) == (1, 1, 2, 37, 45)
+    testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
+
+
 def test_backward_is_deterministic(portable: None) -> None:
     gen = torch.Generator().manual_seed(4)
     q, k, v = (testing.randn(1, 80, 2, 32, gen=gen, dtype=torch.float32) for _ in range(3))

@@ -357,6 +357,14 @@ def compare_backward(
         assert_close(a, b, tolerance(q.dtype, errs[name], b), name)
     if bias_grad:
         assert got.dbias is not None and want.dbias is not None
-        assert_close(got.dbias, want.dbias, tolerance(q.dtype, max(errs.values()), want.dbias), "dbias")
+        want_d, summed = want.dbias, 1
+        if got.dbias.shape != want.dbias.shape:  # summed over the batch by the backend (Gradients.dbias)
+            assert inp.bias_shared_over_batch and tuple(got.dbias.shape) == (1, *want.dbias.shape[1:]), (
+                f"dbias: expected {tuple(want.dbias.shape)}, or {(1, *want.dbias.shape[1:])} for a bias shared over the batch, "
+                f"found {tuple(got.dbias.shape)}"
+            )
+            want_d, summed = want.dbias.sum(0, keepdim=True), want.dbias.shape[0]
+        # a sum of n terms carries up to n times their error
+        assert_close(got.dbias, want_d, tolerance(q.dtype, summed * max(errs.values()), want_d), "dbias")
     else:
         assert got.dbias is None
