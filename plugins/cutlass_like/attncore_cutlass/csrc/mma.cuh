@@ -32,8 +32,12 @@ inline float half_of<__nv_bfloat16>(uint32_t u, int which) {
   return __bfloat162float(__nv_bfloat16(raw));
 }
 
-template <typename T>
-inline void emu_mma(float* c, const uint32_t* a, const uint32_t* b) {
+// c += A B for one mma from the lanes' published fragments, E elements per 32-bit register (2 for
+// m16n8k16 in f16/bf16, 1 for m16n8k8 in tf32; K = 8 E): lane (g, t) holds A rows g and g + 8 and B
+// column g, at k = E t .. E t + E - 1 in its first register of each pair and 4 E more in the second.
+// `elem(reg, i)` reads element i of a register.
+template <int E, typename Elem>
+inline void emu_mma_e(float* c, const uint32_t* a, const uint32_t* b, Elem elem) {
   uint32_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
   ::attncore::emu::publish(mine, sizeof(mine));
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -46,15 +50,21 @@ inline void emu_mma(float* c, const uint32_t* a, const uint32_t* b) {
   for (int e = 0; e < 4; ++e) {
     const int row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
     float acc = c[e];
-    for (int k = 0; k < 16; ++k) {
-      const float av = half_of<T>(reg((row % 8) * 4 + (k % 8) / 2, (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)), k % 2);
-      const float bv = half_of<T>(reg(col * 4 + (k % 8) / 2, 4 + (k >= 8 ? 1 : 0)), k % 2);
+    for (int k = 0; k < 8 * E; ++k) {
+      const int q = (k % (4 * E)) / E, i = k % E, hi = k >= 4 * E ? 1 : 0;
+      const float av = elem(reg((row % 8) * 4 + q, (row >= 8 ? 1 : 0) + 2 * hi), i);
+      const float bv = elem(reg(col * 4 + q, 4 + hi), i);
       acc = std::fma(av, bv, acc);
     }
     out[e] = acc;
   }
   ::attncore::emu::warp_sync();  // every lane has read the operands before the scratch is reused
   for (int e = 0; e < 4; ++e) c[e] = out[e];
+}
+
+template <typename T>
+inline void emu_mma(float* c, const uint32_t* a, const uint32_t* b) {
+  emu_mma_e<2>(c, a, b, half_of<T>);
 }
 
 inline void emu_ldmatrix(uint32_t* r, const void* p, bool trans) {
@@ -80,25 +90,11 @@ inline void emu_ldmatrix(uint32_t* r, const void* p, bool trans) {
 
 // mma.m16n8k8 with tf32 operands (float bits, already rounded to tf32 by Tf32::split).
 inline void emu_mma_tf32(float* c, const uint32_t* a, const uint32_t* b) {
-  uint32_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
-  ::attncore::emu::publish(mine, sizeof(mine));
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  auto val = [](int src, int r) {
-    float v;
-    std::memcpy(&v, ::attncore::emu::lane_slot(src) + 4 * r, 4);
-    return v;
-  };
-  float out[4];
-  for (int e = 0; e < 4; ++e) {
-    const int row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
-    float acc = c[e];
-    for (int k = 0; k < 8; ++k) {
-      acc = std::fma(val((row % 8) * 4 + k % 4, (row >= 8 ? 1 : 0) + (k >= 4 ? 2 : 0)), val(col * 4 + k % 4, 4 + (k >= 4 ? 1 : 0)), acc);
-    }
-    out[e] = acc;
-  }
-  ::attncore::emu::warp_sync();
-  for (int e = 0; e < 4; ++e) c[e] = out[e];
+  emu_mma_e<1>(c, a, b, [](uint32_t u, int) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  });
 }
 #endif
 
