@@ -1,10 +1,15 @@
-"""``torch.compile`` support: attention as the ``attncore::attention`` custom op.
+"""``torch.compile`` support: attention as the ``attncore::attention_v2`` custom op.
 
 Dynamo cannot trace into dispatch (dictionaries of classes, kernels from other libraries), so under
 compilation the public functions encode the bias geometry into plain integers and call a custom op
 with a fake (meta) implementation; the op runs the ordinary eager dispatch at run time. Autograd is
 registered on the op, so ``fullgraph=True`` holds for forward and backward. Eager calls never come
 here. Needs ``torch.library.custom_op`` (torch >= 2.4); older torch falls back to a graph break.
+
+The ops' names carry :data:`OP_VERSION`, bumped whenever their schemas change: torch's compile caches
+on disk key a graph by the ops it calls, not by their schemas, so a renamed op is what keeps code
+compiled against an older attncore from being reused (version 2: the forward returns the policy
+token the backward runs under).
 """
 
 from dataclasses import dataclass
@@ -16,6 +21,10 @@ from attncore.attn_bias import AttentionBias
 from attncore.geometry import Anchor, Band, BlockLayout, Layout, MaskGeometry, Paging
 
 __all__ = ["compiled_attention", "decode_geometry", "encode_geometry"]
+
+OP_VERSION = 2
+FORWARD_OP = f"attncore::attention_v{OP_VERSION}"
+BACKWARD_OP = f"attncore::attention_backward_v{OP_VERSION}"
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _LAYOUTS = tuple(Layout)
@@ -104,7 +113,7 @@ def _register() -> bool:
     if not hasattr(torch.library, "custom_op") or not hasattr(torch.library, "register_autograd"):
         raise RuntimeError(f"torch {torch.__version__} has no torch.library.custom_op/register_autograd (torch >= 2.4 does)")
 
-    @torch.library.custom_op("attncore::attention", mutates_args=())
+    @torch.library.custom_op(FORWARD_OP, mutates_args=())
     def attention_op(
         query: torch.Tensor,
         key: torch.Tensor,
@@ -150,7 +159,7 @@ def _register() -> bool:
         lse = query.new_empty(_lse_shape(query), dtype=torch.float64 if query.dtype == torch.float64 else torch.float32)
         return out, lse, torch.empty((), dtype=torch.int64), torch.empty((), dtype=torch.int64)
 
-    @torch.library.custom_op("attncore::attention_backward", mutates_args=())
+    @torch.library.custom_op(BACKWARD_OP, mutates_args=())
     def attention_backward_op(
         grad_out: torch.Tensor,
         grad_lse: Optional[torch.Tensor],
@@ -224,12 +233,12 @@ def _register() -> bool:
         spec, p, scale, op, bias_grad = ctx.args
         if grad_out is None:
             grad_out = torch.zeros_like(out)
-        dq, dk, dv, dbias = torch.ops.attncore.attention_backward(
+        dq, dk, dv, dbias = attention_backward_op(
             grad_out, grad_lse, query, key, value, bias, block_tables, out, lse, seed, policy, spec, p, scale, op, bias_grad
         )
         return dq, dk, dv, (dbias if bias_grad else None), None, None, None, None, None, None
 
-    torch.library.register_autograd("attncore::attention", backward, setup_context=setup_context)
+    torch.library.register_autograd(FORWARD_OP, backward, setup_context=setup_context)
     return True
 
 
@@ -242,6 +251,7 @@ def _try_register() -> Tuple[bool, Optional[str]]:
 
 
 REGISTERED, UNAVAILABLE_REASON = _try_register()
+_FORWARD: Any = getattr(torch.ops.attncore, FORWARD_OP.split("::")[1]) if REGISTERED else None  # torch.ops.attncore.attention_v2
 
 
 def compiled_attention(
@@ -272,5 +282,6 @@ def compiled_attention(
 
     name = f"{_name(fw_op)}|{_name(bw_op)}"  # both halves of an (fw, bw) tuple reach the backward
     code = _DTYPES.index(output_dtype) if output_dtype is not None else -1
-    out, lse, _, _ = torch.ops.attncore.attention(query, key, value, tensor, tables, ints, float(p), float(scale), name, code)
+    assert _FORWARD is not None  # only called when REGISTERED (api checks)
+    out, lse, _, _ = _FORWARD(query, key, value, tensor, tables, ints, float(p), float(scale), name, code)
     return out, lse

@@ -2,7 +2,7 @@
 
 Eager calls validate, look up the cached decision and run the chosen operator directly; they pay
 for autograd only when a gradient is needed and never for ``torch.compile`` support. Inside
-``torch.compile`` the call goes through the ``attncore::attention`` custom op instead (see
+``torch.compile`` the call goes through the ``attncore::attention_v2`` custom op (``_compile.FORWARD_OP``) instead (see
 :mod:`attncore._compile`), so graphs do not break.
 """
 

@@ -75,7 +75,7 @@ def collect() -> dict[str, Any]:
         "torch_hip": getattr(torch.version, "hip", None),
         "devices": [device_info(d).describe() for d in devices],
         "policy": {"order": list(pol.order) if pol.order else None, "relax": sorted(pol.relax), "source": pol.source},
-        "torch_compile": "custom op attncore::attention registered" if _compile.REGISTERED else f"unavailable (graph break): {_compile.UNAVAILABLE_REASON}",
+        "torch_compile": f"custom op {_compile.FORWARD_OP} registered" if _compile.REGISTERED else f"unavailable (graph break): {_compile.UNAVAILABLE_REASON}",
         "plugins": [r.to_dict() for r in reg.plugins()],
         "operators": ops,
     }

@@ -123,7 +123,9 @@ def using(pol: Policy) -> Iterator[Policy]:
 
 
 # Policies by small integer, for carriers that take only tensors and numbers (the compiled path's
-# custom ops). Append-only: a process sees few distinct policies, each kept once.
+# custom ops). Append-only: a process sees few distinct policies, each kept once (equal policies share
+# a token). Tokens mean nothing outside the process that made them: a graph exported or cached to disk
+# carries stale ones, and a replayed CUDA graph replays the token of its capture, as it does the seed.
 _TOKENS: dict[Policy, int] = {}
 _BY_TOKEN: list[Policy] = []
 _TOKENS_LOCK = threading.Lock()

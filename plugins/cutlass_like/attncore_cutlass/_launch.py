@@ -211,7 +211,10 @@ def _bias(inputs: Inputs) -> Optional[torch.Tensor]:
     b = inputs.bias5
     if b is None or b.dtype in (inputs.q5.dtype, torch.float32):
         return b
-    return b.float()  # other dtypes (float64, or a half bias with float32 inputs) go through float32
+    # other dtypes (float64, or a half bias with float32 inputs) go through float32: convert the distinct
+    # values only, then broadcast again (b.float() would materialize every broadcast copy)
+    compact = b[tuple(slice(0, 1) if st == 0 else slice(None) for st in b.stride())]
+    return compact.float().expand(b.shape)
 
 
 def forward(inputs: Inputs, *, needs_lse: bool, ext: Optional[ModuleType] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -282,7 +285,7 @@ def backward(
         for t in (dq, dk, dv):
             t.zero_()
         _LAST["backward"] = "none"
-        return dq, dk, dv, dbias
+        return dq, dk, dv, _in_bias_dtype(dbias, inputs)
     ext = ext if ext is not None else extension(inputs.features.device.capability)
     vec, tc = _vec_ok(q, k, v, do), _TENSOR_CORES.get()
     family = "none"
@@ -294,13 +297,18 @@ def backward(
             n, call.max_q, call.max_k, call.band_lo, call.band_hi, call.bottom_right, inputs.scale, vec, tc,
         )  # fmt: skip
         if summed and dbias is not None and piece is not None:
-            dbias += piece.float().sum(0, keepdim=True)
+            dbias += piece.sum(0, keepdim=True, dtype=torch.float32)  # no fp32 copy of the piece
     _LAST["backward"] = family
     if seqs is not None and not seqs.direct:
         dk, dv = _sum_overlaps(seqs, dk, dv, mk)
+    return dq, dk, dv, _in_bias_dtype(dbias, inputs)
+
+
+def _in_bias_dtype(dbias: Optional[torch.Tensor], inputs: Inputs) -> Optional[torch.Tensor]:
+    """The bias gradient in the bias's own dtype (it is computed in float32 or the inputs' dtype)."""
     if dbias is not None and inputs.bias5 is not None and dbias.dtype != inputs.bias5.dtype:
-        dbias = dbias.to(inputs.bias5.dtype)
-    return dq, dk, dv, dbias
+        return dbias.to(inputs.bias5.dtype)
+    return dbias
 
 
 def _sum_overlaps(seqs: _Seqs, dk: torch.Tensor, dv: torch.Tensor, num_keys: int) -> tuple[torch.Tensor, torch.Tensor]:

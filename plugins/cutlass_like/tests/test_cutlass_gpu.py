@@ -128,6 +128,15 @@ def test_a_bias_shared_over_the_batch_gets_its_gradient_summed(dtype: torch.dtyp
     testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("scale", [-1.0, 0.0, 0.05])
+def test_custom_scales_on_whole_tiles(dtype: torch.dtype, scale: float) -> None:
+    """Scores of a few hundred: a negative scale must not take the unmasked path (its row maximum,
+    taken before scaling, would overflow exp2); zero and positive scales agree with the reference."""
+    q, k, v = _qkv(2, 512, 640, 2, 64, 64, dtype, seed=14)
+    testing.compare_forward(CutlassFwOp, 3 * q, 3 * k, v, None, scale=scale)
+
+
 def test_float32_output_from_half_inputs() -> None:
     q, k, v = _qkv(2, 100, 120, 2, 64, 64, torch.bfloat16, seed=5)
     out = attncore.memory_efficient_attention(q, k, v, output_dtype=torch.float32, op=(CutlassFwOp, None))

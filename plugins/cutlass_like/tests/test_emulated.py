@@ -133,8 +133,9 @@ def test_tensor_core_kernels(case: testing.Case, dtype: torch.dtype) -> None:
 )
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 def test_tensor_core_forward_fast_tiles(bias: attncore.AttentionBias | None, dtype: torch.dtype) -> None:
-    """Sequences long enough for whole 128 x 64 tiles inside the band: the forward's unmasked path (raw
-    row maximum, the scale inside the exponent) next to masked tiles and a partial last query tile."""
+    """Sequences long enough for whole query x key tiles inside the band (64 x 64 in bf16 at this head dim,
+    128 x 64 in fp32): the forward's unmasked path (raw row maximum, the scale inside the exponent) next
+    to masked tiles and a partial last query tile."""
     gen = torch.Generator().manual_seed(11)
     q = testing.randn(1, 300, 1, 24, gen=gen, dtype=dtype)
     k = testing.randn(1, 320, 1, 24, gen=gen, dtype=dtype)
@@ -151,4 +152,18 @@ def test_fp32_forward_on_tensor_cores(case: testing.Case, layout: str) -> None:
     against the float64 reference, under fp32's own tolerance."""
     q, k, v, bias, _ = testing.build(case, layout, torch.float32, requires_grad=False)
     testing.compare_forward(CutlassFwOp, q, k, v, bias)
+    assert _launch.last_family("forward") == "tc"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_tensor_core_forward_with_a_negative_scale(dtype: torch.dtype) -> None:
+    """A negative scale turns the largest raw score into the smallest: such calls must not take the
+    unmasked path, whose row maximum is taken before scaling. With scores of a few hundred, that
+    maximum would be off by hundreds and exp2 would overflow to inf (NaN out), on tiles that qualify."""
+    gen = torch.Generator().manual_seed(17)
+    q = 5 * testing.randn(1, 200, 1, 24, gen=gen, dtype=torch.float32)
+    k = 5 * testing.randn(1, 192, 1, 24, gen=gen, dtype=torch.float32)
+    v = testing.randn(1, 192, 1, 24, gen=gen, dtype=torch.float32)
+    testing.compare_forward(CutlassFwOp, q.to(dtype), k.to(dtype), v.to(dtype), None, scale=-1.0)
     assert _launch.last_family("forward") == "tc"

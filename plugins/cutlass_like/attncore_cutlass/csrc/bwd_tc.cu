@@ -114,6 +114,7 @@ __device__ __forceinline__ void put(void* base, int64_t at, float x) {
 // once and a fixed per-thread column (fewer live registers inside the main loops).
 template <typename T, int ROWS, int COLS, int LD>
 __device__ __forceinline__ void load_rows(T* dst, const void* base, const int64_t* st, int b, int row0, int g, int h, int nrows, int ncols, bool vec) {
+  static_assert(sizeof(T) == 2, "16-byte chunks of 8 elements: the tensor-core backward takes fp16/bf16 only");
   const T* src = row_ptr<T>(base, st, b, row0, g, h);
   const int64_t rs = st[1];
   if (vec) {

@@ -229,7 +229,6 @@ __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
           M::run(s[2 * np + 1], a, b + 2);
         }
       }
-
     }
 
     // Tiles inside the band with no bias (most of them) take the plain path: the row maximum of the raw
@@ -302,15 +301,21 @@ bool launch(const Params& p, cudaStream_t stream) {
 // CTA size: 8 warps (128 queries) share each K/V tile between more rows; 4 warps (64 queries) take half
 // the registers and shared memory, so two CTAs fit on a multiprocessor and one's prologue and epilogue
 // overlap the other's main loop. Measured on an H200 (benchmarks/RESULTS.md): 4 warps win at D = 64 in
-// fp16/bf16 (+3-15%), 8 warps at D = 128 and 256 and for fp32 (fp32 at D = 256: 1.5x).
-// ATTNCORE_CUTLASS_FWD_WARPS=4 or 8, read once, overrides the choice (for measurements).
-template <typename T, int D>
-int warps_for() {
+// bf16 (+5-15%, fp16 assumed alike), 8 warps at D = 128 and 256 and for fp32 (fp32 at D = 256: 4 warps
+// are 0.65-0.75x as fast). ATTNCORE_CUTLASS_FWD_WARPS=4 or 8 overrides the choice for measurements; it
+// is read at the first forward of the process (other values are ignored).
+inline int forced_warps() {
   static const int forced = [] {
     const char* env = std::getenv("ATTNCORE_CUTLASS_FWD_WARPS");
-    return env != nullptr ? std::atoi(env) : 0;
+    const int w = env != nullptr ? std::atoi(env) : 0;
+    return w == 4 || w == 8 ? w : 0;
   }();
-  if (forced == 4 || forced == 8) return forced;
+  return forced;
+}
+
+template <typename T, int D>
+int warps_for() {
+  if (forced_warps() != 0) return forced_warps();
   return !std::is_same<T, float>::value && D <= 64 ? 4 : 8;
 }
 
