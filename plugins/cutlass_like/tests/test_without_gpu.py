@@ -318,3 +318,14 @@ def test_launches_are_split_at_the_grid_limit(packed: bool, monkeypatch: pytest.
         assert rec.calls == [(2, 1, 3), (2, 1, 3), (1, 1, 2)]  # block arrays sliced; tensors whole
     else:
         assert rec.calls == [(2, 2, None), (2, 2, None), (1, 1, None)]  # batch sliced
+
+
+def test_a_broadcast_bias_of_another_dtype_is_converted_without_its_copies() -> None:
+    """A float64 [H, Mq, Mk] bias with B=3: the float32 bias the kernels read is still a broadcast view
+    (stride 0 over the batch), with the same values."""
+    q, k, v = torch.randn(3, 10, 2, 8), torch.randn(3, 12, 2, 8), torch.randn(3, 12, 2, 8)
+    inputs = Inputs.create(q, k, v, torch.randn(2, 10, 12, dtype=torch.float64))
+    got = _launch._bias(inputs)
+    assert inputs.bias5 is not None and got is not None
+    assert got.dtype == torch.float32 and got.stride(0) == 0 and got.shape == inputs.bias5.shape
+    assert torch.equal(got, inputs.bias5.float())
