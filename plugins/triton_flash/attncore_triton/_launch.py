@@ -459,6 +459,11 @@ def _seq_args(pb: Problem) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, to
     return m.seq_q, m.seq_k, m.seq_klen, m.seq_klog, dummy, 0, 1
 
 
+#: A tensor bias shared by every batch entry gets its gradient summed over the batch as the backward goes:
+#: batch pieces whose score-gradient buffer stays within this many bytes, instead of one [B, G, H, Mq, Mk]
+DBIAS_PIECE_BYTES = 256 << 20
+
+
 def _bias_args(pb: Problem) -> tuple[torch.Tensor, tuple[int, int, int, int, int]]:
     if pb.bias is None:
         return _dummy(pb.device), (0, 0, 0, 0, 0)
@@ -526,7 +531,10 @@ def backward(
     config: Optional[BwdConfig] = None,
     pb: Optional[Problem] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """``(dq, dk, dv, dbias)`` in the canonical layouts (dbias ``[B, G, H, Mq, Mk]`` when the bias needs a gradient)."""
+    """``(dq, dk, dv, dbias)`` in the canonical layouts. dbias (when the bias needs a gradient) is
+    ``[B, G, H, Mq, Mk]``, or ``[1, G, H, Mq, Mk]`` summed over the batch when the bias tensor is shared by
+    every batch entry (``inputs.bias_shared_over_batch``; dense layouts without dropout): the batch then
+    runs in pieces whose score-gradient buffer stays within :data:`DBIAS_PIECE_BYTES`."""
     pb = pb if pb is not None else problem(inputs)
     kern = kernels()
     b, g, h, mq, mk = pb.batch, pb.groups, pb.heads, pb.num_queries, pb.num_keys
@@ -542,12 +550,22 @@ def backward(
     dot = _dot_mode(q.dtype)
     drop = pb.p > 0.0
     want_dbias = pb.bias is not None and inputs.features.bias_requires_grad
+    # dropout numbers its random stream by batch entry, so only dropout-free calls run in batch pieces
+    summed = want_dbias and pb.meta is None and not drop and inputs.bias_shared_over_batch
+    step = b
+    if summed and pb.bias is not None:
+        step = max(1, DBIAS_PIECE_BYTES // max(1, g * h * mq * mk * pb.bias.element_size()))
+    pieces = [(b0, min(b, b0 + step)) for b0 in range(0, b, step)] or [(0, b)]
+    dense = pb.meta is None and not pb.has_band  # every dS element is written
+
+    def dbias_buffer(n: int) -> torch.Tensor:
+        assert pb.bias is not None
+        shape5 = (n, g, h, mq, mk)
+        return _empty(shape5, pb.bias.dtype, dev) if dense else torch.zeros(shape5, dtype=pb.bias.dtype, device=dev)
+
     dbias: Optional[torch.Tensor] = None
     if want_dbias:
-        assert pb.bias is not None
-        shape5 = (b, g, h, mq, mk)
-        dense = pb.meta is None and not pb.has_band
-        dbias = _empty(shape5, pb.bias.dtype, dev) if dense else torch.zeros(shape5, dtype=pb.bias.dtype, device=dev)
+        dbias = torch.zeros((1, g, h, mq, mk), dtype=torch.float32, device=dev) if summed else dbias_buffer(b)
     # delta = rowsum(dO * O) - grad_lse and the base-2 LSE, [B, G, H, Mq] float32
     m2 = _empty((b, g, h, mq), torch.float32, dev)
     delta = _empty((b, g, h, mq), torch.float32, dev)
@@ -572,7 +590,8 @@ def backward(
     seq_q, seq_k, seq_klen, seq_klog, tables, stab, page_size = _seq_args(pb)
     seq_kw = pb.meta.seq_kw if pb.meta is not None else dummy
     bias, bst = _bias_args(pb)
-    dbst = tuple(dbias.stride()) if dbias is not None else (0, 0, 0, 0, 0)
+    # a contiguous [n, G, H, Mq, Mk] buffer has these strides for any n
+    dbst = (g * h * mq * mk, h * mq * mk, mq * mk, mk, 1) if want_dbias else (0, 0, 0, 0, 0)
     dq_holder: list[torch.Tensor] = []
 
     def launch(cfg: BwdConfig) -> None:
@@ -582,19 +601,37 @@ def backward(
         else:
             dq = _empty((b, mq, g, h, kd), q.dtype, dev)
         dq_holder.append(dq)
+        if summed and dbias is not None:
+            dbias.zero_()  # the tuner may launch several configurations
+        for b0, b1 in pieces:
+            whole = b0 == 0 and b1 == b
+
+            def cut(t: torch.Tensor, b0: int = b0, b1: int = b1, whole: bool = whole) -> torch.Tensor:
+                return t if whole else t[b0:b1]
+
+            piece = dbias_buffer(b1 - b0) if summed else dbias
+            launch_piece(cfg, cut, pb.num_seqs if whole else b1 - b0, dq, piece)  # pieces only in dense layouts
+            if summed and dbias is not None and piece is not None:
+                dbias.add_(piece.sum(0, keepdim=True, dtype=torch.float32))
+
+    def launch_piece(cfg: BwdConfig, cut: Callable[[torch.Tensor], torch.Tensor], num_seqs: int, dq: torch.Tensor, dbias: Optional[torch.Tensor]) -> None:
+        """The kernels on the batch entries ``cut`` selects (all of them unless summed in pieces), for
+        ``num_seqs`` sequences (batch entries, or packed blocks when whole)."""
+        q_, k_, v_, do_, m2_, delta_, dk_, dv_, dq_ = (cut(t) for t in (q, k, v, do, m2, delta, dk, dv, dq))
+        bias_ = cut(bias) if pb.bias is not None else bias
         # (part, query step, keys per program, warps, stages): 0 = dK and dV; split: 1 = dK (dQ, dS), 2 = dV
         parts = [(0, cfg.block_m1, cfg.block_n1, cfg.warps1, cfg.stages1)]
         if cfg.split_dv:
             parts = [(1, cfg.block_m1, cfg.block_n1, cfg.warps1, cfg.stages1), (2, cfg.dv_block_m, cfg.dv_block_n, cfg.dv_warps, cfg.dv_stages)]
         for part, bm, bn, warps, stages in parts:
             nblk = -(-pb.max_k // bn)
-            grid = (nblk * pb.num_seqs * g * h,)
+            grid = (nblk * num_seqs * g * h,)
             if grid[0] == 0:
                 continue
             kern.bwd_dkdv_kernel[grid](
-                q, k, v, do, m2, delta, dk, dv, dq, bias, dbias if dbias is not None and part != 2 else dummy,
+                q_, k_, v_, do_, m2_, delta_, dk_, dv_, dq_, bias_, dbias if dbias is not None and part != 2 else dummy,
                 seq_q, seq_k, seq_klen, seq_klog, seq_kw, tables,
-                *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(do), *_strides4(dk), *_strides4(dv), *_strides4(dq),
+                *_strides4(q_), *_strides4(k_), *_strides4(v_), *_strides4(do_), *_strides4(dk_), *_strides4(dv_), *_strides4(dq_),
                 *bst, *dbst, stab,
                 g, h, mq, mk, pb.mk_log, nblk, pb.band_lo, pb.band_hi, pb.band_br, pb.scale * LOG2E, pb.scale,
                 pb.p, 1.0 / (1.0 - pb.p), dropout_seed, page_size,
@@ -605,11 +642,11 @@ def backward(
         if cfg.atomic_dq:
             return
         mblk = -(-pb.max_q // cfg.block_m2)
-        grid = (mblk * pb.num_seqs * g * h,)
+        grid = (mblk * num_seqs * g * h,)
         if grid[0] > 0:
             kern.bwd_dq_kernel[grid](
-                q, k, v, do, m2, delta, dq, bias, seq_q, seq_k, seq_klen, seq_klog, tables,
-                *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(do), *_strides4(dq), *bst, stab,
+                q_, k_, v_, do_, m2_, delta_, dq_, bias_, seq_q, seq_k, seq_klen, seq_klog, tables,
+                *_strides4(q_), *_strides4(k_), *_strides4(v_), *_strides4(do_), *_strides4(dq_), *bst, stab,
                 g, h, mq, mk, pb.mk_log, mblk, pb.band_lo, pb.band_hi, pb.band_br, pb.scale * LOG2E, pb.scale,
                 pb.p, 1.0 / (1.0 - pb.p), dropout_seed, page_size,
                 K_DIM=kd, V_DIM=kv, BLOCK_K=bk, BLOCK_V=bv, BLOCK_M=cfg.block_m2, BLOCK_N=cfg.block_n2,
@@ -626,6 +663,8 @@ def backward(
         dq = dq.to(q.dtype)
     if not direct:
         dk, dv = _scatter_back(pb, dk, dv)
+    if summed and dbias is not None and pb.bias is not None:
+        dbias = dbias.to(pb.bias.dtype)
     return dq, dk, dv, dbias
 
 

@@ -256,6 +256,27 @@ def test_triton_tensor_bias_gradient(bias_kind: str) -> None:
         assert torch.all(got.out[:, 3] == 0) and torch.all(torch.isneginf(got.lse[:, :, :, 3]))
 
 
+@pytest.mark.parametrize("config", ["tuned", *([] if ON_GPU else ["split-atomic"])])
+def test_triton_bias_shared_over_the_batch_sums_its_gradient_in_pieces(config: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An [H, Mq, Mk] bias with B=3, one batch entry per launch: dbias comes back [1, 1, H, Mq, Mk]
+    (summed as the backward goes, never B copies) and matches the gradient of the reference."""
+    monkeypatch.setattr(_launch, "DBIAS_PIECE_BYTES", 1)
+    g = _gen("shared-bias")
+    b, mq, mk, h, kd = 3, 21, 35, 2, 16
+    q, k, v = rnd(g, b, mq, h, kd), rnd(g, b, mk, h, kd), rnd(g, b, mk, h, kd)
+    t = rnd(g, h, mq, mk).requires_grad_(True)
+    inputs = Inputs.create(q, k, v, t)
+    assert inputs.bias_shared_over_batch
+    res = TritonFlashFwOp.apply(inputs, needs_lse=True, dropout_seed=0)
+    assert res.lse is not None
+    grads = TritonFlashBwOp.apply(inputs, torch.ones_like(res.out), res.out, res.lse, dropout_seed=0)
+    assert grads.dbias is not None and tuple(grads.dbias.shape) == (1, 1, h, mq, mk)
+    grad = rnd(g, b, mq, h, kd)
+    got = run_triton(q, k, v, t, grad_out=grad, bwd_config=SPLIT_ATOMIC if config == "split-atomic" else None)
+    assert got.dbias is not None and got.dbias.shape == t.shape
+    check(got, q, k, v, t, grad_out=grad)
+
+
 @pytest.mark.parametrize("layout", ["3d", "4d", "5d", "4d-mqa", "5d-gqa"])
 def test_triton_layouts_and_shared_heads(layout: str) -> None:
     """3-D/4-D/5-D inputs, and keys/values expanded with stride 0 over the heads (read in place)."""
