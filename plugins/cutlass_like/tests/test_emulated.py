@@ -167,3 +167,16 @@ def test_tensor_core_forward_with_a_negative_scale(dtype: torch.dtype) -> None:
     v = testing.randn(1, 192, 1, 24, gen=gen, dtype=torch.float32)
     testing.compare_forward(CutlassFwOp, q.to(dtype), k.to(dtype), v.to(dtype), None, scale=-1.0)
     assert _launch.last_family("forward") == "tc"
+
+
+@pytest.mark.slow
+def test_fp32_forward_over_many_keys_does_not_drift() -> None:
+    """2048 keys: 768 tensor-core accumulations per output element. The emulated mma truncates its sum
+    like the tensor cores do, so products chained into one accumulator would drift past fp32's
+    tolerance here; each step's products are summed apart and added in round-to-nearest (mma3_rn)."""
+    gen = torch.Generator().manual_seed(23)
+    q = testing.randn(1, 64, 1, 16, gen=gen, dtype=torch.float32)
+    k = testing.randn(1, 2048, 1, 16, gen=gen, dtype=torch.float32)
+    v = testing.randn(1, 2048, 1, 16, gen=gen, dtype=torch.float32) + 3.0  # one sign: truncation errors add up
+    testing.compare_forward(CutlassFwOp, q, k, v, None)
+    assert _launch.last_family("forward") == "tc"

@@ -49,14 +49,18 @@ inline void emu_mma_e(float* c, const uint32_t* a, const uint32_t* b, Elem elem)
   float out[4];
   for (int e = 0; e < 4; ++e) {
     const int row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
-    float acc = c[e];
+    double acc = c[e];  // the products of f16/bf16/tf32 operands are exact in double
     for (int k = 0; k < 8 * E; ++k) {
       const int q = (k % (4 * E)) / E, i = k % E, hi = k >= 4 * E ? 1 : 0;
-      const float av = elem(reg((row % 8) * 4 + q, (row >= 8 ? 1 : 0) + 2 * hi), i);
-      const float bv = elem(reg(col * 4 + q, 4 + hi), i);
-      acc = std::fma(av, bv, acc);
+      const double av = elem(reg((row % 8) * 4 + q, (row >= 8 ? 1 : 0) + 2 * hi), i);
+      const double bv = elem(reg(col * 4 + q, 4 + hi), i);
+      acc += av * bv;
     }
-    out[e] = acc;
+    // the tensor cores truncate the accumulated sum to fp32 (round toward zero), which is what makes
+    // long chains of products into one accumulator drift (mma3_rn); model it once per instruction
+    float r = static_cast<float>(acc);
+    if (std::fabs(static_cast<double>(r)) > std::fabs(acc)) r = std::nextafter(r, 0.f);
+    out[e] = r;
   }
   ::attncore::emu::warp_sync();  // every lane has read the operands before the scratch is reused
   for (int e = 0; e < 4; ++e) c[e] = out[e];
