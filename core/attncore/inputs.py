@@ -18,7 +18,7 @@ from attncore.attn_bias import AttentionBias
 from attncore.device import DeviceInfo, device_info
 from attncore.geometry import NO_BIAS_FEATURES, BiasFeatures, MaskGeometry
 
-__all__ = ["CallFeatures", "Inputs"]
+__all__ = ["SHARED_BIAS_PIECE_BYTES", "CallFeatures", "Inputs"]
 
 BiasArg = Union[AttentionBias, torch.Tensor, None]
 _LAYOUTS = "3-D [B, M, K], 4-D [B, M, H, K] or 5-D [B, M, G, H, K]"
@@ -127,6 +127,11 @@ def _diagnose(query: object, key: object, value: object) -> None:
         if tensor.stride(-1) != 1 and tensor.shape[-1] != 1:
             raise ValueError(f"{name}: expected the last dimension to be contiguous (stride 1), found strides {tensor.stride()}")
     raise ValueError(f"query: inconsistent with key/value: shapes {tuple(qs)}, {tuple(ks)}, {tuple(vs)}")  # pragma: no cover
+
+
+#: The score-gradient buffer of one batch piece, in bytes, when a backward sums the gradient of a bias
+#: shared over the batch (:meth:`Inputs.shared_bias_batch_step`) instead of materializing B copies of it.
+SHARED_BIAS_PIECE_BYTES = 256 << 20
 
 
 class Inputs(NamedTuple):
@@ -300,6 +305,14 @@ class Inputs(NamedTuple):
         tb = self.geometry.tensor
         at = tb.dim() - self.query.dim()  # the batch dim, right-aligned with [B, (G,) (H,) Mq, Mk]
         return at < 0 or tb.shape[at] == 1
+
+    def shared_bias_batch_step(self, element_size: int) -> int:
+        """Batch entries per backward launch when a backend sums the gradient of a bias shared over the
+        batch as it goes (:attr:`bias_shared_over_batch`): as many as keep one piece's ``[n, G, H, Mq, Mk]``
+        score-gradient buffer of ``element_size``-byte elements within :data:`SHARED_BIAS_PIECE_BYTES`,
+        and at least one."""
+        _, mq, g, h, _ = self.shape5
+        return max(1, SHARED_BIAS_PIECE_BYTES // max(1, g * h * mq * self.num_keys * element_size))
 
     def bias_grad_from5(self, d5: torch.Tensor) -> torch.Tensor:
         """Undo :attr:`bias5` on a gradient: ``[B, G, H, Mq, Mk]`` (or ``[1, ...]`` when

@@ -104,11 +104,8 @@ def policy(order: Optional[Sequence[str]] = None, relax: Sequence[str] = ()) -> 
     if order is not None:
         _check_names(tuple(order))
     pol = Policy(tuple(order) if order is not None else None, frozenset(relax), f"attncore.dispatch.policy(order={order!r}, relax={list(relax)!r})")
-    token = _CURRENT.set(pol)
-    try:
+    with using(pol):
         yield pol
-    finally:
-        _CURRENT.reset(token)
 
 
 @contextlib.contextmanager

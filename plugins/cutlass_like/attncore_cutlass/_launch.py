@@ -165,10 +165,6 @@ def _describe(inputs: Inputs) -> _Call:
 #: CUDA's limit on gridDim.y, which the kernels use for sequences (batch entries or packed blocks)
 MAX_SEQS_PER_LAUNCH = 65535
 
-#: A tensor bias broadcast over the batch gets its gradient summed over the batch as the backward goes:
-#: batch pieces whose score-gradient buffer stays within this many bytes, instead of one [B, G, H, Mq, Mk]
-DBIAS_PIECE_BYTES = 256 << 20
-
 Cut = Callable[[Optional[torch.Tensor]], Optional[torch.Tensor]]
 
 
@@ -277,7 +273,6 @@ def backward(
     # a bias broadcast over the batch (ALiBi-like [H, Mq, Mk]) has a gradient of one batch entry's size:
     # sum it piece by piece (deterministic order, fp32) rather than materialize B copies of it
     summed = bias is not None and inputs.features.bias_requires_grad and seqs is None and inputs.bias_shared_over_batch
-    per_entry = g * h * mq * mk * (bias.element_size() if bias is not None else 0)
     if bias is not None and inputs.features.bias_requires_grad:
         shape = (1, g, h, mq, mk) if summed else (b, g, h, mq, mk)
         dbias = torch.zeros(shape, dtype=torch.float32 if summed else bias.dtype, device=dev)  # masked pairs stay 0
@@ -289,7 +284,7 @@ def backward(
     ext = ext if ext is not None else extension(inputs.features.device.capability)
     vec, tc = _vec_ok(q, k, v, do), _TENSOR_CORES.get()
     family = "none"
-    step = max(1, DBIAS_PIECE_BYTES // max(1, per_entry)) if summed else MAX_SEQS_PER_LAUNCH
+    step = inputs.shared_bias_batch_step(bias.element_size()) if summed and bias is not None else MAX_SEQS_PER_LAUNCH
     for cut, seq_args, n in _seq_chunks(call, with_kw=True, batch_step=step):
         piece = torch.zeros((n, g, h, mq, mk), dtype=bias.dtype, device=dev) if summed and bias is not None else cut(dbias)
         family = ext.backward(

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import attncore
+import attncore.inputs
 from attncore.inputs import Inputs
 from attncore_cutlass import _launch, matrix, negotiation
 from attncore_cutlass.ops import CutlassBwOp, CutlassFwOp
@@ -122,7 +123,7 @@ def test_unaligned_rows_take_the_element_loads() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_a_bias_shared_over_the_batch_gets_its_gradient_summed(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
     """[H, Mq, Mk] bias, B=4, pieces of one batch entry: dbias is summed as the backward goes."""
-    monkeypatch.setattr(_launch, "DBIAS_PIECE_BYTES", 1)
+    monkeypatch.setattr(attncore.inputs, "SHARED_BIAS_PIECE_BYTES", 1)
     q, k, v = _qkv(4, 200, 260, 3, 64, 64, dtype, seed=12)
     bias = testing.randn(3, 200, 260, gen=torch.Generator().manual_seed(13), dtype=dtype).to(CUDA).requires_grad_(True)
     testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import attncore
+import attncore.inputs
 from attncore.inputs import Inputs
 from attncore_cutlass import _launch, emulation
 from attncore_cutlass.ops import CutlassBwOp, CutlassFwOp
@@ -78,7 +79,7 @@ def test_head_dim_chunks_and_partial_tiles(kd: int, kv: int, masked: bool, porta
 def test_a_bias_shared_over_the_batch_gets_its_gradient_summed(piece_bytes: int, portable: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """An [H, Mq, Mk] bias with B=3: dbias comes back [1, 1, H, Mq, Mk], summed piece by piece (one batch
     entry per launch, or all at once), never as B copies; it matches the float64 gradient summed over B."""
-    monkeypatch.setattr(_launch, "DBIAS_PIECE_BYTES", piece_bytes)
+    monkeypatch.setattr(attncore.inputs, "SHARED_BIAS_PIECE_BYTES", piece_bytes)
     gen = torch.Generator().manual_seed(21)
     q = testing.randn(3, 37, 2, 16, gen=gen, dtype=torch.float32)
     k = testing.randn(3, 45, 2, 16, gen=gen, dtype=torch.float32)

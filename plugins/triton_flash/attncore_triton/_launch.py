@@ -459,11 +459,6 @@ def _seq_args(pb: Problem) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, to
     return m.seq_q, m.seq_k, m.seq_klen, m.seq_klog, dummy, 0, 1
 
 
-#: A tensor bias shared by every batch entry gets its gradient summed over the batch as the backward goes:
-#: batch pieces whose score-gradient buffer stays within this many bytes, instead of one [B, G, H, Mq, Mk]
-DBIAS_PIECE_BYTES = 256 << 20
-
-
 def _bias_args(pb: Problem) -> tuple[torch.Tensor, tuple[int, int, int, int, int]]:
     if pb.bias is None:
         return _dummy(pb.device), (0, 0, 0, 0, 0)
@@ -534,7 +529,7 @@ def backward(
     """``(dq, dk, dv, dbias)`` in the canonical layouts. dbias (when the bias needs a gradient) is
     ``[B, G, H, Mq, Mk]``, or ``[1, G, H, Mq, Mk]`` summed over the batch when the bias tensor is shared by
     every batch entry (``inputs.bias_shared_over_batch``; dense layouts without dropout): the batch then
-    runs in pieces whose score-gradient buffer stays within :data:`DBIAS_PIECE_BYTES`."""
+    runs in pieces (``inputs.shared_bias_batch_step``)."""
     pb = pb if pb is not None else problem(inputs)
     kern = kernels()
     b, g, h, mq, mk = pb.batch, pb.groups, pb.heads, pb.num_queries, pb.num_keys
@@ -554,7 +549,7 @@ def backward(
     summed = want_dbias and pb.meta is None and not drop and inputs.bias_shared_over_batch
     step = b
     if summed and pb.bias is not None:
-        step = max(1, DBIAS_PIECE_BYTES // max(1, g * h * mq * mk * pb.bias.element_size()))
+        step = inputs.shared_bias_batch_step(pb.bias.element_size())
     pieces = [(b0, min(b, b0 + step)) for b0 in range(0, b, step)] or [(0, b)]
     dense = pb.meta is None and not pb.has_band  # every dS element is written
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import attncore
+import attncore.inputs
 from attncore import attn_bias as ab
 from attncore.inputs import Inputs
 from attncore_triton import _launch
@@ -260,7 +261,7 @@ def test_triton_tensor_bias_gradient(bias_kind: str) -> None:
 def test_triton_bias_shared_over_the_batch_sums_its_gradient_in_pieces(config: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """An [H, Mq, Mk] bias with B=3, one batch entry per launch: dbias comes back [1, 1, H, Mq, Mk]
     (summed as the backward goes, never B copies) and matches the gradient of the reference."""
-    monkeypatch.setattr(_launch, "DBIAS_PIECE_BYTES", 1)
+    monkeypatch.setattr(attncore.inputs, "SHARED_BIAS_PIECE_BYTES", 1)
     g = _gen("shared-bias")
     b, mq, mk, h, kd = 3, 21, 35, 2, 16
     q, k, v = rnd(g, b, mq, h, kd), rnd(g, b, mk, h, kd), rnd(g, b, mk, h, kd)
