@@ -148,12 +148,30 @@ def test_tensor_core_forward_fast_tiles(bias: attncore.AttentionBias | None, dty
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["4d", "5d-gqa"])
 @pytest.mark.parametrize("case", TC_CASES, ids=repr)
-def test_fp32_forward_on_tensor_cores(case: testing.Case, layout: str) -> None:
-    """fp32 forward as 3xTF32 (mma.m16n8k8, each operand split into two tf32 parts): fp32 accuracy
-    against the float64 reference, under fp32's own tolerance."""
+def test_fp32_on_tensor_cores(case: testing.Case, layout: str) -> None:
+    """fp32 forward and backward as 3xTF32 (mma.m16n8k8, each operand split into two tf32 parts): fp32
+    accuracy against the float64 reference, under fp32's own tolerance."""
     q, k, v, bias, _ = testing.build(case, layout, torch.float32, requires_grad=False)
+    tb = testing.bias_tensor(bias)
+    if tb is not None:
+        tb.requires_grad_(True)
     testing.compare_forward(CutlassFwOp, q, k, v, bias)
     assert _launch.last_family("forward") == "tc"
+    testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
+    assert _launch.last_family("backward") == "tc"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kd", [16, 80, 200])
+def test_fp32_backward_on_tensor_cores_at_every_tile_width(kd: int) -> None:
+    """The three fp32 backward configurations (head dims padded to 64, 128 and 256: 64-, 32- and 16-wide
+    steps, dK and dV in one launch or two), with Kv != K, under a causal mask that cuts tiles."""
+    gen = torch.Generator().manual_seed(kd)
+    q = testing.randn(1, 70, 1, kd, gen=gen, dtype=torch.float32)
+    k = testing.randn(1, 90, 1, kd, gen=gen, dtype=torch.float32)
+    v = testing.randn(1, 90, 1, kd // 2 + 8, gen=gen, dtype=torch.float32)
+    testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, attncore.LowerTriangularFromBottomRightMask())
+    assert _launch.last_family("backward") == "tc"
 
 
 @pytest.mark.slow
@@ -181,3 +199,15 @@ def test_fp32_forward_over_many_keys_does_not_drift() -> None:
     v = testing.randn(1, 2048, 1, 16, gen=gen, dtype=torch.float32) + 3.0  # one sign: truncation errors add up
     testing.compare_forward(CutlassFwOp, q, k, v, None)
     assert _launch.last_family("forward") == "tc"
+
+
+@pytest.mark.slow
+def test_fp32_backward_over_many_queries_does_not_drift() -> None:
+    """dK and dV of each key sum over 2048 queries: 256 tensor-core steps per element, each truncated by the
+    emulated mma as by the hardware, which only the round-to-nearest sums of mma3_rn keep from drifting."""
+    gen = torch.Generator().manual_seed(29)
+    q = testing.randn(1, 2048, 1, 16, gen=gen, dtype=torch.float32)
+    k = testing.randn(1, 64, 1, 16, gen=gen, dtype=torch.float32)
+    v = testing.randn(1, 64, 1, 16, gen=gen, dtype=torch.float32) + 3.0
+    testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, None)
+    assert _launch.last_family("backward") == "tc"

@@ -396,8 +396,11 @@ def bwd_candidates(pb: Problem) -> list[BwdConfig]:
         # K > 128: two [BLOCK_N, K] fp32 accumulators fill the registers. Split (dK with atomic dQ over
         # 128-key tiles, then dV in its own launch) holds one accumulator each; the 128-key tiles halve the
         # dQ atomics, which cost more than the matmuls there. It won 10 of 12 keys (1.1-1.27x the fused one)
+        # Also tried here: three launches with no atomics at all (dK, dV, then the dQ kernel over 64 queries).
         return [
             BwdConfig(32, 128, 8, 1, 64, 32, 8, 2, atomic_dq=True, dv_block_m=64, dv_block_n=128, dv_warps=8, dv_stages=2),
+            BwdConfig(32, 128, 8, 1, 64, 32, 8, 2, dv_block_m=64, dv_block_n=128, dv_warps=8, dv_stages=2),
+            BwdConfig(32, 128, 8, 1, 64, 64, 8, 2, dv_block_m=64, dv_block_n=128, dv_warps=8, dv_stages=2),
             BwdConfig(32, 64, 8, 2, 64, 32, 8, 2, atomic_dq=True),
             BwdConfig(32, 64, 8, 2, 64, 32, 8, 2),
         ]

@@ -160,7 +160,7 @@ std::string backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   if (bp.f.num_seqs == 0 || bp.f.G * bp.f.H == 0) return "none";
   const DType dt = dtype_of(q);
   cudaStream_t stream = ATTNCORE_STREAM();
-  if (allow_tc && dt != DType::kF32 && attncore::tc_compiled_for_device()) {
+  if (allow_tc && attncore::tc_compiled_for_device()) {  // fp32 too: 3xTF32, fp32 accuracy
     bool launched = false;
     check(attncore::bwd_tc(bp, dt, stream, &launched), "backward (tensor cores)");
     if (launched) return "tc";

@@ -1,4 +1,5 @@
-// Tensor-core backward for fp16/bf16 on sm_80 and newer (mma.sync m16n8k16; Hopper runs it too).
+// Tensor-core backward on sm_80 and newer (mma.sync; Hopper runs it too): fp16/bf16 with m16n8k16, fp32
+// as 3xTF32 with m16n8k8 (each operand split into two tf32 parts, fp32 accuracy; mma.cuh).
 //
 // Same semantics as bwd_simt.cu (probabilities recomputed from the forward's base-2 LSE; two kernels,
 // no atomics, deterministic), FlashAttention-2 style:
@@ -13,7 +14,9 @@
 //   dq:   one CTA of 4 warps owns 64 queries; each warp 16 of them, dQ (16 x D, fp32) in registers. Key
 //         tiles stream through shared memory (double buffered): S = Q K^T, dP = dO V^T, dS as above,
 //         dQ += dS K (B: K by transposing ldmatrix).
-// P and dS are rounded to the inputs' type only as MMA operands; every accumulation is fp32. Head dims
+// P and dS are rounded to the inputs' type only as MMA operands; every accumulation is fp32. The five
+// products are mma.cuh's h16_* (ldmatrix fragments) or, in fp32, tf32_* (scalar fragment loads from
+// tiles of pitch D + 4, split on the fly; fp32 tiles take twice the bytes, hence narrower steps). Head dims
 // are padded with zeros to D (64, 128 or 256); only tiles that cross a band edge or a sequence end
 // evaluate the mask per element. A tensor bias is staged per tile pair in shared memory (float, times
 // log2 e, coalesced loads) next to the double-buffered operand tiles.
@@ -21,7 +24,10 @@
 // dq 64 x 64 55296 / 92160; D = 128: 105472 / 140288 and 104448 / 141312; D = 256: 64 keys x 32 queries,
 // dK launch 135680 / 153088, dV launch 101888 / 119296, dq 64 x 32 135168 / 155648 (all within the A100
 // opt-in 163 KiB). ptxas: no spills for sm_90 (up to 255 registers); for sm_80 the D = 128 dkdv kernel
-// spills 24 bytes.
+// spills 24 bytes. fp32 (same tile bytes as fp16 at twice the head dim): D = 64, 64 x 64 steps, as fp16 at
+// D = 128; D = 128, 32-query / 32-key steps, as fp16 at D = 256 (one launch); D = 256, 16 / 16 steps, dK
+// launch 199936 / 208640, dV launch 133376 / 142080, dq 199680 / 211968 (sm_90 only: on smaller shared
+// memories the portable kernels run).
 #include "kernels.h"
 #include "mma.cuh"
 
@@ -36,68 +42,36 @@ constexpr int kBMq = 64;   // queries per dq CTA (16 per warp)
 constexpr int kLdbKV = kBN + 4;  // dkdv: [query][key], read down a column (keys vary fastest across lanes)
 constexpr int kLdbQPad = 8;      // dq: [query][key], read as float2 along a row
 
+// Operand tile pitch (elements): 16 bytes of padding, so the rows one fragment load touches fall in
+// distinct banks (ldmatrix rows for 2-byte types; the scalar (gr, tq) loads of the tf32 products).
+template <typename T, int D>
+__host__ __device__ constexpr int pitch() {
+  return D + 16 / static_cast<int>(sizeof(T));
+}
+
 // dkdv: K [kBN][LD], V [kBN][LD] (when dK is computed), Q and dO [2][BM][LD], lse2 and delta [2][BM],
 // then with a bias [2][BM][kBN + 4] floats.
-template <int D, int BM, bool kDK>
+template <typename T, int D, int BM, bool kDK>
 constexpr int dkdv_smem_bytes(bool bias) {
-  return ((kDK ? 2 : 1) * kBN + 4 * BM) * (D + 8) * 2 + 4 * BM * 4 + (bias ? 2 * BM * kLdbKV * 4 : 0);
+  return ((kDK ? 2 : 1) * kBN + 4 * BM) * pitch<T, D>() * static_cast<int>(sizeof(T)) + 4 * BM * 4 + (bias ? 2 * BM * kLdbKV * 4 : 0);
 }
 
 // dq: Q and dO [kBMq][LD], K and V [2][BN][LD], then with a bias [2][kBMq][BN + 8] floats.
-template <int D, int BN>
+template <typename T, int D, int BN>
 constexpr int dq_smem_bytes(bool bias) {
-  return (2 * kBMq + 4 * BN) * (D + 8) * 2 + (bias ? 2 * kBMq * (BN + kLdbQPad) * 4 : 0);
+  return (2 * kBMq + 4 * BN) * pitch<T, D>() * static_cast<int>(sizeof(T)) + (bias ? 2 * kBMq * (BN + kLdbQPad) * 4 : 0);
 }
 
-// ldmatrix x4 (kTrans: .trans) on a 32-bit shared address (base + constant offsets fold into the instruction).
-template <bool kTrans>
-__device__ __forceinline__ void ldsm(uint32_t* r, uint32_t addr) {
-#if defined(ATTNCORE_EMULATE)
-  if constexpr (kTrans) {
-    tc::ldmatrix_x4_trans(r, ::attncore::emu::self.dyn_smem + addr);
-  } else {
-    tc::ldmatrix_x4(r, ::attncore::emu::self.dyn_smem + addr);
-  }
-#elif ATTNCORE_TC
-  if constexpr (kTrans) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-  } else {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-  }
-#endif
-}
-
-// Byte offsets (within a [rows][LD] tile of 2-byte elements) that lane `lane` passes to ldmatrix:
-//   a_off: A fragment of rows [0, 16) x columns [0, 16) (add 16-row / 16-column steps);
-//   b_off: B fragments of two n-tiles (rows [0, 16) are n, columns [0, 16) are k), plain ldmatrix:
-//          regs 0-1 for n-tile rows 0-7, regs 2-3 for rows 8-15;
-//   t_off: B fragments of two n-tiles from a [k][n] tile (rows [0, 16) are k, columns [0, 16) are n),
-//          transposing ldmatrix: regs 0-1 for columns 0-7, regs 2-3 for columns 8-15.
-template <int LD>
-__device__ __forceinline__ uint32_t a_off(int lane) { return ((lane % 16) * LD + (lane / 16) * 8) * 2; }
-template <int LD>
-__device__ __forceinline__ uint32_t b_off(int lane) { return ((lane % 8 + (lane / 16) * 8) * LD + ((lane / 8) % 2) * 8) * 2; }
-template <int LD>
-__device__ __forceinline__ uint32_t t_off(int lane) { return ((lane % 8 + ((lane / 8) % 2) * 8) * LD + (lane / 16) * 8) * 2; }
-
-// The A fragment of a 16 x 16 tile from the C fragments of its two 16 x 8 halves (rounded to T).
-template <typename T>
-__device__ __forceinline__ void c_to_a(uint32_t* a, const float* lo, const float* hi) {
-  a[0] = tc::Mma<T>::pack(lo[0], lo[1]);
-  a[1] = tc::Mma<T>::pack(lo[2], lo[3]);
-  a[2] = tc::Mma<T>::pack(hi[0], hi[1]);
-  a[3] = tc::Mma<T>::pack(hi[2], hi[3]);
-}
-
-// Two adjacent columns of an output row: one 32-bit store when both exist and the address allows it.
+// Two adjacent columns of an output row: one 32-bit (fp32: 64-bit) store when both exist and the address
+// allows it.
 template <typename T>
 __device__ __forceinline__ void store_pair(T* row, int col, int ncols, float a, float b) {
-  if (col + 1 < ncols && (reinterpret_cast<uintptr_t>(row + col) & 3) == 0) {
-    *reinterpret_cast<uint32_t*>(row + col) = tc::Mma<T>::pack(a, b);
+  if (col + 1 < ncols && (reinterpret_cast<uintptr_t>(row + col) & (2 * sizeof(T) - 1)) == 0) {
+    if constexpr (sizeof(T) == 4) {
+      *reinterpret_cast<float2*>(row + col) = make_float2(a, b);
+    } else {
+      *reinterpret_cast<uint32_t*>(row + col) = tc::Mma<T>::pack(a, b);
+    }
   } else {
     if (col < ncols) row[col] = from_float<T>(a);
     if (col + 1 < ncols) row[col + 1] = from_float<T>(b);
@@ -114,14 +88,14 @@ __device__ __forceinline__ void put(void* base, int64_t at, float x) {
 // once and a fixed per-thread column (fewer live registers inside the main loops).
 template <typename T, int ROWS, int COLS, int LD>
 __device__ __forceinline__ void load_rows(T* dst, const void* base, const int64_t* st, int b, int row0, int g, int h, int nrows, int ncols, bool vec) {
-  static_assert(sizeof(T) == 2, "16-byte chunks of 8 elements: the tensor-core backward takes fp16/bf16 only");
   const T* src = row_ptr<T>(base, st, b, row0, g, h);
   const int64_t rs = st[1];
   if (vec) {
-    constexpr int CH = COLS / 8;          // 16-byte chunks per row
-    constexpr int STEP = kThreads / CH;   // rows per pass
-    static_assert(kThreads % CH == 0 && ROWS % STEP == 0, "copy plan");
-    const int r0 = threadIdx.x / CH, c = (threadIdx.x % CH) * 8;
+    constexpr int E = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte chunk
+    constexpr int CH = COLS / E;                            // chunks per row
+    constexpr int STEP = kThreads / CH;                     // rows per pass
+    static_assert(COLS % E == 0 && kThreads % CH == 0 && ROWS % STEP == 0, "copy plan");
+    const int r0 = threadIdx.x / CH, c = (threadIdx.x % CH) * E;
     const bool cok = c < ncols;
 #pragma unroll
     for (int k = 0; k < ROWS / STEP; ++k) {
@@ -179,11 +153,11 @@ __device__ __forceinline__ void load_bias_tile(float* dst, const Params& p, cons
 template <typename T, int D, int BM, bool kDV, bool kDK>
 __global__ void __launch_bounds__(kThreads) bwd_dkdv_tc_kernel(BwdParams bp) {
 #if ATTNCORE_TC
-  using M = tc::Mma<T>;
-  constexpr int LD = D + 8;  // 16-byte row padding: ldmatrix rows land in distinct banks
+  constexpr bool kF32 = sizeof(T) == 4;  // 3xTF32 products
+  constexpr int LD = pitch<T, D>();
   constexpr int BN = kBN;
   constexpr int LDB = kLdbKV;
-  constexpr bool kKVRegs = false;  // K / V fragments in registers: faster for D = 64 but spills (ptxas, sm_90)
+  // (K / V fragments kept in registers were faster for D = 64 but spilled: ptxas, sm_90)
   static_assert(BM % 16 == 0 && D % 16 == 0 && BM / 8 * 4 <= 32, "tile shapes");
   ATTNCORE_DYNAMIC_SMEM(smem_raw);
   T* Ks = reinterpret_cast<T*>(smem_raw);
@@ -240,74 +214,38 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_tc_kernel(BwdParams bp) {
     tc::cp_async_commit();
   }
 
-  const uint32_t sK = tc::smem_addr(Ks) + warp * 16 * LD * 2 + a_off<LD>(lane);  // A: this warp's 16 key rows
-  const uint32_t sV = tc::smem_addr(Vs) + warp * 16 * LD * 2 + a_off<LD>(lane);
+  // ldmatrix addresses (2-byte types): A fragments of this warp's 16 key rows; B fragments of the query tiles
+  const uint32_t sK = tc::smem_addr(Ks) + warp * 16 * LD * 2 + tc::a_off<LD>(lane);
+  const uint32_t sV = tc::smem_addr(Vs) + warp * 16 * LD * 2 + tc::a_off<LD>(lane);
   const uint32_t sQ = tc::smem_addr(Qs), sO = tc::smem_addr(dOs);
-  const uint32_t bo = b_off<LD>(lane), to = t_off<LD>(lane);
+  const uint32_t bo = tc::b_off<LD>(lane), to = tc::t_off<LD>(lane);
   const int jw = warp * 16 + gr;  // this thread's key rows (local to the tile): jw and jw + 8
-  uint32_t kf[kKVRegs ? D / 16 : 1][4];
-  uint32_t vf[kKVRegs && kDK ? D / 16 : 1][4];
   int buf = 0;
   for (int m0 = m_lo; m0 < m_hi; m0 += BM, buf ^= 1) {
     tc::cp_async_wait<0>();
     __syncthreads();  // tile m0 in buffer buf; every warp is done with buffer buf ^ 1
     if (m0 + BM < m_hi) stage(buf ^ 1, m0 + BM);
     tc::cp_async_commit();
-    if (kKVRegs && m0 == m_lo) {
-#pragma unroll
-      for (int kk = 0; kk < (kKVRegs ? D / 16 : 0); ++kk) {
-        ldsm<false>(kf[kk], sK + kk * 32);
-        if (kDK) ldsm<false>(vf[kk], sV + kk * 32);
-      }
-    }
     const uint32_t sQb = sQ + buf * BM * LD * 2, sOb = sO + buf * BM * LD * 2;
+    const T* Qb = Qs + buf * BM * LD;
+    const T* dOb = dOs + buf * BM * LD;
     const float* lse_b = lse_s + buf * BM;
     const float* dl_b = dl_s + buf * BM;
     const float* bias_b = bias_s + buf * BM * LDB;
 
-    // S^T = K Q^T: rows = the warp's 16 keys, columns = BM queries
+    // S^T = K Q^T and dP^T = V dO^T: rows = the warp's 16 keys, columns = BM queries
     float s[BM / 8][4];
+    float dp[kDK ? BM / 8 : 1][4];
 #pragma unroll
     for (int i = 0; i < BM / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a_tmp[4];
-      const uint32_t* a = a_tmp;
-      if constexpr (kKVRegs) {
-        a = kf[kk];
-      } else {
-        ldsm<false>(a_tmp, sK + kk * 32);
-      }
-#pragma unroll
-      for (int np = 0; np < BM / 16; ++np) {
-        uint32_t b[4];
-        ldsm<false>(b, sQb + bo + np * 16 * LD * 2 + kk * 32);
-        M::run(s[2 * np], a, b);
-        M::run(s[2 * np + 1], a, b + 2);
-      }
-    }
-    // dP^T = V dO^T
-    float dp[kDK ? BM / 8 : 1][4];
-    if constexpr (kDK) {
-#pragma unroll
-      for (int i = 0; i < BM / 8; ++i) dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t a_tmp[4];
-        const uint32_t* a = a_tmp;
-        if constexpr (kKVRegs) {
-          a = vf[kk];
-        } else {
-          ldsm<false>(a_tmp, sV + kk * 32);
-        }
-#pragma unroll
-        for (int np = 0; np < BM / 16; ++np) {
-          uint32_t b[4];
-          ldsm<false>(b, sOb + bo + np * 16 * LD * 2 + kk * 32);
-          M::run(dp[2 * np], a, b);
-          M::run(dp[2 * np + 1], a, b + 2);
-        }
-      }
+    for (int i = 0; i < (kDK ? BM / 8 : 1); ++i) dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
+    if constexpr (kF32) {
+      tc::tf32_rows_rows<D, BM, LD>(s, Ks + warp * 16 * LD, Qb, gr, tq);
+      if constexpr (kDK) tc::tf32_rows_rows<D, BM, LD>(dp, Vs + warp * 16 * LD, dOb, gr, tq);
+    } else {
+      tc::h16_rows_rows<T, D, BM, LD>(s, sK, sQb + bo);
+      if constexpr (kDK) tc::h16_rows_rows<T, D, BM, LD>(dp, sV, sOb + bo);
     }
 
     // Element e of n-tile nt (bit nt * 4 + e of vis): key row jw (+8 for e >= 2), query column
@@ -348,31 +286,13 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_tc_kernel(BwdParams bp) {
       }
     }
 
-    // dV += P^T dO, dK += dS^T Q: the C fragments of two adjacent query n-tiles are an A fragment
-#pragma unroll
-    for (int kc = 0; kc < BM / 16; ++kc) {
-      if constexpr (kDV) {
-        uint32_t a[4];
-        c_to_a<T>(a, s[2 * kc], s[2 * kc + 1]);
-#pragma unroll
-        for (int dn = 0; dn < D / 16; ++dn) {
-          uint32_t b[4];
-          ldsm<true>(b, sOb + to + kc * 16 * LD * 2 + dn * 32);
-          M::run(dv[2 * dn], a, b);
-          M::run(dv[2 * dn + 1], a, b + 2);
-        }
-      }
-      if constexpr (kDK) {
-        uint32_t a[4];
-        c_to_a<T>(a, dp[2 * kc], dp[2 * kc + 1]);
-#pragma unroll
-        for (int dn = 0; dn < D / 16; ++dn) {
-          uint32_t b[4];
-          ldsm<true>(b, sQb + to + kc * 16 * LD * 2 + dn * 32);
-          M::run(dk[2 * dn], a, b);
-          M::run(dk[2 * dn + 1], a, b + 2);
-        }
-      }
+    // dV += P^T dO, dK += dS^T Q (P^T and dS^T as the A operand, straight from their C fragments)
+    if constexpr (kF32) {
+      if constexpr (kDV) tc::tf32_frag_rows<D, BM, LD>(dv, s, dOb, gr, tq);
+      if constexpr (kDK) tc::tf32_frag_rows<D, BM, LD>(dk, dp, Qb, gr, tq);
+    } else {
+      if constexpr (kDV) tc::h16_frag_rows<T, D, BM, LD>(dv, s, sOb + to);
+      if constexpr (kDK) tc::h16_frag_rows<T, D, BM, LD>(dk, dp, sQb + to);
     }
   }
   tc::cp_async_wait<0>();
@@ -402,12 +322,13 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_tc_kernel(BwdParams bp) {
 template <typename T, int D, int BN>
 __global__ void __launch_bounds__(kThreads) bwd_dq_tc_kernel(BwdParams bp) {
 #if ATTNCORE_TC
-  using M = tc::Mma<T>;
-  constexpr int LD = D + 8;
+  constexpr bool kF32 = sizeof(T) == 4;  // 3xTF32 products
+  constexpr int LD = pitch<T, D>();
   constexpr int BM = kBMq;
   constexpr int LDB = (BN + kLdbQPad);
-  // Q / dO fragments of the warp's queries stay in registers (for D = 128 only where ptxas fits them: sm_90)
-  constexpr bool kQRegs = D <= (ATTNCORE_ARCH >= 900 ? 128 : 64);
+  // Q / dO fragments of the warp's queries stay in registers (for D = 128 only where ptxas fits them:
+  // sm_90; fp32 splits its operands as it reads them)
+  constexpr bool kQRegs = !kF32 && D <= (ATTNCORE_ARCH >= 900 ? 128 : 64);
   static_assert(BN % 16 == 0 && D % 16 == 0 && BN / 8 * 4 <= 32, "tile shapes");
   ATTNCORE_DYNAMIC_SMEM(smem_raw);
   T* Qs = reinterpret_cast<T*>(smem_raw);
@@ -460,10 +381,11 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_tc_kernel(BwdParams bp) {
     tc::cp_async_commit();
   }
 
-  const uint32_t sQ = tc::smem_addr(Qs) + warp * 16 * LD * 2 + a_off<LD>(lane);  // A: this warp's 16 query rows
-  const uint32_t sO = tc::smem_addr(dOs) + warp * 16 * LD * 2 + a_off<LD>(lane);
+  // ldmatrix addresses (2-byte types): A fragments of this warp's 16 query rows; B fragments of the key tiles
+  const uint32_t sQ = tc::smem_addr(Qs) + warp * 16 * LD * 2 + tc::a_off<LD>(lane);
+  const uint32_t sO = tc::smem_addr(dOs) + warp * 16 * LD * 2 + tc::a_off<LD>(lane);
   const uint32_t sK = tc::smem_addr(Ks), sV = tc::smem_addr(Vs);
-  const uint32_t bo = b_off<LD>(lane), to = t_off<LD>(lane);
+  const uint32_t bo = tc::b_off<LD>(lane), to = tc::t_off<LD>(lane);
   uint32_t qf[kQRegs ? D / 16 : 1][4];
   uint32_t of[kQRegs ? D / 16 : 1][4];
   int buf = 0;
@@ -475,11 +397,13 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_tc_kernel(BwdParams bp) {
     if (kQRegs && n0 == n_lo) {
 #pragma unroll
       for (int kk = 0; kk < (kQRegs ? D / 16 : 0); ++kk) {
-        ldsm<false>(qf[kk], sQ + kk * 32);
-        ldsm<false>(of[kk], sO + kk * 32);
+        tc::ldsm<false>(qf[kk], sQ + kk * 32);
+        tc::ldsm<false>(of[kk], sO + kk * 32);
       }
     }
     const uint32_t sKb = sK + buf * BN * LD * 2, sVb = sV + buf * BN * LD * 2;
+    const T* Kb = Ks + buf * BN * LD;
+    const T* Vb = Vs + buf * BN * LD;
     const float* bias_b = bias_s + buf * BM * LDB;
 
     // S = Q K^T and dP = dO V^T: rows = the warp's 16 queries, columns = BN keys
@@ -489,39 +413,15 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_tc_kernel(BwdParams bp) {
       s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
       dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
     }
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a_tmp[4];
-      const uint32_t* a = a_tmp;
-      if constexpr (kQRegs) {
-        a = qf[kk];
-      } else {
-        ldsm<false>(a_tmp, sQ + kk * 32);
-      }
-#pragma unroll
-      for (int np = 0; np < BN / 16; ++np) {
-        uint32_t b[4];
-        ldsm<false>(b, sKb + bo + np * 16 * LD * 2 + kk * 32);
-        M::run(s[2 * np], a, b);
-        M::run(s[2 * np + 1], a, b + 2);
-      }
-    }
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a_tmp[4];
-      const uint32_t* a = a_tmp;
-      if constexpr (kQRegs) {
-        a = of[kk];
-      } else {
-        ldsm<false>(a_tmp, sO + kk * 32);
-      }
-#pragma unroll
-      for (int np = 0; np < BN / 16; ++np) {
-        uint32_t b[4];
-        ldsm<false>(b, sVb + bo + np * 16 * LD * 2 + kk * 32);
-        M::run(dp[2 * np], a, b);
-        M::run(dp[2 * np + 1], a, b + 2);
-      }
+    if constexpr (kF32) {
+      tc::tf32_rows_rows<D, BN, LD>(s, Qs + warp * 16 * LD, Kb, gr, tq);
+      tc::tf32_rows_rows<D, BN, LD>(dp, dOs + warp * 16 * LD, Vb, gr, tq);
+    } else if constexpr (kQRegs) {
+      tc::h16_rows_rows<T, D, BN, LD>(s, qf, sKb + bo);
+      tc::h16_rows_rows<T, D, BN, LD>(dp, of, sVb + bo);
+    } else {
+      tc::h16_rows_rows<T, D, BN, LD>(s, sQ, sKb + bo);
+      tc::h16_rows_rows<T, D, BN, LD>(dp, sO, sVb + bo);
     }
 
     // Element e of n-tile nt (bit nt * 4 + e of vis): query row iw (+8 for e >= 2), key column
@@ -547,17 +447,10 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_tc_kernel(BwdParams bp) {
     }
 
     // dQ += dS K
-#pragma unroll
-    for (int kc = 0; kc < BN / 16; ++kc) {
-      uint32_t a[4];
-      c_to_a<T>(a, dp[2 * kc], dp[2 * kc + 1]);
-#pragma unroll
-      for (int dn = 0; dn < D / 16; ++dn) {
-        uint32_t b[4];
-        ldsm<true>(b, sKb + to + kc * 16 * LD * 2 + dn * 32);
-        M::run(dq[2 * dn], a, b);
-        M::run(dq[2 * dn + 1], a, b + 2);
-      }
+    if constexpr (kF32) {
+      tc::tf32_frag_rows<D, BN, LD>(dq, dp, Kb, gr, tq);
+    } else {
+      tc::h16_frag_rows<T, D, BN, LD>(dq, dp, sKb + to);
     }
   }
   tc::cp_async_wait<0>();
@@ -580,9 +473,9 @@ template <typename T, int D, int BM, int BNQ, bool kSplit>
 cudaError_t launch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
   const Params& p = bp.f;
   const bool bias = p.bias != nullptr;
-  const int smem_dq = dq_smem_bytes<D, BNQ>(bias);
-  const int smem_k = dkdv_smem_bytes<D, BM, true>(bias);   // dK (and dV unless kSplit)
-  const int smem_v = dkdv_smem_bytes<D, BM, false>(bias);  // dV only
+  const int smem_dq = dq_smem_bytes<T, D, BNQ>(bias);
+  const int smem_k = dkdv_smem_bytes<T, D, BM, true>(bias);   // dK (and dV unless kSplit)
+  const int smem_v = dkdv_smem_bytes<T, D, BM, false>(bias);  // dV only
   auto kdq = bwd_dq_tc_kernel<T, D, BNQ>;
   auto kk = bwd_dkdv_tc_kernel<T, D, BM, !kSplit, true>;
   // *launched stays false when shared memory does not fit: the portable kernels run
@@ -615,9 +508,16 @@ cudaError_t launch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
 template <typename T>
 cudaError_t dispatch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
   const int d = max(bp.f.K, bp.f.Kv);
+  // fp32: narrower steps at D >= 128 (twice the bytes per tile; the split operands take registers)
+  constexpr bool kF32 = sizeof(T) == 4;
   if (d <= 64) return launch<T, 64, 64, 64, false>(bp, stream, launched);
-  if (d <= 128) return launch<T, 128, 64, 64, false>(bp, stream, launched);
-  if (d <= 256) return launch<T, 256, 32, 32, true>(bp, stream, launched);
+  if constexpr (kF32) {
+    if (d <= 128) return launch<T, 128, 32, 32, false>(bp, stream, launched);
+    if (d <= 256) return launch<T, 256, 16, 16, true>(bp, stream, launched);
+  } else {
+    if (d <= 128) return launch<T, 128, 64, 64, false>(bp, stream, launched);
+    if (d <= 256) return launch<T, 256, 32, 32, true>(bp, stream, launched);
+  }
   return cudaSuccess;
 }
 
@@ -628,7 +528,7 @@ cudaError_t bwd_tc(const BwdParams& p, DType dt, cudaStream_t stream, bool* laun
   switch (dt) {
     case DType::kF16: return dispatch<__half>(p, stream, launched);
     case DType::kBF16: return dispatch<__nv_bfloat16>(p, stream, launched);
-    case DType::kF32: return cudaSuccess;
+    case DType::kF32: return dispatch<float>(p, stream, launched);
   }
   return cudaErrorInvalidValue;
 }

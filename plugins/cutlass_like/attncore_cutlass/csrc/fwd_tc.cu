@@ -5,7 +5,7 @@
 // group, head); each warp owns 16 of them and keeps its output tile in registers (and, for fp16/bf16
 // with D <= 128, its Q fragments). Keys stream through shared memory in tiles of BN with a two-stage
 // cp.async pipeline: tile n + 1 (K and V) loads while tile n is multiplied. Scores stay in registers and
-// become the A operand of P V directly (see mma.cuh, and accumulate_f32 for fp32). Head dims are padded
+// become the A operand of P V directly (see mma.cuh, and tc::tf32_frag_rows for fp32). Head dims are padded
 // with zeros to D (64, 128 or 256). Tiles inside the band with no bias take an unmasked path (the scale
 // folded into one FMA before exp2); tiles on a band edge or a sequence end, or with a bias, test each
 // score against its row's key interval. Query tiles are scheduled last-first, so under a causal mask
@@ -40,52 +40,6 @@ __host__ __device__ constexpr int row_pitch() {
 template <typename T, int D, int BN, int STAGES, int W>
 constexpr int fwd_smem_bytes() {
   return (rows_of<W>() + 2 * STAGES * BN) * row_pitch<T, D>() * static_cast<int>(sizeof(T));
-}
-
-// fp32 scores S += Q K^T of one warp's 16 rows and a key tile (3xTF32, m16n8k8): Q (rows gr, gr + 8 and
-// columns tq, tq + 4 of each 8-column step) and K are read from shared memory and split on the fly.
-template <int D, int BN, int LD>
-__device__ __forceinline__ void scores_f32(float (&s)[BN / 8][4], const float* Qw, const float* Ks, int gr, int tq) {
-#pragma unroll 1
-  for (int kk = 0; kk < D / 8; ++kk) {
-    const float* qa = Qw + gr * LD + kk * 8 + tq;
-    uint32_t ab[4], as[4];
-    tc::Tf32::split(qa[0], &ab[0], &as[0]);
-    tc::Tf32::split(qa[8 * LD], &ab[1], &as[1]);
-    tc::Tf32::split(qa[4], &ab[2], &as[2]);
-    tc::Tf32::split(qa[8 * LD + 4], &ab[3], &as[3]);
-#pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
-      const float* kb = Ks + (nt * 8 + gr) * LD + kk * 8 + tq;
-      uint32_t bb[2], bs[2];
-      tc::Tf32::split(kb[0], &bb[0], &bs[0]);
-      tc::Tf32::split(kb[4], &bb[1], &bs[1]);
-      tc::Tf32::mma3_rn(s[nt], ab, as, bb, bs);
-    }
-  }
-}
-
-// fp32 O += P V (3xTF32). The probabilities stay where the score product left them: this thread holds
-// keys 2 tq and 2 tq + 1 of each 8-key chunk, which become the A fragment's k = tq and k = tq + 4 (the
-// contraction order within a chunk is free, as long as V's rows follow: b0 = V[2 tq], b1 = V[2 tq + 1]).
-template <int D, int BN, int LD>
-__device__ __forceinline__ void accumulate_f32(float (&o)[D / 8][4], const float (&s)[BN / 8][4], const float* Vs, int gr, int tq) {
-#pragma unroll
-  for (int kc = 0; kc < BN / 8; ++kc) {
-    uint32_t ab[4], as[4];
-    tc::Tf32::split(s[kc][0], &ab[0], &as[0]);
-    tc::Tf32::split(s[kc][2], &ab[1], &as[1]);
-    tc::Tf32::split(s[kc][1], &ab[2], &as[2]);
-    tc::Tf32::split(s[kc][3], &ab[3], &as[3]);
-    const float* vr = Vs + (kc * 8 + 2 * tq) * LD + gr;
-#pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      uint32_t bb[2], bs[2];
-      tc::Tf32::split(vr[dt * 8], &bb[0], &bs[0]);
-      tc::Tf32::split(vr[LD + dt * 8], &bb[1], &bs[1]);
-      tc::Tf32::mma3_rn(o[dt], ab, as, bb, bs);
-    }
-  }
 }
 
 // One key tile of the online softmax for the rows i0 and i0 + 8 this thread holds (columns j0 + 8 nt
@@ -185,7 +139,9 @@ __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
   float m_r[2] = {-INFINITY, -INFINITY};
   float l_r[2] = {0.f, 0.f};
   uint32_t qf[kQRegs ? D / 16 : 1][4];
-  const T* q_warp = Qs + (warp * 16 + lane % 16) * LD + (lane / 16) * 8;
+  // ldmatrix addresses (2-byte types): this warp's 16 query rows, and this lane's offsets into K and V tiles
+  const uint32_t sQw = tc::smem_addr(Qs) + warp * 16 * LD * 2 + tc::a_off<LD>(lane);
+  const uint32_t k_off = tc::b_off<LD>(lane), v_off = tc::t_off<LD>(lane);
 
   int stage = 0;
   for (int n0 = n_lo; n0 < n_hi; n0 += BN, stage ^= 1) {
@@ -203,32 +159,17 @@ __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
     const T* Vs = Ks + BN * LD;
     if (kQRegs && n0 == n_lo) {
 #pragma unroll
-      for (int kk = 0; kk < (kQRegs ? D / 16 : 0); ++kk) tc::ldmatrix_x4(qf[kk], q_warp + kk * 16);
+      for (int kk = 0; kk < (kQRegs ? D / 16 : 0); ++kk) tc::ldsm<false>(qf[kk], sQw + kk * 32);
     }
     float s[BN / 8][4];
 #pragma unroll
     for (int i = 0; i < BN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
     if constexpr (kF32) {
-      scores_f32<D, BN, LD>(s, Qs + warp * 16 * LD, Ks, gr, tq);
+      tc::tf32_rows_rows<D, BN, LD>(s, Qs + warp * 16 * LD, Ks, gr, tq);
+    } else if constexpr (kQRegs) {
+      tc::h16_rows_rows<T, D, BN, LD>(s, qf, tc::smem_addr(Ks) + k_off);
     } else {
-      using M = tc::Mma<T>;
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t a_tmp[4];
-        const uint32_t* a = a_tmp;
-        if constexpr (kQRegs) {
-          a = qf[kk];
-        } else {
-          tc::ldmatrix_x4(a_tmp, q_warp + kk * 16);
-        }
-#pragma unroll
-        for (int np = 0; np < BN / 16; ++np) {
-          uint32_t b[4];
-          tc::ldmatrix_x4(b, Ks + (np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 + ((lane / 8) % 2) * 8);
-          M::run(s[2 * np], a, b);
-          M::run(s[2 * np + 1], a, b + 2);
-        }
-      }
+      tc::h16_rows_rows<T, D, BN, LD>(s, sQw, tc::smem_addr(Ks) + k_off);
     }
 
     // Tiles inside the band with no bias (most of them) take the plain path: the row maximum of the raw
@@ -241,24 +182,9 @@ __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
       online_softmax<true, T, BN, D>(p, sq, g, h, m0 + warp * 16 + gr, n0 + 2 * tq, s, o, m_r, l_r);
     }
     if constexpr (kF32) {
-      accumulate_f32<D, BN, LD>(o, s, Vs, gr, tq);
+      tc::tf32_frag_rows<D, BN, LD>(o, s, Vs, gr, tq);
     } else {
-      using M = tc::Mma<T>;
-#pragma unroll
-      for (int kc = 0; kc < BN / 16; ++kc) {
-        uint32_t a[4];
-        a[0] = M::pack(s[2 * kc][0], s[2 * kc][1]);
-        a[1] = M::pack(s[2 * kc][2], s[2 * kc][3]);
-        a[2] = M::pack(s[2 * kc + 1][0], s[2 * kc + 1][1]);
-        a[3] = M::pack(s[2 * kc + 1][2], s[2 * kc + 1][3]);
-#pragma unroll
-        for (int dp = 0; dp < D / 16; ++dp) {
-          uint32_t b[4];
-          tc::ldmatrix_x4_trans(b, Vs + (kc * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD + dp * 16 + (lane / 16) * 8);
-          M::run(o[2 * dp], a, b);
-          M::run(o[2 * dp + 1], a, b + 2);
-        }
-      }
+      tc::h16_frag_rows<T, D, BN, LD>(o, s, tc::smem_addr(Vs) + v_off);
     }
     __syncthreads();  // every warp is done with this stage before it is refilled
     if (STAGES == 1 && more) load_kv(n0 + BN, 0);

@@ -175,6 +175,58 @@ struct Tf32 {
   }
 };
 
+// The two fp32 (3xTF32) products every tensor-core kernel is made of, for one warp; gr = lane / 4,
+// tq = lane % 4, shared-memory tiles of pitch LD floats (LD = D + 4 keeps the fragment reads below in
+// distinct banks: word offsets 4 gr + tq, and 8 tq + gr).
+//
+// C (16 x N) += A B^T over columns [0, D): A's 16 rows and B's N rows in shared memory, split on the fly
+// (S = Q K^T in the forward; S^T = K Q^T, dP^T = V dO^T, S = Q K^T and dP = dO V^T in the backward).
+template <int D, int N, int LD>
+__device__ __forceinline__ void tf32_rows_rows(float (&c)[N / 8][4], const float* A, const float* B, int gr, int tq) {
+#pragma unroll 1
+  for (int kk = 0; kk < D / 8; ++kk) {
+    const float* pa = A + gr * LD + kk * 8 + tq;
+    uint32_t ab[4], as[4];
+    Tf32::split(pa[0], &ab[0], &as[0]);
+    Tf32::split(pa[8 * LD], &ab[1], &as[1]);
+    Tf32::split(pa[4], &ab[2], &as[2]);
+    Tf32::split(pa[8 * LD + 4], &ab[3], &as[3]);
+#pragma unroll
+    for (int nt = 0; nt < N / 8; ++nt) {
+      const float* pb = B + (nt * 8 + gr) * LD + kk * 8 + tq;
+      uint32_t bb[2], bs[2];
+      Tf32::split(pb[0], &bb[0], &bs[0]);
+      Tf32::split(pb[4], &bb[1], &bs[1]);
+      Tf32::mma3_rn(c[nt], ab, as, bb, bs);
+    }
+  }
+}
+
+// C (16 x D) += P B: P (16 x N) in the C fragments a product left it in, B's N rows in shared memory
+// (O += P V in the forward; dV += P^T dO, dK += dS^T Q and dQ += dS K in the backward). This thread
+// holds columns 2 tq and 2 tq + 1 of each 8-column chunk of P, which become the A fragment's k = tq and
+// k = tq + 4 (the contraction order within a chunk is free, as long as B's rows follow: b0 = B[2 tq],
+// b1 = B[2 tq + 1]).
+template <int D, int N, int LD>
+__device__ __forceinline__ void tf32_frag_rows(float (&c)[D / 8][4], const float (&pf)[N / 8][4], const float* B, int gr, int tq) {
+#pragma unroll
+  for (int kc = 0; kc < N / 8; ++kc) {
+    uint32_t ab[4], as[4];
+    Tf32::split(pf[kc][0], &ab[0], &as[0]);
+    Tf32::split(pf[kc][2], &ab[1], &as[1]);
+    Tf32::split(pf[kc][1], &ab[2], &as[2]);
+    Tf32::split(pf[kc][3], &ab[3], &as[3]);
+    const float* pb = B + (kc * 8 + 2 * tq) * LD + gr;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      uint32_t bb[2], bs[2];
+      Tf32::split(pb[dt * 8], &bb[0], &bs[0]);
+      Tf32::split(pb[LD + dt * 8], &bb[1], &bs[1]);
+      Tf32::mma3_rn(c[dt], ab, as, bb, bs);
+    }
+  }
+}
+
 template <typename T>
 struct Mma;
 
@@ -235,25 +287,98 @@ inline uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(static_c
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
 #endif
 
-// Four 8x8 b16 matrices; lane l gives the address of row (l % 8) of matrix (l / 8).
-__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
+// ldmatrix x4 (kTrans: .trans), four 8x8 b16 matrices, on a 32-bit shared address (smem_addr; base +
+// constant offsets fold into the instruction); lane l gives the address of row (l % 8) of matrix (l / 8).
+template <bool kTrans>
+__device__ __forceinline__ void ldsm(uint32_t* r, uint32_t addr) {
 #if defined(ATTNCORE_EMULATE)
-  emu_ldmatrix(r, p, false);
+  emu_ldmatrix(r, ::attncore::emu::self.dyn_smem + addr, kTrans);
 #elif ATTNCORE_TC
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
+  if constexpr (kTrans) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+  }
 #endif
 }
 
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* p) {
-#if defined(ATTNCORE_EMULATE)
-  emu_ldmatrix(r, p, true);
-#elif ATTNCORE_TC
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-#endif
+// Byte offsets (within a [rows][LD] tile of 2-byte elements) that lane `lane` passes to ldmatrix:
+//   a_off: A fragment of rows [0, 16) x columns [0, 16) (add 16-row / 16-column steps);
+//   b_off: B fragments of two n-tiles (rows [0, 16) are n, columns [0, 16) are k), plain ldmatrix:
+//          regs 0-1 for n-tile rows 0-7, regs 2-3 for rows 8-15;
+//   t_off: B fragments of two n-tiles from a [k][n] tile (rows [0, 16) are k, columns [0, 16) are n),
+//          transposing ldmatrix: regs 0-1 for columns 0-7, regs 2-3 for columns 8-15.
+template <int LD>
+__device__ __forceinline__ uint32_t a_off(int lane) { return ((lane % 16) * LD + (lane / 16) * 8) * 2; }
+template <int LD>
+__device__ __forceinline__ uint32_t b_off(int lane) { return ((lane % 8 + (lane / 16) * 8) * LD + ((lane / 8) % 2) * 8) * 2; }
+template <int LD>
+__device__ __forceinline__ uint32_t t_off(int lane) { return ((lane % 8 + ((lane / 8) % 2) * 8) * LD + (lane / 16) * 8) * 2; }
+
+// The A fragment of a 16 x 16 tile from the C fragments of its two 16 x 8 halves (rounded to T).
+template <typename T>
+__device__ __forceinline__ void c_to_a(uint32_t* a, const float* lo, const float* hi) {
+  a[0] = Mma<T>::pack(lo[0], lo[1]);
+  a[1] = Mma<T>::pack(lo[2], lo[3]);
+  a[2] = Mma<T>::pack(hi[0], hi[1]);
+  a[3] = Mma<T>::pack(hi[2], hi[3]);
+}
+
+// The same two products as tf32_rows_rows and tf32_frag_rows for fp16/bf16 (m16n8k16, fragments by
+// ldmatrix from tiles of pitch LD elements), one warp:
+//
+// C (16 x N) += A B^T over columns [0, D): A's fragments from registers (af, loaded once by the caller)
+// or by ldmatrix at sA (the warp's 16 rows plus a_off), B's N rows at sB (the tile plus b_off).
+template <typename T, int D, int N, int LD, bool kARegs>
+__device__ __forceinline__ void h16_rows_rows_from(float (&c)[N / 8][4], const uint32_t (*af)[4], uint32_t sA, uint32_t sB) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t a_tmp[4];
+    const uint32_t* a = a_tmp;
+    if constexpr (kARegs) {
+      a = af[kk];
+    } else {
+      ldsm<false>(a_tmp, sA + kk * 32);
+    }
+#pragma unroll
+    for (int np = 0; np < N / 16; ++np) {
+      uint32_t b[4];
+      ldsm<false>(b, sB + np * 16 * LD * 2 + kk * 32);
+      Mma<T>::run(c[2 * np], a, b);
+      Mma<T>::run(c[2 * np + 1], a, b + 2);
+    }
+  }
+}
+template <typename T, int D, int N, int LD>
+__device__ __forceinline__ void h16_rows_rows(float (&c)[N / 8][4], uint32_t sA, uint32_t sB) {
+  h16_rows_rows_from<T, D, N, LD, false>(c, nullptr, sA, sB);
+}
+template <typename T, int D, int N, int LD>
+__device__ __forceinline__ void h16_rows_rows(float (&c)[N / 8][4], const uint32_t (&af)[D / 16][4], uint32_t sB) {
+  h16_rows_rows_from<T, D, N, LD, true>(c, af, 0u, sB);
+}
+
+// C (16 x D) += P B: P (16 x N) in the C fragments a product left it in (rounded to T as the A operand:
+// two 16 x 8 C tiles side by side are one A fragment), B's N rows at sB (the tile plus t_off, transposing
+// ldmatrix).
+template <typename T, int D, int N, int LD>
+__device__ __forceinline__ void h16_frag_rows(float (&c)[D / 8][4], const float (&pf)[N / 8][4], uint32_t sB) {
+#pragma unroll
+  for (int kc = 0; kc < N / 16; ++kc) {
+    uint32_t a[4];
+    c_to_a<T>(a, pf[2 * kc], pf[2 * kc + 1]);
+#pragma unroll
+    for (int dn = 0; dn < D / 16; ++dn) {
+      uint32_t b[4];
+      ldsm<true>(b, sB + kc * 16 * LD * 2 + dn * 32);
+      Mma<T>::run(c[2 * dn], a, b);
+      Mma<T>::run(c[2 * dn + 1], a, b + 2);
+    }
+  }
 }
 
 // 16 bytes global -> shared, zero-filled when !valid (no global read then).
