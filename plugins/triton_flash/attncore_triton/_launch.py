@@ -393,16 +393,15 @@ def bwd_candidates(pb: Problem) -> list[BwdConfig]:
                 BwdConfig(32, 64, 4, 3, 64, 64, 4, 2),
                 BwdConfig(64, 64, 8, 2, 64, 64, 4, 2),
             ]
-        # K > 128: two [BLOCK_N, K] fp32 accumulators fill the registers. Split (dK with atomic dQ over
-        # 128-key tiles, then dV in its own launch) holds one accumulator each; the 128-key tiles halve the
-        # dQ atomics, which cost more than the matmuls there. It won 10 of 12 keys (1.1-1.27x the fused one)
-        # Also tried here: three launches with no atomics at all (dK, dV, then the dQ kernel over 64 queries).
+        # K > 128: two [BLOCK_N, K] fp32 accumulators fill the registers, so dK and dV run as two launches
+        # (one accumulator each, 128-key tiles). dQ then comes from its own kernel over 64 x 64 tiles (no
+        # atomics: 3-8% faster than the atomic adds at M >= 1024 non-causal on an H200, and deterministic), or is added
+        # with fp32 atomics by the dK launch, or by the fused kernel (which still wins some M = 512 keys).
+        # Measured and dropped: the dQ kernel over 64 x 32 tiles (12-27% slower), the fused kernel without atomics.
         return [
-            BwdConfig(32, 128, 8, 1, 64, 32, 8, 2, atomic_dq=True, dv_block_m=64, dv_block_n=128, dv_warps=8, dv_stages=2),
-            BwdConfig(32, 128, 8, 1, 64, 32, 8, 2, dv_block_m=64, dv_block_n=128, dv_warps=8, dv_stages=2),
             BwdConfig(32, 128, 8, 1, 64, 64, 8, 2, dv_block_m=64, dv_block_n=128, dv_warps=8, dv_stages=2),
+            BwdConfig(32, 128, 8, 1, 64, 32, 8, 2, atomic_dq=True, dv_block_m=64, dv_block_n=128, dv_warps=8, dv_stages=2),
             BwdConfig(32, 64, 8, 2, 64, 32, 8, 2, atomic_dq=True),
-            BwdConfig(32, 64, 8, 2, 64, 32, 8, 2),
         ]
     if d <= 64:
         return [BwdConfig(32, 128, 4, 3, 128, 32, 4, 3), BwdConfig(64, 64, 4, 2, 64, 64, 4, 2)]

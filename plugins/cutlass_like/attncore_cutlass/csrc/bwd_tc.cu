@@ -9,8 +9,8 @@
 //         S^T = K Q^T and dP^T = V dO^T (A: K / V rows, B: Q / dO rows by plain ldmatrix), then
 //         P^T = exp2(S^T - lse2[q]) and dS^T = P^T (dP^T - delta[q]) in registers, which become the
 //         A operands of dV += P^T dO and dK += dS^T Q (B: dO / Q by transposing ldmatrix); dS goes to
-//         dbias. For D = 256 the two accumulators do not fit the register file together: two launches,
-//         one computes dV only, the other dK (and dbias).
+//         dbias. For D = 256 (fp32: D >= 128) the two accumulators do not fit the register file together:
+//         two launches, one computes dV only, the other dK (and dbias).
 //   dq:   one CTA of 4 warps owns 64 queries; each warp 16 of them, dQ (16 x D, fp32) in registers. Key
 //         tiles stream through shared memory (double buffered): S = Q K^T, dP = dO V^T, dS as above,
 //         dQ += dS K (B: K by transposing ldmatrix).
@@ -24,10 +24,13 @@
 // dq 64 x 64 55296 / 92160; D = 128: 105472 / 140288 and 104448 / 141312; D = 256: 64 keys x 32 queries,
 // dK launch 135680 / 153088, dV launch 101888 / 119296, dq 64 x 32 135168 / 155648 (all within the A100
 // opt-in 163 KiB). ptxas: no spills for sm_90 (up to 255 registers); for sm_80 the D = 128 dkdv kernel
-// spills 24 bytes. fp32 (same tile bytes as fp16 at twice the head dim): D = 64, 64 x 64 steps, as fp16 at
-// D = 128; D = 128, 32-query / 32-key steps, as fp16 at D = 256 (one launch); D = 256, 16 / 16 steps, dK
-// launch 199936 / 208640, dV launch 133376 / 142080, dq 199680 / 211968 (sm_90 only: on smaller shared
-// memories the portable kernels run).
+// spills 24 bytes. fp32 (at D >= 128 narrower steps, for no spills and 2-3 CTAs per SM: +6-22% on an H200,
+// benchmarks/RESULTS.md), no bias / bias: D = 64, the fp16 steps, dkdv 105472 / 140288 and dq 104448 /
+// 141312 (32-query dkdv steps, spill-free, were 0-8% slower than 80 B of spills); D = 128, 16-query
+// and 16-key steps, dK and dV in two launches, dK launch 101632 / 110336, dV launch 67840 / 76544, dq
+// 101376 / 113664; D = 256, 16 / 16, dK launch 199936 / 208640, dV launch 133376 / 142080, dq 199680 /
+// 211968 (sm_90 only: on smaller shared memories the portable kernels run). ptxas (sm_90): fp32 spills
+// at D = 64 (dkdv 80 bytes) and D = 256 (dV launch 140, dq 80).
 #include "kernels.h"
 #include "mma.cuh"
 
@@ -512,7 +515,7 @@ cudaError_t dispatch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
   constexpr bool kF32 = sizeof(T) == 4;
   if (d <= 64) return launch<T, 64, 64, 64, false>(bp, stream, launched);
   if constexpr (kF32) {
-    if (d <= 128) return launch<T, 128, 32, 32, false>(bp, stream, launched);
+    if (d <= 128) return launch<T, 128, 16, 16, true>(bp, stream, launched);
     if (d <= 256) return launch<T, 256, 16, 16, true>(bp, stream, launched);
   } else {
     if (d <= 128) return launch<T, 128, 64, 64, false>(bp, stream, launched);

@@ -148,26 +148,30 @@ struct Tf32 {
   }
   // acc += a b at fp32 accuracy from the split operands. The tensor cores add in fp32 but truncate, so
   // a long chain of products into one accumulator drifts toward zero by about one ulp of the
-  // accumulator per step: the three products of this 8-wide step start from zero and their sum is
-  // added to acc in round-to-nearest fp32 (as Ootomo and Yokota, 2022, recover SGEMM accuracy).
+  // accumulator per step: this 8-wide step's products start from zero (the big one, a_big b_big, on its
+  // own; the two small ones chained, their truncation far below fp32's rounding of the total) and are
+  // added to acc in round-to-nearest fp32 (as Ootomo and Yokota, 2022, recover SGEMM accuracy). Two
+  // dependent mmas per step, not three: more steps in flight on the tensor cores.
   static __device__ __forceinline__ void mma3_rn(float* acc, const uint32_t* a_big, const uint32_t* a_small, const uint32_t* b_big,
                                                  const uint32_t* b_small) {
 #if defined(ATTNCORE_EMULATE) || !ATTNCORE_TC
-    float t[4] = {0.f, 0.f, 0.f, 0.f};
+    float t[4] = {0.f, 0.f, 0.f, 0.f}, u[4] = {0.f, 0.f, 0.f, 0.f};
     mma(t, a_small, b_big);
+    mma(u, a_big, b_big);
     mma(t, a_big, b_small);
-    mma(t, a_big, b_big);
-    for (int e = 0; e < 4; ++e) acc[e] += t[e];
+    for (int e = 0; e < 4; ++e) acc[e] += u[e] + t[e];
 #else
     // One block with its own zeroed temporaries: written as separate statements, the compiler hoisted
     // every step's zero initialization to the top of the unrolled loop and spilled (D = 128, sm_90).
     asm volatile(
-        "{\n .reg .f32 t0, t1, t2, t3;\n"
+        "{\n .reg .f32 t0, t1, t2, t3, u0, u1, u2, u3;\n"
         " mov.f32 t0, 0f00000000;\n mov.f32 t1, 0f00000000;\n mov.f32 t2, 0f00000000;\n mov.f32 t3, 0f00000000;\n"
+        " mov.f32 u0, 0f00000000;\n mov.f32 u1, 0f00000000;\n mov.f32 u2, 0f00000000;\n mov.f32 u3, 0f00000000;\n"
         " mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {t0,t1,t2,t3}, {%8,%9,%10,%11}, {%12,%13}, {t0,t1,t2,t3};\n"
+        " mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {u0,u1,u2,u3}, {%4,%5,%6,%7}, {%12,%13}, {u0,u1,u2,u3};\n"
         " mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {t0,t1,t2,t3}, {%4,%5,%6,%7}, {%14,%15}, {t0,t1,t2,t3};\n"
-        " mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {t0,t1,t2,t3}, {%4,%5,%6,%7}, {%12,%13}, {t0,t1,t2,t3};\n"
-        " add.rn.f32 %0, %0, t0;\n add.rn.f32 %1, %1, t1;\n add.rn.f32 %2, %2, t2;\n add.rn.f32 %3, %3, t3;\n}\n"
+        " add.rn.f32 u0, u0, t0;\n add.rn.f32 u1, u1, t1;\n add.rn.f32 u2, u2, t2;\n add.rn.f32 u3, u3, t3;\n"
+        " add.rn.f32 %0, %0, u0;\n add.rn.f32 %1, %1, u1;\n add.rn.f32 %2, %2, u2;\n add.rn.f32 %3, %3, u3;\n}\n"
         : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
         : "r"(a_big[0]), "r"(a_big[1]), "r"(a_big[2]), "r"(a_big[3]), "r"(a_small[0]), "r"(a_small[1]), "r"(a_small[2]), "r"(a_small[3]),
           "r"(b_big[0]), "r"(b_big[1]), "r"(b_small[0]), "r"(b_small[1]));
@@ -183,7 +187,7 @@ struct Tf32 {
 // (S = Q K^T in the forward; S^T = K Q^T, dP^T = V dO^T, S = Q K^T and dP = dO V^T in the backward).
 template <int D, int N, int LD>
 __device__ __forceinline__ void tf32_rows_rows(float (&c)[N / 8][4], const float* A, const float* B, int gr, int tq) {
-#pragma unroll 1
+#pragma unroll 2
   for (int kk = 0; kk < D / 8; ++kk) {
     const float* pa = A + gr * LD + kk * 8 + tq;
     uint32_t ab[4], as[4];
