@@ -2,8 +2,9 @@
 
 Memory-efficient exact attention ``softmax(scale * Q K^T + bias) V``: the ``[Mq, Mk]`` scores never
 exist in memory; masks are evaluated in the kernels from the bias geometry and tiles that cannot hold
-a visible pair are skipped. fp16/bf16 run on tensor cores where the binary has sm_80+ code for the
-device; everything else (fp32, older GPUs) runs the portable CUDA-core kernels. Whether a binary can
+a visible pair are skipped. Where the binary has sm_80+ code for the device, fp16/bf16 run on tensor
+cores and fp32 too (3xTF32, fp32 accuracy) where the shared memory allows; everything else (older GPUs,
+fp32 backward beyond the shared memory) runs the portable CUDA-core kernels. Whether a binary can
 run here at all is decided from its build record (:mod:`attncore_cutlass.negotiation`).
 """
 

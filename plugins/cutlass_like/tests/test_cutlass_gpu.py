@@ -53,18 +53,28 @@ def _tensor_cores() -> bool:
     return bool(_launch.extension(cap).tc_compiled_for_device())  # type: ignore[arg-type]  # (major, minor)
 
 
-#: Shared memory per block the fp32 backward needs at head dims over 128 (bwd_tc.cu: the dq kernel with a bias).
-F32_WIDE_BACKWARD_SMEM = 211968
+#: Shared memory per block (bytes, without / with a tensor bias) that the tensor-core backward's largest
+#: kernel needs, by (fp32 or not, padded head dim): the figures in bwd_tc.cu's header comment.
+BACKWARD_SMEM = {
+    (False, 64): (56320, 92160),
+    (False, 128): (105472, 141312),
+    (False, 256): (135680, 155648),
+    (True, 64): (105472, 141312),
+    (True, 128): (101632, 113664),
+    (True, 256): (199936, 211968),
+}
 
 
-def _expected_family(name: str, dtype: torch.dtype, direction: str = "backward", head_dim: int = 64) -> str:
-    """Tensor cores run every forward and backward (fp32 as 3xTF32) where the binary has them, except the
-    fp32 backward at head dims over 128 on GPUs with less shared memory per block than it needs."""
+def _expected_family(name: str, dtype: torch.dtype, direction: str = "backward", head_dim: int = 64, bias: bool = False) -> str:
+    """Tensor cores run every forward and backward (fp32 as 3xTF32) where the binary has them, except a
+    backward whose tiles need more shared memory per block than this GPU has (the portable kernels run)."""
     if name == "simt" or not _tensor_cores():
         return "simt"
-    if dtype == torch.float32 and direction == "backward" and head_dim > 128:
+    if direction == "backward":
+        padded = 64 if head_dim <= 64 else 128 if head_dim <= 128 else 256
+        need = BACKWARD_SMEM[(dtype == torch.float32, padded)][int(bias)]
         optin = torch.cuda.get_device_properties(CUDA).shared_memory_per_block_optin  # type: ignore[attr-defined]  # in the CUDA build's properties, not in the stubs
-        if optin < F32_WIDE_BACKWARD_SMEM:
+        if optin < need:
             return "simt"
     return "tc"
 
@@ -83,7 +93,7 @@ def test_every_bias_kind(case: testing.Case, layout: str, dtype: torch.dtype, fa
         testing.compare_forward(CutlassFwOp, q, k, v, bias)
         assert _launch.last_family("forward") == _expected_family(fam, dtype, "forward")
         testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
-        assert _launch.last_family("backward") == _expected_family(fam, dtype)
+        assert _launch.last_family("backward") == _expected_family(fam, dtype, head_dim=max(q.shape[-1], v.shape[-1]), bias=tb is not None)
 
 
 def _qkv(b: int, mq: int, mk: int, h: int, kd: int, kv: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

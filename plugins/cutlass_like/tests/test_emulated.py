@@ -164,13 +164,17 @@ def test_fp32_on_tensor_cores(case: testing.Case, layout: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("kd", [16, 80, 200])
 def test_fp32_backward_on_tensor_cores_at_every_tile_width(kd: int) -> None:
-    """The three fp32 backward configurations (head dims padded to 64, 128 and 256: 64-, 32- and 16-wide
-    steps, dK and dV in one launch or two), with Kv != K, under a causal mask that cuts tiles."""
+    """The three fp32 backward configurations (head dims padded to 64, 128 and 256: 64-query / 64-key steps
+    in one dK/dV launch; 16 / 16 with dK and dV in two launches), with Kv != K, under a causal mask that
+    cuts tiles, then with a tensor bias and its gradient (staged per tile pair next to the operand tiles)."""
     gen = torch.Generator().manual_seed(kd)
     q = testing.randn(1, 70, 1, kd, gen=gen, dtype=torch.float32)
     k = testing.randn(1, 90, 1, kd, gen=gen, dtype=torch.float32)
     v = testing.randn(1, 90, 1, kd // 2 + 8, gen=gen, dtype=torch.float32)
     testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, attncore.LowerTriangularFromBottomRightMask())
+    assert _launch.last_family("backward") == "tc"
+    bias = testing.randn(1, 1, 70, 90, gen=gen, dtype=torch.float32).requires_grad_(True)
+    testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
     assert _launch.last_family("backward") == "tc"
 
 

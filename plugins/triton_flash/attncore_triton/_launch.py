@@ -396,7 +396,8 @@ def bwd_candidates(pb: Problem) -> list[BwdConfig]:
         # K > 128: two [BLOCK_N, K] fp32 accumulators fill the registers, so dK and dV run as two launches
         # (one accumulator each, 128-key tiles). dQ then comes from its own kernel over 64 x 64 tiles (no
         # atomics: 3-8% faster than the atomic adds at M >= 1024 non-causal on an H200, and deterministic), or is added
-        # with fp32 atomics by the dK launch, or by the fused kernel (which still wins some M = 512 keys).
+        # with fp32 atomics by the dK launch, or by the fused kernel (it won causal M = 1024 on an H100; on an
+        # H200 it came second at M = 512, by 0.1%).
         # Measured and dropped: the dQ kernel over 64 x 32 tiles (12-27% slower), the fused kernel without atomics.
         return [
             BwdConfig(32, 128, 8, 1, 64, 64, 8, 2, dv_block_m=64, dv_block_n=128, dv_warps=8, dv_stages=2),

@@ -23,11 +23,11 @@
 // Tiles and shared memory (bytes, without / with a bias): D = 64: dkdv 64 keys x 64 queries 56320 / 91136,
 // dq 64 x 64 55296 / 92160; D = 128: 105472 / 140288 and 104448 / 141312; D = 256: 64 keys x 32 queries,
 // dK launch 135680 / 153088, dV launch 101888 / 119296, dq 64 x 32 135168 / 155648 (all within the A100
-// opt-in 163 KiB). ptxas: no spills for sm_90 (up to 255 registers); for sm_80 the D = 128 dkdv kernel
-// spills 24 bytes. fp32 (at D >= 128 narrower steps, for no spills and 2-3 CTAs per SM: +6-22% on an H200,
-// benchmarks/RESULTS.md), no bias / bias: D = 64, the fp16 steps, dkdv 105472 / 140288 and dq 104448 /
-// 141312 (32-query dkdv steps, spill-free, were 0-8% slower than 80 B of spills); D = 128, 16-query
-// and 16-key steps, dK and dV in two launches, dK launch 101632 / 110336, dV launch 67840 / 76544, dq
+// opt-in 163 KiB). ptxas: the D = 128 dkdv kernel spills 12 bytes for sm_90 (since its two products
+// became mma.cuh's helpers; timed within 1.5% of the spill-free version) and 24 for sm_80. fp32, no bias
+// / bias: D = 64, the fp16 steps, dkdv 105472 / 140288 and dq 104448 / 141312 (32-query dkdv steps,
+// spill-free, were 3-6% slower non-causal, -6% to +5% causal: benchmarks/RESULTS.md); D = 128, 16-query
+// and 16-key steps, dK and dV in two launches (no spills, 2-3 CTAs per SM: +4-11% over 32-wide steps), dK launch 101632 / 110336, dV launch 67840 / 76544, dq
 // 101376 / 113664; D = 256, 16 / 16, dK launch 199936 / 208640, dV launch 133376 / 142080, dq 199680 /
 // 211968 (sm_90 only: on smaller shared memories the portable kernels run). ptxas (sm_90): fp32 spills
 // at D = 64 (dkdv 80 bytes) and D = 256 (dV launch 140, dq 80).

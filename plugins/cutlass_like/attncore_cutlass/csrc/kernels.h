@@ -34,7 +34,7 @@ enum class DType { kF32 = 0, kF16 = 1, kBF16 = 2 };
 cudaError_t fwd_simt(const Params& p, DType dt, cudaStream_t stream);
 cudaError_t bwd_simt(const BwdParams& p, DType dt, cudaStream_t stream);
 
-// Tensor-core kernels (f16/bf16, compiled for sm_80+). `*launched` is false when no variant fits
+// Tensor-core kernels (f16/bf16; fp32 as 3xTF32; compiled for sm_80+). `*launched` is false when no variant fits
 // this call (head dim, shared memory); the caller then runs the portable kernel.
 cudaError_t fwd_tc(const Params& p, DType dt, cudaStream_t stream, bool* launched);
 cudaError_t bwd_tc(const BwdParams& p, DType dt, cudaStream_t stream, bool* launched);
