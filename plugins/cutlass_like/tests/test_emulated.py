@@ -111,12 +111,13 @@ TC_CASES = [c for c in CASES if c.name in ("none", "LowerTriangularFromBottomRig
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize(("dtype", "layout"), [(torch.bfloat16, "4d"), (torch.float16, "4d"), (torch.float32, "4d"), (torch.float32, "5d-gqa")], ids=str)
 @pytest.mark.parametrize("case", TC_CASES, ids=repr)
-def test_tensor_core_kernels(case: testing.Case, dtype: torch.dtype) -> None:
+def test_tensor_core_kernels(case: testing.Case, dtype: torch.dtype, layout: str) -> None:
     """mma.sync, ldmatrix and cp.async emulated from their fragment layouts: the tensor-core forward and
-    backward (K=8 and Kv=12, padded to 64) against the float64 reference."""
-    q, k, v, bias, _ = testing.build(case, "4d", dtype, requires_grad=False)
+    backward (K=8 and Kv=12, padded to 64) against the float64 reference; fp32 as 3xTF32 (mma.m16n8k8,
+    each operand split into two tf32 parts), under fp32's own tolerance."""
+    q, k, v, bias, _ = testing.build(case, layout, dtype, requires_grad=False)
     tb = testing.bias_tensor(bias)
     if tb is not None:
         tb.requires_grad_(True)
@@ -143,22 +144,6 @@ def test_tensor_core_forward_fast_tiles(bias: attncore.AttentionBias | None, dty
     v = testing.randn(1, 320, 1, 40, gen=gen, dtype=dtype)
     testing.compare_forward(CutlassFwOp, q, k, v, bias)
     assert _launch.last_family("forward") == "tc"
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("layout", ["4d", "5d-gqa"])
-@pytest.mark.parametrize("case", TC_CASES, ids=repr)
-def test_fp32_on_tensor_cores(case: testing.Case, layout: str) -> None:
-    """fp32 forward and backward as 3xTF32 (mma.m16n8k8, each operand split into two tf32 parts): fp32
-    accuracy against the float64 reference, under fp32's own tolerance."""
-    q, k, v, bias, _ = testing.build(case, layout, torch.float32, requires_grad=False)
-    tb = testing.bias_tensor(bias)
-    if tb is not None:
-        tb.requires_grad_(True)
-    testing.compare_forward(CutlassFwOp, q, k, v, bias)
-    assert _launch.last_family("forward") == "tc"
-    testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
-    assert _launch.last_family("backward") == "tc"
 
 
 @pytest.mark.slow
