@@ -250,14 +250,6 @@ def backward(
     mk, kv = k.shape[1], v.shape[-1]
     dev = q.device
     do = _last_contiguous(grad_out if grad_out.dtype == q.dtype else grad_out.to(q.dtype))
-    # delta = rowsum(dO * O) - grad_lse and the base-2 LSE, [B, G, H, Mq] float32; rows that saw no key get
-    # +inf so that exp2(s - lse2) is 0 for them whatever s is
-    delta = (grad_out.float() * out.float()).sum(-1).permute(0, 2, 3, 1)
-    if grad_lse is not None:
-        delta = delta - grad_lse.float()
-    delta = delta.contiguous()
-    lse2 = lse.float() * LOG2E
-    lse2 = torch.where(lse2 == float("-inf"), torch.full_like(lse2, float("inf")), lse2).contiguous()
     call = _describe(inputs)
     seqs = call.seqs
     rows = mk if seqs is None else seqs.write_rows
@@ -282,6 +274,7 @@ def backward(
         _LAST["backward"] = "none"
         return dq, dk, dv, _in_bias_dtype(dbias, inputs)
     ext = ext if ext is not None else extension(inputs.features.device.capability)
+    delta, lse2 = _row_stats(ext, grad_out, out, lse, grad_lse, do)
     vec, tc = _vec_ok(q, k, v, do), _TENSOR_CORES.get()
     family = "none"
     step = inputs.shared_bias_batch_step(bias.element_size()) if summed and bias is not None else MAX_SEQS_PER_LAUNCH
@@ -297,6 +290,27 @@ def backward(
     if seqs is not None and not seqs.direct:
         dk, dv = _sum_overlaps(seqs, dk, dv, mk)
     return dq, dk, dv, _in_bias_dtype(dbias, inputs)
+
+
+def _row_stats(
+    ext: ModuleType, grad_out: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, grad_lse: Optional[torch.Tensor], do: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(delta, lse2)``, ``[B, G, H, Mq]`` float32: delta = rowsum(dO * O) - grad_lse and the base-2 LSE, +inf
+    for rows that saw no key (so that exp2(s - lse2) is 0 there whatever s is). One kernel pass over dO and
+    O in the inputs' dtype (fp32 products); an output kept in another dtype takes the eager path."""
+    b, mq, g, h, _ = out.shape
+    if out.dtype == do.dtype:
+        delta = torch.empty((b, g, h, mq), dtype=torch.float32, device=out.device)
+        lse2 = torch.empty_like(delta)
+        glse = None if grad_lse is None else grad_lse.float().contiguous()
+        ext.prepare(do, _last_contiguous(out), lse.float().contiguous(), glse, delta, lse2)
+        return delta, lse2
+    delta = (grad_out.float() * out.float()).sum(-1).permute(0, 2, 3, 1)
+    if grad_lse is not None:
+        delta = delta - grad_lse.float()
+    lse2 = lse.float() * LOG2E
+    lse2 = torch.where(lse2 == float("-inf"), torch.full_like(lse2, float("inf")), lse2)
+    return delta.contiguous(), lse2.contiguous()
 
 
 def _in_bias_dtype(dbias: Optional[torch.Tensor], inputs: Inputs) -> Optional[torch.Tensor]:

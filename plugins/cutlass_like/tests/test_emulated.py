@@ -107,6 +107,32 @@ def test_backward_is_deterministic(portable: None) -> None:
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("kv", [24, 72])
+@pytest.mark.parametrize("with_grad_lse", [False, True])
+def test_backward_row_statistics(dtype: torch.dtype, kv: int, with_grad_lse: bool, emulated: ModuleType) -> None:
+    """The prep kernel's delta = rowsum(dO * O) - grad_lse and base-2 LSE against the eager formula: head
+    dims below and above one warp's width, out as a strided view, rows that saw no key (LSE -inf)."""
+    gen = torch.Generator().manual_seed(kv + 7 * with_grad_lse)
+    b, mq, g, h = 2, 5, 1, 3
+    wide = testing.randn(b, mq, g, h + 1, kv, gen=gen, dtype=dtype)
+    out = wide[:, :, :, 1:]  # strided: a view into a wider tensor
+    do = testing.randn(b, mq, g, h, kv, gen=gen, dtype=dtype)
+    lse = torch.randn(b, g, h, mq, generator=gen)
+    lse[0, 0, 1, 2] = float("-inf")
+    grad_lse = torch.randn(b, g, h, mq, generator=gen) if with_grad_lse else None
+    delta = torch.full((b, g, h, mq), float("nan"))
+    lse2 = torch.full_like(delta, float("nan"))
+    emulated.prepare(do, out, lse, grad_lse, delta, lse2)
+    want = (do.double() * out.double()).sum(-1).permute(0, 2, 3, 1)
+    if grad_lse is not None:
+        want = want - grad_lse.double()
+    torch.testing.assert_close(delta.double(), want, rtol=1e-5, atol=1e-5)
+    want2 = lse.double() * 1.4426950408889634
+    want2[0, 0, 1, 2] = float("inf")
+    torch.testing.assert_close(lse2.double(), want2)
+
+
 TC_CASES = [c for c in CASES if c.name in ("none", "LowerTriangularFromBottomRightMask", "BlockDiagonalCausalMask", "tensor")]
 
 

@@ -18,6 +18,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "kernels.h"
 
@@ -169,11 +170,45 @@ std::string backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   return "simt";
 }
 
+void prepare(const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& grad_lse, const at::Tensor& delta,
+             const at::Tensor& lse2) {
+  ATTNCORE_DEVICE_GUARD(out);
+  attncore::PrepParams pp{};
+  TORCH_CHECK(ATTNCORE_ON_DEVICE(out) && dout.device() == out.device() && lse.device() == out.device() && delta.device() == out.device() &&
+                  lse2.device() == out.device(),
+              "attncore-cutlass: grad_out, out, lse, delta and lse2 must be on one CUDA device");
+  TORCH_CHECK(dout.scalar_type() == out.scalar_type(), "attncore-cutlass: grad_out and out must share a dtype, found ", dout.scalar_type(), " and ",
+              out.scalar_type());
+  TORCH_CHECK(dout.sizes() == out.sizes(), "attncore-cutlass: grad_out and out must have one shape");
+  strides4(pp.do_s, dout, "grad_out");
+  strides4(pp.o_s, out, "out");
+  pp.B = (int)out.size(0);
+  pp.Mq = (int)out.size(1);
+  pp.G = (int)out.size(2);
+  pp.H = (int)out.size(3);
+  pp.Kv = (int)out.size(4);
+  const std::vector<int64_t> stats{out.size(0), out.size(2), out.size(3), out.size(1)};
+  for (const at::Tensor* t : {&lse, &delta, &lse2})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->sizes() == at::IntArrayRef(stats), "attncore-cutlass: lse, delta and lse2 must be contiguous float32 [B, G, H, Mq]");
+  if (grad_lse.has_value()) {
+    TORCH_CHECK(grad_lse->scalar_type() == at::kFloat && grad_lse->is_contiguous() && grad_lse->sizes() == at::IntArrayRef(stats) && grad_lse->device() == out.device(),
+                "attncore-cutlass: grad_lse must be contiguous float32 [B, G, H, Mq]");
+    pp.grad_lse = grad_lse->data_ptr<float>();
+  }
+  pp.dout = dout.data_ptr();
+  pp.out = out.data_ptr();
+  pp.lse = lse.data_ptr<float>();
+  pp.delta = delta.data_ptr<float>();
+  pp.lse2 = lse2.data_ptr<float>();
+  check(attncore::bwd_prep(pp, dtype_of(out), ATTNCORE_STREAM()), "backward statistics");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "attncore-cutlass CUDA kernels (see attncore_cutlass._launch for the Python side)";
   m.def("forward", &forward, "attention forward; returns the kernel family that ran ('tc' or 'simt')");
   m.def("backward", &backward, "attention backward; returns the kernel family that ran ('tc' or 'simt')");
+  m.def("prepare", &prepare, "the backward's delta = rowsum(grad_out * out) - grad_lse and base-2 LSE, into delta and lse2");
   m.def("tc_compiled_for_device", &attncore::tc_compiled_for_device, "whether the running code has tensor-core kernel bodies (built for sm_80+)");
 }

@@ -4,7 +4,8 @@
 //   dkdv: one CTA per key tile walks the query tiles that can see it: dV += P^T dO, dK += scale dS^T Q,
 //         and writes dS into dbias (each visible pair is visited exactly once here);
 //   dq:   one CTA per query tile walks its key tiles: dQ += scale dS K.
-// with dS = P * (dO V^T - delta), delta = rowsum(dO * O) - grad_lse (computed by the host).
+// with dS = P * (dO V^T - delta), delta = rowsum(dO * O) - grad_lse, computed before either kernel by
+// bwd_prep (below; the tensor-core backward uses it too).
 #include "common.cuh"
 #include "kernels.h"
 
@@ -236,7 +237,49 @@ cudaError_t dispatch(const BwdParams& bp, cudaStream_t stream) {
   return launch<T, 8, 8, 256>(bp, stream);
 }
 
+// One warp per row r of [B, G, H, Mq] (the statistics' order): delta[r] = sum_c dO[c] O[c] - grad_lse[r]
+// (fp32 products and sums) and lse2[r].
+template <typename T>
+__global__ void __launch_bounds__(256) bwd_prep_kernel(PrepParams pp) {
+  const int64_t rows = (int64_t)pp.B * pp.G * pp.H * pp.Mq;
+  const int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (r >= rows) return;  // whole warps only: rows are per warp
+  const int m = (int)(r % pp.Mq);
+  const int64_t bgh = r / pp.Mq;
+  const int h = (int)(bgh % pp.H), g = (int)(bgh / pp.H % pp.G), b = (int)(bgh / ((int64_t)pp.H * pp.G));
+  const T* dor = row_ptr<T>(pp.dout, pp.do_s, b, m, g, h);
+  const T* orow = row_ptr<T>(pp.out, pp.o_s, b, m, g, h);
+  float acc = 0.f;
+  for (int c = lane; c < pp.Kv; c += 32) acc = fmaf(to_float<T>(dor[c]), to_float<T>(orow[c]), acc);
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  if (lane == 0) {
+    pp.delta[r] = pp.grad_lse != nullptr ? acc - pp.grad_lse[r] : acc;
+    const float l = pp.lse[r];
+    pp.lse2[r] = l == -INFINITY ? INFINITY : l * kLog2e;
+  }
+}
+
+template <typename T>
+cudaError_t prep(const PrepParams& pp, cudaStream_t stream) {
+  constexpr int kWarps = 8;
+  const int64_t rows = (int64_t)pp.B * pp.G * pp.H * pp.Mq;
+  if (rows == 0) return cudaSuccess;
+  ATTNCORE_LAUNCH(bwd_prep_kernel<T>, dim3((unsigned)((rows + kWarps - 1) / kWarps)), kWarps * 32, 0, stream, pp);
+  return cudaGetLastError();
+}
+
 }  // namespace
+
+cudaError_t bwd_prep(const PrepParams& pp, DType dt, cudaStream_t stream) {
+  switch (dt) {
+    case DType::kF32: return prep<float>(pp, stream);
+    case DType::kF16: return prep<__half>(pp, stream);
+    case DType::kBF16: return prep<__nv_bfloat16>(pp, stream);
+  }
+  return cudaErrorInvalidValue;
+}
 
 cudaError_t bwd_simt(const BwdParams& bp, DType dt, cudaStream_t stream) {
   switch (dt) {

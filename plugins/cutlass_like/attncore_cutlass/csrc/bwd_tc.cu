@@ -65,55 +65,9 @@ constexpr int dq_smem_bytes(bool bias) {
   return (2 * kBMq + 4 * BN) * pitch<T, D>() * static_cast<int>(sizeof(T)) + (bias ? 2 * kBMq * (BN + kLdbQPad) * 4 : 0);
 }
 
-// Two adjacent columns of an output row: one 32-bit (fp32: 64-bit) store when both exist and the address
-// allows it.
-template <typename T>
-__device__ __forceinline__ void store_pair(T* row, int col, int ncols, float a, float b) {
-  if (col + 1 < ncols && (reinterpret_cast<uintptr_t>(row + col) & (2 * sizeof(T) - 1)) == 0) {
-    if constexpr (sizeof(T) == 4) {
-      *reinterpret_cast<float2*>(row + col) = make_float2(a, b);
-    } else {
-      *reinterpret_cast<uint32_t*>(row + col) = tc::Mma<T>::pack(a, b);
-    }
-  } else {
-    if (col < ncols) row[col] = from_float<T>(a);
-    if (col + 1 < ncols) row[col + 1] = from_float<T>(b);
-  }
-}
-
 template <typename U>
 __device__ __forceinline__ void put(void* base, int64_t at, float x) {
   reinterpret_cast<U*>(base)[at] = from_float<U>(x);
-}
-
-// Rows [row0, row0 + ROWS) of a [B, M, G, H, *] view into shared [ROWS][LD] (columns [0, COLS)); rows at or
-// past nrows and columns at or past ncols are zero. Like tc::load_tile, with the row address computed
-// once and a fixed per-thread column (fewer live registers inside the main loops).
-template <typename T, int ROWS, int COLS, int LD>
-__device__ __forceinline__ void load_rows(T* dst, const void* base, const int64_t* st, int b, int row0, int g, int h, int nrows, int ncols, bool vec) {
-  const T* src = row_ptr<T>(base, st, b, row0, g, h);
-  const int64_t rs = st[1];
-  if (vec) {
-    constexpr int E = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte chunk
-    constexpr int CH = COLS / E;                            // chunks per row
-    constexpr int STEP = kThreads / CH;                     // rows per pass
-    static_assert(COLS % E == 0 && kThreads % CH == 0 && ROWS % STEP == 0, "copy plan");
-    const int r0 = threadIdx.x / CH, c = (threadIdx.x % CH) * E;
-    const bool cok = c < ncols;
-#pragma unroll
-    for (int k = 0; k < ROWS / STEP; ++k) {
-      const int r = r0 + k * STEP;
-      const bool ok = cok && r < nrows;
-      tc::cp_async_16(dst + r * LD + c, ok ? src + r * rs + c : reinterpret_cast<const T*>(base), ok);
-    }
-  } else {
-    for (int e = threadIdx.x; e < ROWS * COLS; e += kThreads) {
-      const int r = e / COLS, c = e % COLS;
-      T x = from_float<T>(0.f);
-      if (r < nrows && c < ncols) x = src[r * rs + c];
-      dst[r * LD + c] = x;
-    }
-  }
 }
 
 // Which pairs of a thread's C fragments (n-tiles 0..NT-1) are visible: bit nt * 4 + e for element e of
@@ -195,8 +149,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_tc_kernel(BwdParams bp) {
   // Query tile [m0, m0 + BM) into buffer buf: Q, dO (rows past m_hi zero), the row statistics (rows
   // past m_hi: lse2 = +inf, delta = 0; they are masked anyway) and the bias tile.
   auto stage = [&](int buf, int m0) {
-    load_rows<T, BM, D, LD>(Qs + buf * BM * LD, p.q, p.q_s, sq.b, sq.q0 + m0, g, h, m_hi - m0, p.K, vec);
-    load_rows<T, BM, D, LD>(dOs + buf * BM * LD, bp.dout, bp.do_s, sq.b, sq.q0 + m0, g, h, m_hi - m0, p.Kv, vec);
+    tc::load_rows<T, BM, D, LD, kThreads>(Qs + buf * BM * LD, p.q, p.q_s, sq.b, sq.q0 + m0, g, h, m_hi - m0, p.K, vec);
+    tc::load_rows<T, BM, D, LD, kThreads>(dOs + buf * BM * LD, bp.dout, bp.do_s, sq.b, sq.q0 + m0, g, h, m_hi - m0, p.Kv, vec);
     for (int r = tid; r < BM; r += kThreads) {
       const int i = m0 + r;
       float l2 = INFINITY, dl = 0.f;
@@ -211,8 +165,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_tc_kernel(BwdParams bp) {
   };
 
   if (m_lo < m_hi) {
-    load_rows<T, BN, D, LD>(Ks, p.k, p.k_s, sq.b, sq.k0 + n0, g, h, n1 - n0, p.K, vec);
-    if (kDK) load_rows<T, BN, D, LD>(Vs, p.v, p.v_s, sq.b, sq.k0 + n0, g, h, n1 - n0, p.Kv, vec);
+    tc::load_rows<T, BN, D, LD, kThreads>(Ks, p.k, p.k_s, sq.b, sq.k0 + n0, g, h, n1 - n0, p.K, vec);
+    if (kDK) tc::load_rows<T, BN, D, LD, kThreads>(Vs, p.v, p.v_s, sq.b, sq.k0 + n0, g, h, n1 - n0, p.Kv, vec);
     stage(0, m_lo);
     tc::cp_async_commit();
   }
@@ -306,14 +260,10 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_tc_kernel(BwdParams bp) {
     const int j = n0 + jw + hr * 8;
     if (j >= sq.klen) continue;
     if constexpr (kDK) {
-      T* dkr = row_ptr_mut<T>(bp.dk, bp.dk_s, sq.b, sq.kw0 + j, g, h);
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) store_pair<T>(dkr, dt * 8 + 2 * tq, p.K, dk[dt][2 * hr] * p.scale, dk[dt][2 * hr + 1] * p.scale);
+      tc::store_row<T, D>(row_ptr_mut<T>(bp.dk, bp.dk_s, sq.b, sq.kw0 + j, g, h), p.K, dk, hr, tq, p.scale);
     }
     if constexpr (kDV) {
-      T* dvr = row_ptr_mut<T>(bp.dv, bp.dv_s, sq.b, sq.kw0 + j, g, h);
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) store_pair<T>(dvr, dt * 8 + 2 * tq, p.Kv, dv[dt][2 * hr], dv[dt][2 * hr + 1]);
+      tc::store_row<T, D>(row_ptr_mut<T>(bp.dv, bp.dv_s, sq.b, sq.kw0 + j, g, h), p.Kv, dv, hr, tq, 1.f);
     }
   }
 #else
@@ -373,13 +323,13 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_tc_kernel(BwdParams bp) {
   for (int i = 0; i < D / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
 
   auto stage = [&](int buf, int n0) {
-    load_rows<T, BN, D, LD>(Ks + buf * BN * LD, p.k, p.k_s, sq.b, sq.k0 + n0, g, h, n_hi - n0, p.K, vec);
-    load_rows<T, BN, D, LD>(Vs + buf * BN * LD, p.v, p.v_s, sq.b, sq.k0 + n0, g, h, n_hi - n0, p.Kv, vec);
+    tc::load_rows<T, BN, D, LD, kThreads>(Ks + buf * BN * LD, p.k, p.k_s, sq.b, sq.k0 + n0, g, h, n_hi - n0, p.K, vec);
+    tc::load_rows<T, BN, D, LD, kThreads>(Vs + buf * BN * LD, p.v, p.v_s, sq.b, sq.k0 + n0, g, h, n_hi - n0, p.Kv, vec);
     if (has_bias) load_bias_tile<T, BM, BN, LDB>(bias_s + buf * BM * LDB, p, sq, g, h, m0, m1, n0, n_hi);
   };
   if (n_lo < n_hi) {
-    load_rows<T, BM, D, LD>(Qs, p.q, p.q_s, sq.b, sq.q0 + m0, g, h, m1 - m0, p.K, vec);
-    load_rows<T, BM, D, LD>(dOs, bp.dout, bp.do_s, sq.b, sq.q0 + m0, g, h, m1 - m0, p.Kv, vec);
+    tc::load_rows<T, BM, D, LD, kThreads>(Qs, p.q, p.q_s, sq.b, sq.q0 + m0, g, h, m1 - m0, p.K, vec);
+    tc::load_rows<T, BM, D, LD, kThreads>(dOs, bp.dout, bp.do_s, sq.b, sq.q0 + m0, g, h, m1 - m0, p.Kv, vec);
     stage(0, n_lo);
     tc::cp_async_commit();
   }
@@ -462,9 +412,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_tc_kernel(BwdParams bp) {
   for (int hr = 0; hr < 2; ++hr) {
     const int i = m0 + iw + hr * 8;
     if (i >= sq.qlen) continue;
-    T* dqr = row_ptr_mut<T>(bp.dq, bp.dq_s, sq.b, sq.q0 + i, g, h);
-#pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) store_pair<T>(dqr, dt * 8 + 2 * tq, p.K, dq[dt][2 * hr] * p.scale, dq[dt][2 * hr + 1] * p.scale);
+    tc::store_row<T, D>(row_ptr_mut<T>(bp.dq, bp.dq_s, sq.b, sq.q0 + i, g, h), p.K, dq, hr, tq, p.scale);
   }
 #else
   __trap();  // never launched: the host checks tc_compiled_for_device() first

@@ -1,7 +1,7 @@
 // Tensor-core forward on sm_80 and newer (mma.sync; Hopper runs it too): fp16/bf16 with m16n8k16, fp32
 // as 3xTF32 with m16n8k8 (each operand split into two tf32 parts, fp32 accuracy; mma.cuh).
 //
-// One CTA of 8 warps (4 at D = 64 in fp16/bf16, warps_for) owns 128 (64) queries of one (sequence,
+// One CTA of 4 warps (8 for fp32 at D = 256; warps_for) owns 64 (128) queries of one (sequence,
 // group, head); each warp owns 16 of them and keeps its output tile in registers (and, for fp16/bf16
 // with D <= 128, its Q fragments). Keys stream through shared memory in tiles of BN with a two-stage
 // cp.async pipeline: tile n + 1 (K and V) loads while tile n is multiplied. Scores stay in registers and
@@ -125,11 +125,11 @@ __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
 
   auto load_kv = [&](int n0, int stage) {
     T* Ks = KVs + stage * 2 * BN * LD;
-    tc::load_tile<T, BN, D, LD, kThreads>(Ks, p.k, p.k_s, sq.b, sq.k0 + n0, g, h, n_hi - n0, p.K, vec);
-    tc::load_tile<T, BN, D, LD, kThreads>(Ks + BN * LD, p.v, p.v_s, sq.b, sq.k0 + n0, g, h, n_hi - n0, p.Kv, vec);
+    tc::load_rows<T, BN, D, LD, kThreads>(Ks, p.k, p.k_s, sq.b, sq.k0 + n0, g, h, n_hi - n0, p.K, vec);
+    tc::load_rows<T, BN, D, LD, kThreads>(Ks + BN * LD, p.v, p.v_s, sq.b, sq.k0 + n0, g, h, n_hi - n0, p.Kv, vec);
   };
 
-  tc::load_tile<T, kBM, D, LD, kThreads>(Qs, p.q, p.q_s, sq.b, sq.q0 + m0, g, h, sq.qlen - m0, p.K, vec);
+  tc::load_rows<T, kBM, D, LD, kThreads>(Qs, p.q, p.q_s, sq.b, sq.q0 + m0, g, h, sq.qlen - m0, p.K, vec);
   if (n_lo < n_hi) load_kv(n_lo, 0);
   tc::cp_async_commit();
 
@@ -197,11 +197,10 @@ __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
     const int i = m0 + warp * 16 + gr + hr * 8;
     if (i >= sq.qlen) continue;
     const float inv = l > 0.f ? 1.f / l : 0.f;
-#pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      const int col = dt * 8 + 2 * tq;
-      if (col < p.Kv) store_out<T>(p, sq.b, sq.q0 + i, g, h, col, o[dt][2 * hr] * inv);
-      if (col + 1 < p.Kv) store_out<T>(p, sq.b, sq.q0 + i, g, h, col + 1, o[dt][2 * hr + 1] * inv);
+    if (p.out_f32) {
+      tc::store_row<float, D>(row_ptr_mut<float>(p.out, p.o_s, sq.b, sq.q0 + i, g, h), p.Kv, o, hr, tq, inv);
+    } else {
+      tc::store_row<T, D>(row_ptr_mut<T>(p.out, p.o_s, sq.b, sq.q0 + i, g, h), p.Kv, o, hr, tq, inv);
     }
     if (p.lse != nullptr && tq == 0) {
       const int64_t at = ((int64_t)(sq.b * p.G + g) * p.H + h) * p.Mq + sq.q0 + i;
@@ -226,10 +225,12 @@ bool launch(const Params& p, cudaStream_t stream) {
 
 // CTA size: 8 warps (128 queries) share each K/V tile between more rows; 4 warps (64 queries) take half
 // the registers and shared memory, so two CTAs fit on a multiprocessor and one's prologue and epilogue
-// overlap the other's main loop. Measured on an H200 (benchmarks/RESULTS.md): 4 warps win at D = 64 in
-// bf16 (+5-15%, fp16 assumed alike), 8 warps at D = 128 and 256 and for fp32 (fp32 at D = 256: 4 warps
-// are 0.65-0.75x as fast). ATTNCORE_CUTLASS_FWD_WARPS=4 or 8 overrides the choice for measurements; it
-// is read at the first forward of the process (other values are ignored).
+// overlap the other's main loop. Measured on an H200 (benchmarks/RESULTS.md), once the epilogue was compact
+// (pair stores, one row address): 4 warps win in bf16 at every head dim (D = 128: +2-21%, D = 256: -1% to +19%,
+// most under a causal mask), and at D = 64 in fp16 too; in fp32 at D <= 128 (+0-13%, most under a causal mask), not
+// at D = 256 (0.73-0.83x: that kernel is register-bound, and 4 warps share each split K/V tile between half
+// as many rows). ATTNCORE_CUTLASS_FWD_WARPS=4 or 8 overrides
+// the choice for measurements; it is read at the first forward of the process (other values are ignored).
 inline int forced_warps() {
   static const int forced = [] {
     const char* env = std::getenv("ATTNCORE_CUTLASS_FWD_WARPS");
@@ -242,7 +243,7 @@ inline int forced_warps() {
 template <typename T, int D>
 int warps_for() {
   if (forced_warps() != 0) return forced_warps();
-  return !std::is_same<T, float>::value && D <= 64 ? 4 : 8;
+  return std::is_same<T, float>::value && D > 128 ? 8 : 4;
 }
 
 // Two stages where the shared memory allows (sm_80/sm_90), else one (sm_86/sm_89 at D = 256).

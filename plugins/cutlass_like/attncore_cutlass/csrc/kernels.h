@@ -33,6 +33,8 @@ enum class DType { kF32 = 0, kF16 = 1, kBF16 = 2 };
 // Portable kernels (every arch from sm_60, every dtype): fp32 arithmetic on CUDA cores.
 cudaError_t fwd_simt(const Params& p, DType dt, cudaStream_t stream);
 cudaError_t bwd_simt(const BwdParams& p, DType dt, cudaStream_t stream);
+// The backward's delta and base-2 LSE (PrepParams), one warp per row; every arch, every dtype.
+cudaError_t bwd_prep(const PrepParams& pp, DType dt, cudaStream_t stream);
 
 // Tensor-core kernels (f16/bf16; fp32 as 3xTF32; compiled for sm_80+). `*launched` is false when no variant fits
 // this call (head dim, shared memory); the caller then runs the portable kernel.

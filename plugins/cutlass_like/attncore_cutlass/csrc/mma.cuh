@@ -410,56 +410,58 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 // Rows [row0, row0 + ROWS) of a [B, M, G, H, *] view into shared memory [ROWS][LD] (columns [0, COLS)).
-// Rows at or past `nrows` and columns at or past `ncols` are zero. With p.vec the copy is asynchronous
-// (cp.async, 16 bytes per thread and step; wait with cp_async_wait), else synchronous element loads.
+// Rows at or past `nrows` and columns at or past `ncols` are zero. The row address is computed once and
+// each thread keeps one column chunk, so a tile costs a few instructions per 16 bytes. With `vec` the copy
+// is asynchronous (cp.async, 16 bytes per thread and row; wait with cp_async_wait), else synchronous
+// element loads.
 template <typename T, int ROWS, int COLS, int LD, int THREADS>
-__device__ __forceinline__ void load_tile(T* dst, const void* base, const int64_t* st, int b, int row0, int g, int h, int nrows, int ncols,
+__device__ __forceinline__ void load_rows(T* dst, const void* base, const int64_t* st, int b, int row0, int g, int h, int nrows, int ncols,
                                           bool vec) {
-  const int tid = threadIdx.x;
+  const T* src = row_ptr<T>(base, st, b, row0, g, h);
+  const int64_t rs = st[1];
   if (vec) {
-    constexpr int E = 16 / sizeof(T);  // elements per 16-byte chunk
-    constexpr int CHUNKS = COLS / E;
-#pragma unroll 4
-    for (int e = tid; e < ROWS * CHUNKS; e += THREADS) {
-      const int r = e / CHUNKS, c = (e % CHUNKS) * E;
-      const bool ok = r < nrows && c < ncols;
-      const T* src = ok ? row_ptr<T>(base, st, b, row0 + r, g, h) + c : reinterpret_cast<const T*>(base);
-      cp_async_16(dst + r * LD + c, src, ok);
+    constexpr int E = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte chunk
+    constexpr int CH = COLS / E;                            // chunks per row
+    constexpr int STEP = THREADS / CH;                      // rows per pass
+    static_assert(COLS % E == 0 && THREADS % CH == 0 && ROWS % STEP == 0, "copy plan");
+    const int r0 = threadIdx.x / CH, c = (threadIdx.x % CH) * E;
+    const bool cok = c < ncols;
+#pragma unroll
+    for (int k = 0; k < ROWS / STEP; ++k) {
+      const int r = r0 + k * STEP;
+      const bool ok = cok && r < nrows;
+      cp_async_16(dst + r * LD + c, ok ? src + r * rs + c : reinterpret_cast<const T*>(base), ok);
     }
   } else {
-    for (int e = tid; e < ROWS * COLS; e += THREADS) {
+    for (int e = threadIdx.x; e < ROWS * COLS; e += THREADS) {
       const int r = e / COLS, c = e % COLS;
       T x = from_float<T>(0.f);
-      if (r < nrows && c < ncols) x = row_ptr<T>(base, st, b, row0 + r, g, h)[c];
+      if (r < nrows && c < ncols) x = src[r * rs + c];
       dst[r * LD + c] = x;
     }
   }
 }
 
-// Rows [row0, row0 + ROWS) below `base` (row stride `stride` elements) into shared memory [ROWS][LD],
-// columns [0, COLS); rows at or past `nrows` and columns at or past `ncols` are zero. Cheaper per tile
-// than load_tile when the same (sequence, head) is walked tile by tile: only row0 changes.
-template <typename T, int ROWS, int COLS, int LD, int THREADS>
-__device__ __forceinline__ void load_rows(T* dst, const T* base, int64_t stride, int row0, int nrows, int ncols, bool vec) {
-  const int tid = threadIdx.x;
-  if (vec) {
-    constexpr int E = 16 / sizeof(T);
-    constexpr int CHUNKS = COLS / E;
-    constexpr int STEPS = (ROWS * CHUNKS + THREADS - 1) / THREADS;
+// One row of a warp's C fragments to global memory: columns 8 dt + 2 tq and 8 dt + 2 tq + 1 of `acc`'s
+// row half hr (0: rows g, 1: rows g + 8), times `mul`, into `row` (element type U) below column
+// `ncols`. Both columns of a pair go in one 32-bit store (fp32: 64-bit) where the row is aligned for it
+// (tested once: every pair starts at an even column).
+template <typename U, int D>
+__device__ __forceinline__ void store_row(U* row, int ncols, const float (&acc)[D / 8][4], int hr, int tq, float mul) {
+  const bool paired = (reinterpret_cast<uintptr_t>(row) & (2 * sizeof(U) - 1)) == 0;
 #pragma unroll
-    for (int i = 0; i < STEPS; ++i) {
-      const int e = tid + i * THREADS;
-      if ((ROWS * CHUNKS) % THREADS != 0 && e >= ROWS * CHUNKS) break;
-      const int r = e / CHUNKS, c = (e % CHUNKS) * E;
-      const bool ok = r < nrows && c < ncols;
-      cp_async_16(dst + r * LD + c, ok ? base + (int64_t)(row0 + r) * stride + c : base, ok);
-    }
-  } else {
-    for (int e = tid; e < ROWS * COLS; e += THREADS) {
-      const int r = e / COLS, c = e % COLS;
-      T x = from_float<T>(0.f);
-      if (r < nrows && c < ncols) x = base[(int64_t)(row0 + r) * stride + c];
-      dst[r * LD + c] = x;
+  for (int dt = 0; dt < D / 8; ++dt) {
+    const int col = dt * 8 + 2 * tq;
+    const float a = acc[dt][2 * hr] * mul, b = acc[dt][2 * hr + 1] * mul;
+    if (paired && col + 1 < ncols) {
+      if constexpr (sizeof(U) == 4) {
+        *reinterpret_cast<float2*>(row + col) = make_float2(a, b);
+      } else {
+        *reinterpret_cast<uint32_t*>(row + col) = Mma<U>::pack(a, b);
+      }
+    } else {
+      if (col < ncols) row[col] = from_float<U>(a);
+      if (col + 1 < ncols) row[col + 1] = from_float<U>(b);
     }
   }
 }

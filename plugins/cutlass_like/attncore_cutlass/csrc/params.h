@@ -56,4 +56,18 @@ struct BwdParams {
   const int* seq_kw;   // first dK/dV row of each sequence (== seq_k when rows are direct)
 };
 
+// The backward's row statistics, from the forward's output and LSE (one pass, before the backward kernels):
+// delta = rowsum(dO * O) - grad_lse and lse2 = LSE * log2(e) (+inf for rows that saw no key, so that
+// exp2(s - lse2) is 0 there whatever s is).
+struct PrepParams {
+  const void* dout;      // [B, Mq, G, H, Kv] in the inputs' type
+  const void* out;       // [B, Mq, G, H, Kv] in the inputs' type
+  const float* lse;      // [B, G, H, Mq] contiguous, natural log
+  const float* grad_lse; // [B, G, H, Mq] contiguous; nullptr: none
+  float* delta;          // [B, G, H, Mq] contiguous
+  float* lse2;           // [B, G, H, Mq] contiguous
+  int64_t do_s[4], o_s[4];
+  int B, G, H, Mq, Kv;
+};
+
 }  // namespace attncore
