@@ -70,7 +70,6 @@ RECORD_NAME = "build.json"
 KEY_FORMAT = "torch<release>-cu<cuda>-<python tag>-abi<cxx11 abi>-sm<arch list>-<source hash>"
 
 
-
 class BuildError(RuntimeError):
     """The extension could not be built; the message says why and what to change."""
 
