@@ -297,6 +297,19 @@ def fwd_kernel(Q: tl.tensor, K: tl.tensor, V: tl.tensor, OUT: tl.tensor, LSE: tl
 # ------------------------------------------------------------------------------------------------
 
 
+@jit
+def _row_stats(o: tl.tensor, do: tl.tensor, lse_base: tl.tensor, glse_base: tl.tensor, offs_m: tl.tensor, m_ok: tl.tensor,
+               HAS_GLSE: tl.constexpr) -> tl.tensor:
+    """``(delta, m2)`` of rows ``offs_m`` from their ``O`` and ``dO`` tiles: ``rowsum(dO * O) - grad_lse``, and
+    ``lse * log2(e)`` with ``+inf`` for fully masked rows (``lse = -inf``)."""
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    if HAS_GLSE:
+        delta -= tl.load(glse_base + offs_m, mask=m_ok, other=0.0).to(tl.float32)
+    lse = tl.load(lse_base + offs_m, mask=m_ok, other=0.0).to(tl.float32)
+    m2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
+    return delta, m2
+
+
 @jit(do_not_specialize=["Mq", "num_m_blocks"])
 def bwd_preprocess_kernel(OUT: tl.tensor, DO: tl.tensor, LSE: tl.tensor, GLSE: tl.tensor, M2: tl.tensor, DELTA: tl.tensor,
                           sob: tl.tensor, som: tl.tensor, sog: tl.tensor, soh: tl.tensor,
@@ -312,13 +325,9 @@ def bwd_preprocess_kernel(OUT: tl.tensor, DO: tl.tensor, LSE: tl.tensor, GLSE: t
     b64 = b.to(tl.int64)
     g64 = g.to(tl.int64)
     h64 = h.to(tl.int64)
-    o = _load_tile(OUT + b64 * sob + g64 * sog + h64 * soh, offs_m, m_ok, som, V_DIM, BLOCK_V, True).to(tl.float32)
-    do = _load_tile(DO + b64 * sdb + g64 * sdg + h64 * sdh, offs_m, m_ok, sdm, V_DIM, BLOCK_V, True).to(tl.float32)
-    delta = tl.sum(o * do, 1)
-    if HAS_GLSE:
-        delta -= tl.load(GLSE + b64 * sgb + g64 * sgg + h64 * sgh + offs_m, mask=m_ok, other=0.0).to(tl.float32)
-    lse = tl.load(LSE + b64 * slb + g64 * slg + h64 * slh + offs_m, mask=m_ok, other=0.0).to(tl.float32)
-    m2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
+    o = _load_tile(OUT + b64 * sob + g64 * sog + h64 * soh, offs_m, m_ok, som, V_DIM, BLOCK_V, True)
+    do = _load_tile(DO + b64 * sdb + g64 * sdg + h64 * sdh, offs_m, m_ok, sdm, V_DIM, BLOCK_V, True)
+    delta, m2 = _row_stats(o, do, LSE + b64 * slb + g64 * slg + h64 * slh, GLSE + b64 * sgb + g64 * sgg + h64 * sgh, offs_m, m_ok, HAS_GLSE)
     row = ((b64 * G + g64) * H + h64) * Mq + offs_m
     tl.store(DELTA + row, delta, mask=m_ok)
     tl.store(M2 + row, m2, mask=m_ok)
@@ -529,6 +538,7 @@ def _dq_tile(dq: tl.tensor, q: tl.tensor, do: tl.tensor, m2: tl.tensor, delta: t
 
 @jit(do_not_specialize=["Mq", "Mk", "MK_LOG", "num_m_blocks", "band_lo", "band_hi", "band_br", "seed", "page_size", "drop_p"])
 def bwd_dq_kernel(Q: tl.tensor, K: tl.tensor, V: tl.tensor, DO: tl.tensor, M2: tl.tensor, DELTA: tl.tensor, DQ: tl.tensor, BIAS: tl.tensor,
+                  OUT: tl.tensor, LSE: tl.tensor, GLSE: tl.tensor,
                   SEQ_Q: tl.tensor, SEQ_K: tl.tensor, SEQ_KLEN: tl.tensor, SEQ_KLOG: tl.tensor, TABLES: tl.tensor,
                   sqb: tl.tensor, sqm: tl.tensor, sqg: tl.tensor, sqh: tl.tensor,
                   skb: tl.tensor, skm: tl.tensor, skg: tl.tensor, skh: tl.tensor,
@@ -536,13 +546,20 @@ def bwd_dq_kernel(Q: tl.tensor, K: tl.tensor, V: tl.tensor, DO: tl.tensor, M2: t
                   sdb: tl.tensor, sdm: tl.tensor, sdg: tl.tensor, sdh: tl.tensor,
                   sdqb: tl.tensor, sdqm: tl.tensor, sdqg: tl.tensor, sdqh: tl.tensor,
                   sbb: tl.tensor, sbg: tl.tensor, sbh: tl.tensor, sbm: tl.tensor, sbn: tl.tensor, stab: tl.tensor,
+                  sob: tl.tensor, som: tl.tensor, sog: tl.tensor, soh: tl.tensor,
+                  slb: tl.tensor, slg: tl.tensor, slh: tl.tensor, sgb: tl.tensor, sgg: tl.tensor, sgh: tl.tensor,
                   G: tl.tensor, H: tl.tensor, Mq: tl.tensor, Mk: tl.tensor, MK_LOG: tl.tensor, num_m_blocks: tl.tensor,
                   band_lo: tl.tensor, band_hi: tl.tensor, band_br: tl.tensor, qk_scale: tl.tensor, scale: tl.tensor,
                   drop_p: tl.tensor, drop_scale: tl.tensor, seed: tl.int64, page_size: tl.tensor,
                   K_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  VARLEN: tl.constexpr, PAGED: tl.constexpr, HAS_BIAS: tl.constexpr, DROPOUT: tl.constexpr, DOT: tl.constexpr) -> None:
-    """dQ of one query tile, looping over the key tiles it reaches (same tile split as the forward)."""
+                  VARLEN: tl.constexpr, PAGED: tl.constexpr, HAS_BIAS: tl.constexpr, DROPOUT: tl.constexpr, DOT: tl.constexpr,
+                  ROW_STATS: tl.constexpr, HAS_GLSE: tl.constexpr) -> None:
+    """dQ of one query tile, looping over the key tiles it reaches (same tile split as the forward).
+
+    With ``ROW_STATS`` the kernel first computes its rows' ``delta = rowsum(dO * O) - grad_lse`` and
+    ``m2 = lse * log2(e)`` (what :func:`bwd_preprocess_kernel` does otherwise) and stores them for the dK/dV
+    launches, which then run after it: one launch and one pass over ``O`` and ``dO`` fewer."""
     pid = tl.program_id(0)
     blk, h, g, s = _decode(pid, num_m_blocks, G, H)
     m_blk = num_m_blocks - 1 - blk
@@ -559,8 +576,15 @@ def bwd_dq_kernel(Q: tl.tensor, K: tl.tensor, V: tl.tensor, DO: tl.tensor, M2: t
         do = _load_tile(DO + b64 * sdb + q64 * sdm + g64 * sdg + h64 * sdh, offs_m, m_ok, sdm, V_DIM, BLOCK_V, True)
         bgh0 = (b64 * G + g64) * H + h64
         md = bgh0 * Mq + q64 + offs_m
-        m2 = tl.load(M2 + md, mask=m_ok, other=float("inf"))
-        delta = tl.load(DELTA + md, mask=m_ok, other=0.0)
+        if ROW_STATS:
+            o = _load_tile(OUT + b64 * sob + q64 * som + g64 * sog + h64 * soh, offs_m, m_ok, som, V_DIM, BLOCK_V, True)
+            delta, m2 = _row_stats(o, do, LSE + b64 * slb + g64 * slg + h64 * slh + q64, GLSE + b64 * sgb + g64 * sgg + h64 * sgh + q64, offs_m, m_ok, HAS_GLSE)
+            tl.store(DELTA + md, delta, mask=m_ok)
+            tl.store(M2 + md, m2, mask=m_ok)
+            m2 = tl.where(m_ok, m2, float("inf"))
+        else:
+            m2 = tl.load(M2 + md, mask=m_ok, other=float("inf"))
+            delta = tl.load(DELTA + md, mask=m_ok, other=0.0)
         if PAGED:
             k_base = K + b64 * skb + g64 * skg + h64 * skh
             v_base = V + b64 * svb + g64 * svg + h64 * svh

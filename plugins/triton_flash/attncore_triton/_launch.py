@@ -394,14 +394,18 @@ def bwd_candidates(pb: Problem) -> list[BwdConfig]:
                 BwdConfig(64, 64, 8, 2, 64, 64, 4, 2),
             ]
         # K > 128: two [BLOCK_N, K] fp32 accumulators fill the registers, so dK and dV run as two launches
-        # (one accumulator each, 128-key tiles). dQ then comes from its own kernel over 64 x 64 tiles (no
-        # atomics: 3-8% faster than the atomic adds at M >= 1024 non-causal on an H200, and deterministic), or is added
-        # with fp32 atomics by the dK launch, or by the fused kernel (it won causal M = 1024 on an H100; on an
-        # H200 it came second at M = 512, by 0.1%).
-        # Measured and dropped: the dQ kernel over 64 x 32 tiles (12-27% slower), the fused kernel without atomics.
+        # (one accumulator each) and dQ comes from its own kernel (no atomics: deterministic). What decides
+        # the speed is that no launch spills and that the dK and dQ launches pipeline their loads (3 stages,
+        # 225-230 KB of shared memory): on an H200 the dK launch at 1 stage spilled 52 B and the dQ kernel
+        # over 64 x 64 tiles 44 B; 3-stage dK over 128-key tiles and 3-stage dQ over 128 x 32 tiles were
+        # 1.5-1.8x faster than both (bf16, 185 -> 325 TFLOP/s at M = 16384; README, version 6). The second
+        # candidate takes 64-key dK tiles (more programs for short causal sequences), the third 32-query dV
+        # steps, the fourth the fused kernel with atomic dQ.
+        dv64 = {"dv_block_m": 64, "dv_block_n": 128, "dv_warps": 8, "dv_stages": 2}
         return [
-            BwdConfig(32, 128, 8, 1, 64, 64, 8, 2, dv_block_m=64, dv_block_n=128, dv_warps=8, dv_stages=2),
-            BwdConfig(32, 128, 8, 1, 64, 32, 8, 2, atomic_dq=True, dv_block_m=64, dv_block_n=128, dv_warps=8, dv_stages=2),
+            BwdConfig(32, 128, 8, 3, 128, 32, 8, 3, **dv64),
+            BwdConfig(32, 64, 8, 3, 128, 32, 8, 3, **dv64),
+            BwdConfig(32, 128, 8, 3, 128, 32, 8, 3, dv_block_m=32, dv_block_n=128, dv_warps=8, dv_stages=3),
             BwdConfig(32, 64, 8, 2, 64, 32, 8, 2, atomic_dq=True),
         ]
     if d <= 64:
@@ -564,19 +568,23 @@ def backward(
     dbias: Optional[torch.Tensor] = None
     if want_dbias:
         dbias = torch.zeros((1, g, h, mq, mk), dtype=torch.float32, device=dev) if summed else dbias_buffer(b)
-    # delta = rowsum(dO * O) - grad_lse and the base-2 LSE, [B, G, H, Mq] float32
+    # delta = rowsum(dO * O) - grad_lse and the base-2 LSE, [B, G, H, Mq] float32: written by the dQ kernel
+    # (which then runs first), or by the preprocess kernel when dQ comes from atomic adds in the dK/dV kernel
     m2 = _empty((b, g, h, mq), torch.float32, dev)
     delta = _empty((b, g, h, mq), torch.float32, dev)
-    pre_bm = 16 if interpreting() else 64
-    pre_blocks = -(-mq // pre_bm)
-    if pre_blocks * b * g * h > 0:
-        lst = lse_c.stride()
-        gst = glse.stride() if glse is not None else (0, 0, 0, 0)
-        kern.bwd_preprocess_kernel[(pre_blocks * b * g * h,)](
-            o, do, lse_c, glse if glse is not None else dummy, m2, delta,
-            *_strides4(o), *_strides4(do), lst[0], lst[1], lst[2], gst[0], gst[1], gst[2],
-            g, h, mq, pre_blocks, V_DIM=kv, BLOCK_V=bv, BLOCK_M=pre_bm, HAS_GLSE=glse is not None, num_warps=4,
-        )  # fmt: skip
+    lst = lse_c.stride()
+    gst = glse.stride() if glse is not None else (0, 0, 0, 0)
+    glse_arg = glse if glse is not None else dummy
+
+    def preprocess() -> None:
+        pre_bm = 16 if interpreting() else 64
+        pre_blocks = -(-mq // pre_bm)
+        if pre_blocks * b * g * h > 0:
+            kern.bwd_preprocess_kernel[(pre_blocks * b * g * h,)](
+                o, do, lse_c, glse_arg, m2, delta,
+                *_strides4(o), *_strides4(do), lst[0], lst[1], lst[2], gst[0], gst[1], gst[2],
+                g, h, mq, pre_blocks, V_DIM=kv, BLOCK_V=bv, BLOCK_M=pre_bm, HAS_GLSE=glse is not None, num_warps=4,
+            )  # fmt: skip
     direct = pb.meta is None or pb.meta.direct
     write_rows = mk if direct else (pb.meta.write_rows if pb.meta is not None else mk)
     if pb.meta is None:
@@ -601,6 +609,8 @@ def backward(
         dq_holder.append(dq)
         if summed and dbias is not None:
             dbias.zero_()  # the tuner may launch several configurations
+        if cfg.atomic_dq:
+            preprocess()
         for b0, b1 in pieces:
             whole = b0 == 0 and b1 == b
 
@@ -617,6 +627,21 @@ def backward(
         ``num_seqs`` sequences (batch entries, or packed blocks when whole)."""
         q_, k_, v_, do_, m2_, delta_, dk_, dv_, dq_ = (cut(t) for t in (q, k, v, do, m2, delta, dk, dv, dq))
         bias_ = cut(bias) if pb.bias is not None else bias
+        if not cfg.atomic_dq:  # dQ first: it writes the rows' delta and m2 that the dK/dV launches read
+            mblk = -(-pb.max_q // cfg.block_m2)
+            grid = (mblk * num_seqs * g * h,)
+            if grid[0] > 0:
+                kern.bwd_dq_kernel[grid](
+                    q_, k_, v_, do_, m2_, delta_, dq_, bias_, cut(o), cut(lse_c), cut(glse_arg) if glse is not None else dummy,
+                    seq_q, seq_k, seq_klen, seq_klog, tables,
+                    *_strides4(q_), *_strides4(k_), *_strides4(v_), *_strides4(do_), *_strides4(dq_), *bst, stab,
+                    *_strides4(o), lst[0], lst[1], lst[2], gst[0], gst[1], gst[2],
+                    g, h, mq, mk, pb.mk_log, mblk, pb.band_lo, pb.band_hi, pb.band_br, pb.scale * LOG2E, pb.scale,
+                    pb.p, 1.0 / (1.0 - pb.p), dropout_seed, page_size,
+                    K_DIM=kd, V_DIM=kv, BLOCK_K=bk, BLOCK_V=bv, BLOCK_M=cfg.block_m2, BLOCK_N=cfg.block_n2,
+                    VARLEN=pb.varlen, PAGED=pb.paged, HAS_BIAS=pb.bias is not None, DROPOUT=drop, DOT=dot,
+                    ROW_STATS=True, HAS_GLSE=glse is not None, num_warps=cfg.warps2, num_stages=cfg.stages2,
+                )  # fmt: skip
         # (part, query step, keys per program, warps, stages): 0 = dK and dV; split: 1 = dK (dQ, dS), 2 = dV
         parts = [(0, cfg.block_m1, cfg.block_n1, cfg.warps1, cfg.stages1)]
         if cfg.split_dv:
@@ -636,20 +661,6 @@ def backward(
                 K_DIM=kd, V_DIM=kv, BLOCK_K=bk, BLOCK_V=bv, BLOCK_M=bm, BLOCK_N=bn,
                 VARLEN=pb.varlen, PAGED=pb.paged, HAS_BIAS=pb.bias is not None, HAS_DBIAS=dbias is not None and part != 2, DROPOUT=drop,
                 ATOMIC_DQ=cfg.atomic_dq and part != 2, DOT=dot, PART=part, num_warps=warps, num_stages=stages,
-            )  # fmt: skip
-        if cfg.atomic_dq:
-            return
-        mblk = -(-pb.max_q // cfg.block_m2)
-        grid = (mblk * num_seqs * g * h,)
-        if grid[0] > 0:
-            kern.bwd_dq_kernel[grid](
-                q_, k_, v_, do_, m2_, delta_, dq_, bias_, seq_q, seq_k, seq_klen, seq_klog, tables,
-                *_strides4(q_), *_strides4(k_), *_strides4(v_), *_strides4(do_), *_strides4(dq_), *bst, stab,
-                g, h, mq, mk, pb.mk_log, mblk, pb.band_lo, pb.band_hi, pb.band_br, pb.scale * LOG2E, pb.scale,
-                pb.p, 1.0 / (1.0 - pb.p), dropout_seed, page_size,
-                K_DIM=kd, V_DIM=kv, BLOCK_K=bk, BLOCK_V=bv, BLOCK_M=cfg.block_m2, BLOCK_N=cfg.block_n2,
-                VARLEN=pb.varlen, PAGED=pb.paged, HAS_BIAS=pb.bias is not None, DROPOUT=drop, DOT=dot,
-                num_warps=cfg.warps2, num_stages=cfg.stages2,
             )  # fmt: skip
 
     if config is not None:
