@@ -401,10 +401,9 @@ def bwd_candidates(pb: Problem) -> list[BwdConfig]:
         # 1.5-1.8x faster than both (bf16, 185 -> 325 TFLOP/s at M = 16384; README, version 6). The second
         # candidate takes 64-key dK tiles (more programs for short causal sequences), the third 32-query dV
         # steps, the fourth the fused kernel with atomic dQ.
-        dv64 = {"dv_block_m": 64, "dv_block_n": 128, "dv_warps": 8, "dv_stages": 2}
         return [
-            BwdConfig(32, 128, 8, 3, 128, 32, 8, 3, **dv64),
-            BwdConfig(32, 64, 8, 3, 128, 32, 8, 3, **dv64),
+            BwdConfig(32, 128, 8, 3, 128, 32, 8, 3, dv_block_m=64, dv_block_n=128, dv_warps=8, dv_stages=2),
+            BwdConfig(32, 64, 8, 3, 128, 32, 8, 3, dv_block_m=64, dv_block_n=128, dv_warps=8, dv_stages=2),
             BwdConfig(32, 128, 8, 3, 128, 32, 8, 3, dv_block_m=32, dv_block_n=128, dv_warps=8, dv_stages=3),
             BwdConfig(32, 64, 8, 2, 64, 32, 8, 2, atomic_dq=True),
         ]
