@@ -357,7 +357,7 @@ def fwd_candidates(pb: Problem) -> list[FwdConfig]:
         if d <= 64:
             out = [FwdConfig(128, 64, 4, 3), FwdConfig(128, 64, 4, 3, tma=True), FwdConfig(128, 128, 8, 3), FwdConfig(64, 64, 4, 3, tma=True)]
         elif d <= 128:
-            out = [FwdConfig(128, 128, 8, 3, tma=True), FwdConfig(128, 128, 8, 3), FwdConfig(128, 64, 4, 3, tma=True), FwdConfig(64, 64, 4, 3, tma=True)]
+            out = [FwdConfig(128, 128, 8, 3, tma=True), FwdConfig(128, 128, 8, 3), FwdConfig(64, 32, 4, 3, tma=True), FwdConfig(64, 64, 4, 3, tma=True)]
         else:
             out = [FwdConfig(128, 64, 8, 2, tma=True), FwdConfig(128, 64, 8, 2), FwdConfig(64, 64, 4, 2, tma=True)]
         if not tma:  # same tiles through plain loads
