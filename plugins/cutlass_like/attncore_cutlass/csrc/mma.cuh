@@ -57,7 +57,7 @@ inline void emu_mma_e(float* c, const uint32_t* a, const uint32_t* b, Elem elem)
       acc += av * bv;
     }
     // the tensor cores truncate the accumulated sum to fp32 (round toward zero), which is what makes
-    // long chains of products into one accumulator drift (mma3_rn); model it once per instruction
+    // long chains of products into one accumulator drift (Tf32::mma_big_rn); model it once per instruction
     float r = static_cast<float>(acc);
     if (std::fabs(static_cast<double>(r)) > std::fabs(acc)) r = std::nextafter(r, 0.f);
     out[e] = r;
@@ -92,9 +92,11 @@ inline void emu_ldmatrix(uint32_t* r, const void* p, bool trans) {
   ::attncore::emu::warp_sync();
 }
 
-// mma.m16n8k8 with tf32 operands (float bits, already rounded to tf32 by Tf32::split).
+// mma.m16n8k8 with tf32 operands: float bits of which the tensor cores read the 19 high ones (sign, exponent,
+// 10 mantissa bits) and ignore the 13 low ones (Tf32::split relies on it).
 inline void emu_mma_tf32(float* c, const uint32_t* a, const uint32_t* b) {
   emu_mma_e<1>(c, a, b, [](uint32_t u, int) {
+    u &= 0xffffe000u;
     float f;
     std::memcpy(&f, &u, 4);
     return f;
@@ -104,23 +106,18 @@ inline void emu_mma_tf32(float* c, const uint32_t* a, const uint32_t* b) {
 
 // fp32 products on tensor cores at fp32 accuracy ("3xTF32"): each operand x = big + small, both tf32
 // (10-bit mantissas), and a b = a_small b_big + a_big b_small + a_big b_big (a_small b_small, below
-// fp32's rounding, is dropped; mma3_rn says how the sums avoid the tensor cores' truncation). mma.m16n8k8 fragment layouts (g = lane / 4, t = lane % 4):
+// fp32's rounding, is dropped; Tf32::mma_big_rn says how the sums avoid the tensor cores' truncation). mma.m16n8k8 fragment layouts (g = lane / 4, t = lane % 4):
 //   A (16 x 8)  a0: (g, t)  a1: (g+8, t)  a2: (g, t+4)  a3: (g+8, t+4)
 //   B (8 x 8)   b0: (k t, n g)  b1: (k t+4, n g)
 //   C           as for m16n8k16 (c0,c1: (g, 2t..2t+1), c2,c3: (g+8, 2t..2t+1))
 struct Tf32 {
-  static __device__ __forceinline__ uint32_t round(float x) {
-#if defined(ATTNCORE_EMULATE)  // cvt.rna: to nearest, ties away from zero, on the 13 dropped bits
+  static __device__ __forceinline__ uint32_t bits(float x) {
+#if defined(ATTNCORE_EMULATE)
     uint32_t u;
     std::memcpy(&u, &x, 4);
-    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
     return u;
-#elif ATTNCORE_TC
-    uint32_t r;
-    asm volatile("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));  // volatile: split right where it is used (fewer live registers)
-    return r;
 #else
-    return 0u;
+    return __float_as_uint(x);
 #endif
   }
   static __device__ __forceinline__ float value(uint32_t u) {
@@ -132,9 +129,16 @@ struct Tf32 {
     return __uint_as_float(u);
 #endif
   }
+  // x = big + small, each rounded to nearest (ties away from zero) at tf32's 10 mantissa bits, in integer
+  // arithmetic: sm_80/sm_90 have no cvt.rna.tf32 instruction (ptxas expands it to 3-4 instructions with
+  // an inf/NaN test per conversion), and the tensor cores ignore an operand's 13 low bits, so adding half
+  // a tf32 ulp (0x1000) is all the rounding the small part needs. big is masked, since x - big must be exact
+  // (it is: big keeps x's 11 leading bits). 4 instructions per element instead of about 8. Infinite or NaN
+  // x gives a NaN small part, as the conversion did.
   static __device__ __forceinline__ void split(float x, uint32_t* big, uint32_t* small) {
-    *big = round(x);
-    *small = round(x - value(*big));
+    const uint32_t b = (bits(x) + 0x1000u) & 0xffffe000u;
+    *big = b;
+    *small = bits(x - value(b)) + 0x1000u;
   }
   static __device__ __forceinline__ void mma(float* c, const uint32_t* a, const uint32_t* b) {
 #if defined(ATTNCORE_EMULATE)
@@ -146,36 +150,35 @@ struct Tf32 {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #endif
   }
-  // acc += a b at fp32 accuracy from the split operands. The tensor cores add in fp32 but truncate, so
-  // a long chain of products into one accumulator drifts toward zero by about one ulp of the
-  // accumulator per step: this 8-wide step's products start from zero (the big one, a_big b_big, on its
-  // own; the two small ones chained, their truncation far below fp32's rounding of the total) and are
-  // added to acc in round-to-nearest fp32 (as Ootomo and Yokota, 2022, recover SGEMM accuracy). Two
-  // dependent mmas per step, not three: more steps in flight on the tensor cores.
-  static __device__ __forceinline__ void mma3_rn(float* acc, const uint32_t* a_big, const uint32_t* a_small, const uint32_t* b_big,
-                                                 const uint32_t* b_small) {
+  // a b at fp32 accuracy from the split operands is a_big b_big + (a_small b_big + a_big b_small). The tensor
+  // cores add in fp32 but truncate, so a long chain of products into one accumulator drifts toward zero by
+  // about one ulp of the accumulator per step. The big product therefore starts from zero at every 8-wide
+  // step (its 8 products summed and truncated once) and is added to the accumulator in round-to-nearest
+  // fp32 (as Ootomo and Yokota, 2022, recover SGEMM accuracy): mma_big_rn. The small products are about
+  // 2^-11 of the total, so their own chain may truncate (the drift stays far below fp32's rounding of the
+  // total): mma_small chains them into a temporary that the caller adds once per run of steps. Per step,
+  // 3 mmas and 4 adds (the first version added each step's small products too: 8).
+  static __device__ __forceinline__ void mma_big_rn(float* acc, const uint32_t* a_big, const uint32_t* b_big) {
 #if defined(ATTNCORE_EMULATE) || !ATTNCORE_TC
-    float t[4] = {0.f, 0.f, 0.f, 0.f}, u[4] = {0.f, 0.f, 0.f, 0.f};
-    mma(t, a_small, b_big);
+    float u[4] = {0.f, 0.f, 0.f, 0.f};
     mma(u, a_big, b_big);
-    mma(t, a_big, b_small);
-    for (int e = 0; e < 4; ++e) acc[e] += u[e] + t[e];
+    for (int e = 0; e < 4; ++e) acc[e] += u[e];
 #else
-    // One block with its own zeroed temporaries: written as separate statements, the compiler hoisted
-    // every step's zero initialization to the top of the unrolled loop and spilled (D = 128, sm_90).
+    // one block with its own zeroed temporaries: written as separate statements, the compiler hoisted every
+    // step's zero initialization to the top of the unrolled loop and spilled (D = 128, sm_90)
     asm volatile(
-        "{\n .reg .f32 t0, t1, t2, t3, u0, u1, u2, u3;\n"
-        " mov.f32 t0, 0f00000000;\n mov.f32 t1, 0f00000000;\n mov.f32 t2, 0f00000000;\n mov.f32 t3, 0f00000000;\n"
+        "{\n .reg .f32 u0, u1, u2, u3;\n"
         " mov.f32 u0, 0f00000000;\n mov.f32 u1, 0f00000000;\n mov.f32 u2, 0f00000000;\n mov.f32 u3, 0f00000000;\n"
-        " mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {t0,t1,t2,t3}, {%8,%9,%10,%11}, {%12,%13}, {t0,t1,t2,t3};\n"
-        " mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {u0,u1,u2,u3}, {%4,%5,%6,%7}, {%12,%13}, {u0,u1,u2,u3};\n"
-        " mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {t0,t1,t2,t3}, {%4,%5,%6,%7}, {%14,%15}, {t0,t1,t2,t3};\n"
-        " add.rn.f32 u0, u0, t0;\n add.rn.f32 u1, u1, t1;\n add.rn.f32 u2, u2, t2;\n add.rn.f32 u3, u3, t3;\n"
+        " mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {u0,u1,u2,u3}, {%4,%5,%6,%7}, {%8,%9}, {u0,u1,u2,u3};\n"
         " add.rn.f32 %0, %0, u0;\n add.rn.f32 %1, %1, u1;\n add.rn.f32 %2, %2, u2;\n add.rn.f32 %3, %3, u3;\n}\n"
         : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-        : "r"(a_big[0]), "r"(a_big[1]), "r"(a_big[2]), "r"(a_big[3]), "r"(a_small[0]), "r"(a_small[1]), "r"(a_small[2]), "r"(a_small[3]),
-          "r"(b_big[0]), "r"(b_big[1]), "r"(b_small[0]), "r"(b_small[1]));
+        : "r"(a_big[0]), "r"(a_big[1]), "r"(a_big[2]), "r"(a_big[3]), "r"(b_big[0]), "r"(b_big[1]));
 #endif
+  }
+  static __device__ __forceinline__ void mma_small(float* t, const uint32_t* a_big, const uint32_t* a_small, const uint32_t* b_big,
+                                                   const uint32_t* b_small) {
+    mma(t, a_small, b_big);
+    mma(t, a_big, b_small);
   }
 };
 
@@ -185,8 +188,15 @@ struct Tf32 {
 //
 // C (16 x N) += A B^T over columns [0, D): A's 16 rows and B's N rows in shared memory, split on the fly
 // (S = Q K^T in the forward; S^T = K Q^T, dP^T = V dO^T, S = Q K^T and dP = dO V^T in the backward).
+// The small products chain over the whole contraction in one temporary per output tile (Tf32::mma_small)
+// where N <= 32; wider products (the 64-row steps at D = 64) add them at every step instead, as the
+// temporaries' 4 N / 8 registers made those kernels spill.
 template <int D, int N, int LD>
 __device__ __forceinline__ void tf32_rows_rows(float (&c)[N / 8][4], const float* A, const float* B, int gr, int tq) {
+  constexpr bool kChain = N <= 32;
+  float t[kChain ? N / 8 : 1][4];
+#pragma unroll
+  for (int nt = 0; nt < (kChain ? N / 8 : 1); ++nt) t[nt][0] = t[nt][1] = t[nt][2] = t[nt][3] = 0.f;
 #pragma unroll 2
   for (int kk = 0; kk < D / 8; ++kk) {
     const float* pa = A + gr * LD + kk * 8 + tq;
@@ -201,7 +211,22 @@ __device__ __forceinline__ void tf32_rows_rows(float (&c)[N / 8][4], const float
       uint32_t bb[2], bs[2];
       Tf32::split(pb[0], &bb[0], &bs[0]);
       Tf32::split(pb[4], &bb[1], &bs[1]);
-      Tf32::mma3_rn(c[nt], ab, as, bb, bs);
+      Tf32::mma_big_rn(c[nt], ab, bb);
+      if constexpr (kChain) {
+        Tf32::mma_small(t[nt], ab, as, bb, bs);
+      } else {
+        float u[4] = {0.f, 0.f, 0.f, 0.f};
+        Tf32::mma_small(u, ab, as, bb, bs);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) c[nt][e] += u[e];
+      }
+    }
+  }
+  if constexpr (kChain) {
+#pragma unroll
+    for (int nt = 0; nt < N / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) c[nt][e] += t[nt][e];
     }
   }
 }
@@ -210,23 +235,36 @@ __device__ __forceinline__ void tf32_rows_rows(float (&c)[N / 8][4], const float
 // (O += P V in the forward; dV += P^T dO, dK += dS^T Q and dQ += dS K in the backward). This thread
 // holds columns 2 tq and 2 tq + 1 of each 8-column chunk of P, which become the A fragment's k = tq and
 // k = tq + 4 (the contraction order within a chunk is free, as long as B's rows follow: b0 = B[2 tq],
-// b1 = B[2 tq + 1]).
+// b1 = B[2 tq + 1]). P's chunks are split KG at a time, so that each output tile's small products chain
+// over KG chunks in one 4-register temporary (Tf32::mma_small) instead of one per output tile.
 template <int D, int N, int LD>
 __device__ __forceinline__ void tf32_frag_rows(float (&c)[D / 8][4], const float (&pf)[N / 8][4], const float* B, int gr, int tq) {
+  constexpr int KG = N / 8 < 4 ? N / 8 : (N >= 64 ? 2 : 4);  // 64-row steps (D = 64): 2, the registers are short
+  static_assert((N / 8) % KG == 0, "chunk groups");
 #pragma unroll
-  for (int kc = 0; kc < N / 8; ++kc) {
-    uint32_t ab[4], as[4];
-    Tf32::split(pf[kc][0], &ab[0], &as[0]);
-    Tf32::split(pf[kc][2], &ab[1], &as[1]);
-    Tf32::split(pf[kc][1], &ab[2], &as[2]);
-    Tf32::split(pf[kc][3], &ab[3], &as[3]);
-    const float* pb = B + (kc * 8 + 2 * tq) * LD + gr;
+  for (int k0 = 0; k0 < N / 8; k0 += KG) {
+    uint32_t ab[KG][4], as[KG][4];
+#pragma unroll
+    for (int j = 0; j < KG; ++j) {
+      Tf32::split(pf[k0 + j][0], &ab[j][0], &as[j][0]);
+      Tf32::split(pf[k0 + j][2], &ab[j][1], &as[j][1]);
+      Tf32::split(pf[k0 + j][1], &ab[j][2], &as[j][2]);
+      Tf32::split(pf[k0 + j][3], &ab[j][3], &as[j][3]);
+    }
 #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt) {
-      uint32_t bb[2], bs[2];
-      Tf32::split(pb[dt * 8], &bb[0], &bs[0]);
-      Tf32::split(pb[LD + dt * 8], &bb[1], &bs[1]);
-      Tf32::mma3_rn(c[dt], ab, as, bb, bs);
+      float t[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int j = 0; j < KG; ++j) {
+        const float* pb = B + ((k0 + j) * 8 + 2 * tq) * LD + gr + dt * 8;
+        uint32_t bb[2], bs[2];
+        Tf32::split(pb[0], &bb[0], &bs[0]);
+        Tf32::split(pb[LD], &bb[1], &bs[1]);
+        Tf32::mma_big_rn(c[dt], ab[j], bb);
+        Tf32::mma_small(t, ab[j], as[j], bb, bs);
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) c[dt][e] += t[e];
     }
   }
 }
