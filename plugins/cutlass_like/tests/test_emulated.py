@@ -207,7 +207,7 @@ def test_tensor_core_forward_with_a_negative_scale(dtype: torch.dtype) -> None:
 def test_fp32_forward_over_many_keys_does_not_drift() -> None:
     """2048 keys: 768 tensor-core accumulations per output element. The emulated mma truncates its sum
     like the tensor cores do, so products chained into one accumulator would drift past fp32's
-    tolerance here; each step's products are summed apart and added in round-to-nearest (mma3_rn)."""
+    tolerance here; each step's big product is summed apart and added in round-to-nearest (Tf32::mma_big_rn)."""
     gen = torch.Generator().manual_seed(23)
     q = testing.randn(1, 64, 1, 16, gen=gen, dtype=torch.float32)
     k = testing.randn(1, 2048, 1, 16, gen=gen, dtype=torch.float32)
@@ -219,10 +219,33 @@ def test_fp32_forward_over_many_keys_does_not_drift() -> None:
 @pytest.mark.slow
 def test_fp32_backward_over_many_queries_does_not_drift() -> None:
     """dK and dV of each key sum over 2048 queries: 256 tensor-core steps per element, each truncated by the
-    emulated mma as by the hardware, which only the round-to-nearest sums of mma3_rn keep from drifting."""
+    emulated mma as by the hardware, which only the round-to-nearest sums of Tf32::mma_big_rn keep from drifting."""
     gen = torch.Generator().manual_seed(29)
     q = testing.randn(1, 2048, 1, 16, gen=gen, dtype=torch.float32)
     k = testing.randn(1, 64, 1, 16, gen=gen, dtype=torch.float32)
     v = testing.randn(1, 64, 1, 16, gen=gen, dtype=torch.float32) + 3.0
     testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, None)
     assert _launch.last_family("backward") == "tc"
+
+
+@pytest.mark.slow
+def test_fp32_tensor_cores_carry_a_nan_to_its_row() -> None:
+    """A NaN in one query, with the bits CUDA's arithmetic produces (0x7fffffff), makes that query's output
+    and dQ row NaN and leaves every other row finite (fp32 on the tensor cores, both directions). Rounding the
+    tf32 split in integer arithmetic would carry those bits into the sign (-0) and lose the NaN."""
+    gen = torch.Generator().manual_seed(31)
+    q = testing.randn(1, 40, 1, 32, gen=gen, dtype=torch.float32)
+    k = testing.randn(1, 48, 1, 32, gen=gen, dtype=torch.float32)
+    v = testing.randn(1, 48, 1, 32, gen=gen, dtype=torch.float32)
+    q.view(torch.int32)[0, 5, 0, 3] = 0x7FFFFFFF
+    inp = testing.inputs(q, k, v, None)
+    res = CutlassFwOp.apply(inp, needs_lse=True, dropout_seed=0)
+    assert _launch.last_family("forward") == "tc" and res.lse is not None
+    out = Inputs._to5(res.out)[0, :, 0, 0]  # [M, K]
+    rows = torch.arange(40) != 5
+    assert bool(out[5].isnan().all()) and bool(out[rows].isfinite().all())
+    go = testing.randn(*res.out.shape, gen=gen, dtype=torch.float32)
+    got = CutlassBwOp.apply(inp, go, res.out, res.lse, dropout_seed=0, grad_lse=None)
+    assert _launch.last_family("backward") == "tc"
+    dq = Inputs._to5(got.dq)[0, :, 0, 0]
+    assert bool(dq[5].isnan().all()) and bool(dq[rows].isfinite().all())

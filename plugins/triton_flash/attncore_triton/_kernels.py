@@ -554,12 +554,12 @@ def bwd_dq_kernel(Q: tl.tensor, K: tl.tensor, V: tl.tensor, DO: tl.tensor, M2: t
                   K_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                   VARLEN: tl.constexpr, PAGED: tl.constexpr, HAS_BIAS: tl.constexpr, DROPOUT: tl.constexpr, DOT: tl.constexpr,
-                  ROW_STATS: tl.constexpr, HAS_GLSE: tl.constexpr) -> None:
+                  HAS_GLSE: tl.constexpr) -> None:
     """dQ of one query tile, looping over the key tiles it reaches (same tile split as the forward).
 
-    With ``ROW_STATS`` the kernel first computes its rows' ``delta = rowsum(dO * O) - grad_lse`` and
-    ``m2 = lse * log2(e)`` (what :func:`bwd_preprocess_kernel` does otherwise) and stores them for the dK/dV
-    launches, which then run after it: one launch and one pass over ``O`` and ``dO`` fewer."""
+    It first computes its rows' ``delta = rowsum(dO * O) - grad_lse`` and ``m2 = lse * log2(e)`` (what
+    :func:`bwd_preprocess_kernel` does for atomic dQ) and stores them for the dK/dV launches, which run after
+    it: one launch and one pass over ``O`` and ``dO`` fewer."""
     pid = tl.program_id(0)
     blk, h, g, s = _decode(pid, num_m_blocks, G, H)
     m_blk = num_m_blocks - 1 - blk
@@ -576,15 +576,11 @@ def bwd_dq_kernel(Q: tl.tensor, K: tl.tensor, V: tl.tensor, DO: tl.tensor, M2: t
         do = _load_tile(DO + b64 * sdb + q64 * sdm + g64 * sdg + h64 * sdh, offs_m, m_ok, sdm, V_DIM, BLOCK_V, True)
         bgh0 = (b64 * G + g64) * H + h64
         md = bgh0 * Mq + q64 + offs_m
-        if ROW_STATS:
-            o = _load_tile(OUT + b64 * sob + q64 * som + g64 * sog + h64 * soh, offs_m, m_ok, som, V_DIM, BLOCK_V, True)
-            delta, m2 = _row_stats(o, do, LSE + b64 * slb + g64 * slg + h64 * slh + q64, GLSE + b64 * sgb + g64 * sgg + h64 * sgh + q64, offs_m, m_ok, HAS_GLSE)
-            tl.store(DELTA + md, delta, mask=m_ok)
-            tl.store(M2 + md, m2, mask=m_ok)
-            m2 = tl.where(m_ok, m2, float("inf"))
-        else:
-            m2 = tl.load(M2 + md, mask=m_ok, other=float("inf"))
-            delta = tl.load(DELTA + md, mask=m_ok, other=0.0)
+        o = _load_tile(OUT + b64 * sob + q64 * som + g64 * sog + h64 * soh, offs_m, m_ok, som, V_DIM, BLOCK_V, True)
+        delta, m2 = _row_stats(o, do, LSE + b64 * slb + g64 * slg + h64 * slh + q64, GLSE + b64 * sgb + g64 * sgg + h64 * sgh + q64, offs_m, m_ok, HAS_GLSE)
+        tl.store(DELTA + md, delta, mask=m_ok)
+        tl.store(M2 + md, m2, mask=m_ok)
+        m2 = tl.where(m_ok, m2, float("inf"))
         if PAGED:
             k_base = K + b64 * skb + g64 * skg + h64 * skh
             v_base = V + b64 * svb + g64 * svg + h64 * svh

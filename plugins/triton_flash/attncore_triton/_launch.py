@@ -353,7 +353,8 @@ def fwd_candidates(pb: Problem) -> list[FwdConfig]:
     if pb.q.dtype == torch.float32:  # exact fp32 dots run on FMA units: small tiles
         return [FwdConfig(64, 32, 4, 2), FwdConfig(32, 32, 4, 1), FwdConfig(16, 16, 4, 1)] if d <= 64 else [FwdConfig(32, 32, 4, 1), FwdConfig(16, 16, 4, 1)]
     tma = cc >= (9, 0) and _tma_eligible(pb)
-    if cc >= (9, 0):  # measured on an H100 (see the README): TMA helps BN=64/4-warp tiles most
+    if cc >= (9, 0):  # measured on an H100 and an H200 (see the README): TMA helps BN=64/4-warp tiles most;
+        # the 64 x 32 tile (K <= 128) won short sequences on the H200
         if d <= 64:
             out = [FwdConfig(128, 64, 4, 3), FwdConfig(128, 64, 4, 3, tma=True), FwdConfig(128, 128, 8, 3), FwdConfig(64, 64, 4, 3, tma=True)]
         elif d <= 128:
@@ -396,7 +397,7 @@ def bwd_candidates(pb: Problem) -> list[BwdConfig]:
         # K > 128: two [BLOCK_N, K] fp32 accumulators fill the registers, so dK and dV run as two launches
         # (one accumulator each) and dQ comes from its own kernel (no atomics: deterministic). What decides
         # the speed is that no launch spills and that the dK and dQ launches pipeline their loads (3 stages,
-        # 225-230 KB of shared memory): on an H200 the dK launch at 1 stage spilled 52 B and the dQ kernel
+        # 224-224.5 KiB of shared memory, of 227): on an H200 the dK launch at 1 stage spilled 52 B and the dQ kernel
         # over 64 x 64 tiles 44 B; 3-stage dK over 128-key tiles and 3-stage dQ over 128 x 32 tiles were
         # 1.5-1.8x faster than both (bf16, 185 -> 325 TFLOP/s at M = 16384; README, version 6). The second
         # candidate takes 64-key dK tiles (more programs for short causal sequences), the third 32-query dV
@@ -544,8 +545,8 @@ def backward(
     q, k, v = pb.q, pb.k, pb.v
     do = _last_contiguous(grad_out if grad_out.dtype == q.dtype else grad_out.to(q.dtype))  # the dots take dO in the inputs' dtype
     o = _last_contiguous(out)
-    lse_c = lse.to(torch.float32)
-    glse = grad_lse.to(torch.float32) if grad_lse is not None else None
+    lse_c = lse.to(torch.float32).contiguous()  # the kernels index rows with stride 1
+    glse = grad_lse.to(torch.float32).contiguous() if grad_lse is not None else None  # (an expanded gradient has stride 0)
     dummy = _dummy(dev)
     bk, bv = _pow2(kd), _pow2(kv)
     dot = _dot_mode(q.dtype)
@@ -639,7 +640,7 @@ def backward(
                     pb.p, 1.0 / (1.0 - pb.p), dropout_seed, page_size,
                     K_DIM=kd, V_DIM=kv, BLOCK_K=bk, BLOCK_V=bv, BLOCK_M=cfg.block_m2, BLOCK_N=cfg.block_n2,
                     VARLEN=pb.varlen, PAGED=pb.paged, HAS_BIAS=pb.bias is not None, DROPOUT=drop, DOT=dot,
-                    ROW_STATS=True, HAS_GLSE=glse is not None, num_warps=cfg.warps2, num_stages=cfg.stages2,
+                    HAS_GLSE=glse is not None, num_warps=cfg.warps2, num_stages=cfg.stages2,
                 )  # fmt: skip
         # (part, query step, keys per program, warps, stages): 0 = dK and dV; split: 1 = dK (dQ, dS), 2 = dV
         parts = [(0, cfg.block_m1, cfg.block_n1, cfg.warps1, cfg.stages1)]

@@ -84,7 +84,8 @@ class TritonFlashFwOp(AttentionFwOpBase):
 class TritonFlashBwOp(AttentionBwOpBase):
     """Flash-attention backward in Triton: ``dQ, dK, dV`` (and ``dbias = dS`` for a tensor bias that needs it).
 
-    A preprocess computes ``delta = rowsum(dO * O) - grad_lse``; one program per key tile accumulates
+    ``delta = rowsum(dO * O) - grad_lse`` comes from the dQ kernel, which runs first (or from a preprocess
+    kernel when dQ is added atomically); one program per key tile accumulates
     ``dV = (P*Z)^T dO`` and ``dK = scale dS^T Q`` over the query tiles that reach it (recomputing ``P`` from
     the LSE), and ``dQ = scale dS K`` comes either from a second kernel over query tiles or from fp32
     atomic adds in the first (whichever the autotuner measured faster). Dropout masks are regenerated

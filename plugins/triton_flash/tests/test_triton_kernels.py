@@ -366,15 +366,18 @@ def test_triton_fully_masked_rows() -> None:
     assert torch.all(got2.dk[:, 9:] == 0) and torch.all(got2.dv[:, 9:] == 0)
 
 
-@pytest.mark.parametrize("path", ["dq-kernel", "atomic"])
+@pytest.mark.parametrize("path", ["dq-kernel", "atomic", "expanded"])
 def test_triton_grad_lse(path: str) -> None:
     """The backward with the LSE itself in the loss (``memory_efficient_attention_partial`` + merging), with
-    ``grad_lse`` taken into delta by the dQ kernel (the default) or by the preprocess kernel (atomic dQ)."""
+    ``grad_lse`` taken into delta by the dQ kernel (the default) or by the preprocess kernel (atomic dQ), and
+    an expanded ``grad_lse`` (stride 0 along the queries, as the gradient of ``lse.sum(-1)``)."""
     g = _gen("glse")
     q, k, v = rnd(g, 2, 25, 2, 16), rnd(g, 2, 31, 2, 16), rnd(g, 2, 31, 2, 16)
     grad, glse = rnd(g, 2, 25, 2, 16), rnd(g, 2, 2, 25)
+    if path == "expanded":
+        glse = rnd(g, 2, 2, 1).expand(2, 2, 25)
     bias = ab.LowerTriangularFromBottomRightMask()
-    got = run_triton(q, k, v, bias, grad_out=grad, grad_lse=glse, bwd_config=SPLIT_ATOMIC if path == "atomic" else None)
+    got = run_triton(q, k, v, bias, grad_out=grad, grad_lse=glse, bwd_config=SPLIT_ATOMIC if path == "atomic" else SPLIT_DQ_KERNEL)
     check(got, q, k, v, bias, grad_out=grad, grad_lse=glse.unsqueeze(1))
 
 

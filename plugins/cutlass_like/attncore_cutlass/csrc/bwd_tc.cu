@@ -29,8 +29,9 @@
 // spill-free, were 3-6% slower non-causal, -6% to +5% causal: benchmarks/RESULTS.md); D = 128, 16-query
 // and 16-key steps, dK and dV in two launches (no spills, 2-3 CTAs per SM: +4-11% over 32-wide steps), dK launch 101632 / 110336, dV launch 67840 / 76544, dq
 // 101376 / 113664; D = 256, 16 / 16, dK launch 199936 / 208640, dV launch 133376 / 142080, dq 199680 /
-// 211968 (sm_90 only: on smaller shared memories the portable kernels run). ptxas (sm_90): fp32 spills
-// at D = 64 (dkdv 80 bytes) and D = 256 (dV launch 140, dq 80).
+// 211968 (sm_90 only: on smaller shared memories the portable kernels run). ptxas (sm_90, the Veltkamp
+// split and chained small products of mma.cuh): fp32 spills 64 bytes at D = 64 (dkdv), 20 in the D = 128
+// dV launch, 24 / 32 in the D = 256 dK / dV launches; the dq kernels do not.
 #include "kernels.h"
 #include "mma.cuh"
 

@@ -8,6 +8,8 @@
 // is how probabilities go from one product to the next without touching shared memory.
 #pragma once
 
+#include <cstring>
+
 #include "common.cuh"
 #include "kernels.h"
 
@@ -111,8 +113,8 @@ inline void emu_mma_tf32(float* c, const uint32_t* a, const uint32_t* b) {
 //   B (8 x 8)   b0: (k t, n g)  b1: (k t+4, n g)
 //   C           as for m16n8k16 (c0,c1: (g, 2t..2t+1), c2,c3: (g+8, 2t..2t+1))
 struct Tf32 {
-  static __device__ __forceinline__ uint32_t bits(float x) {
-#if defined(ATTNCORE_EMULATE)
+  static __host__ __device__ __forceinline__ uint32_t bits(float x) {
+#if defined(ATTNCORE_EMULATE) || !defined(__CUDA_ARCH__)
     uint32_t u;
     std::memcpy(&u, &x, 4);
     return u;
@@ -120,8 +122,8 @@ struct Tf32 {
     return __float_as_uint(x);
 #endif
   }
-  static __device__ __forceinline__ float value(uint32_t u) {
-#if defined(ATTNCORE_EMULATE)
+  static __host__ __device__ __forceinline__ float value(uint32_t u) {
+#if defined(ATTNCORE_EMULATE) || !defined(__CUDA_ARCH__)
     float f;
     std::memcpy(&f, &u, 4);
     return f;
@@ -129,16 +131,28 @@ struct Tf32 {
     return __uint_as_float(u);
 #endif
   }
-  // x = big + small, each rounded to nearest (ties away from zero) at tf32's 10 mantissa bits, in integer
-  // arithmetic: sm_80/sm_90 have no cvt.rna.tf32 instruction (ptxas expands it to 3-4 instructions with
-  // an inf/NaN test per conversion), and the tensor cores ignore an operand's 13 low bits, so adding half
-  // a tf32 ulp (0x1000) is all the rounding the small part needs. big is masked, since x - big must be exact
-  // (it is: big keeps x's 11 leading bits). 4 instructions per element instead of about 8. Infinite or NaN
-  // x gives a NaN small part, as the conversion did.
-  static __device__ __forceinline__ void split(float x, uint32_t* big, uint32_t* small) {
-    const uint32_t b = (bits(x) + 0x1000u) & 0xffffe000u;
-    *big = b;
-    *small = bits(x - value(b)) + 0x1000u;
+  // x = big + small, both tf32 values. big is Veltkamp's split, c = (2^13 + 1) x, big = c - (c - x): x's 11
+  // leading bits rounded to nearest, and x - big is exact. sm_80/sm_90 have no cvt.rna.tf32 instruction
+  // (ptxas expands each conversion into 3-4 instructions with an inf/NaN test, and a split took two); the
+  // small part is rounded by adding half a tf32 ulp (0x1000) to its bits, since the tensor cores ignore an
+  // operand's 13 low bits. 5 instructions per element. Float arithmetic keeps NaN and inf: they give a NaN
+  // big part, so they reach the result (integer rounding of big would carry CUDA's NaN 0x7fffffff into the
+  // sign bit and read it as -0). |x| above FLT_MAX / 8193 (4e34) also gives NaN. For subnormal x, big may
+  // keep low bits the tensor cores drop: an absolute error below 2^-136, as the tf32 small part of such x
+  // had with the conversion too. Host-callable, so that
+  // tools/tf32_check.cu compares the GPU's bits with the host arithmetic the CPU emulation runs.
+  static __host__ __device__ __forceinline__ void split(float x, uint32_t* big, uint32_t* small) {
+#if defined(ATTNCORE_EMULATE) || !defined(__CUDA_ARCH__)
+    const float c = x * 8193.f;  // host SSE arithmetic: no fused multiply-add, so each step rounds as on the GPU
+    const float b = c - (c - x);
+    const float r = x - b;
+#else
+    const float c = __fmul_rn(x, 8193.f);  // _rn: never contracted into an FMA, which would change the split
+    const float b = __fsub_rn(c, __fsub_rn(c, x));
+    const float r = __fsub_rn(x, b);
+#endif
+    *big = bits(b);
+    *small = bits(r) + 0x1000u;
   }
   static __device__ __forceinline__ void mma(float* c, const uint32_t* a, const uint32_t* b) {
 #if defined(ATTNCORE_EMULATE)
@@ -157,7 +171,7 @@ struct Tf32 {
   // fp32 (as Ootomo and Yokota, 2022, recover SGEMM accuracy): mma_big_rn. The small products are about
   // 2^-11 of the total, so their own chain may truncate (the drift stays far below fp32's rounding of the
   // total): mma_small chains them into a temporary that the caller adds once per run of steps. Per step,
-  // 3 mmas and 4 adds (the first version added each step's small products too: 8).
+  // 3 mmas and 4 adds, plus 4 per chain (the first version added each step's small products too: 8 per step).
   static __device__ __forceinline__ void mma_big_rn(float* acc, const uint32_t* a_big, const uint32_t* b_big) {
 #if defined(ATTNCORE_EMULATE) || !ATTNCORE_TC
     float u[4] = {0.f, 0.f, 0.f, 0.f};
