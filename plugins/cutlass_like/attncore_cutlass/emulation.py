@@ -70,7 +70,7 @@ def extension() -> ModuleType:
     module: ModuleType = cpp_extension.load(
         name="attncore_cutlass_emu",
         sources=[str(build.CSRC / s) for s in SOURCES],
-        extra_cflags=["-O2", "-std=c++20", "-DATTNCORE_EMULATE", "-Wno-unknown-pragmas", f"-I{headers}"],
+        extra_cflags=["-O2", "-std=c++20", "-ffp-contract=off", "-DATTNCORE_EMULATE", "-Wno-unknown-pragmas", f"-I{headers}"],
         build_directory=str(out),
         with_cuda=False,
         verbose=False,

@@ -13,6 +13,7 @@
 // Exit status 0 when everything holds.
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -147,8 +148,8 @@ void check_products(const char* poison_kind) {
   for (auto& x : V) x = nrm(gen);
   int row = -1, col = -1;
   if (std::strcmp(poison_kind, "nan") == 0) {
-    A[3 * D + 5] = NAN;  // row 3 of A B^T
-    P[5 * N + 9] = NAN;  // row 5 of P V
+    A[3 * D + 5] = float_of(0x7fffffffu);  // row 3 of A B^T; CUDA's NaN, which an integer split loses
+    P[5 * N + 9] = float_of(0x7fffffffu);  // row 5 of P V
     row = 1;
   } else if (std::strcmp(poison_kind, "inf") == 0) {
     B[2 * D + 7] = INFINITY;  // column 2 of A B^T

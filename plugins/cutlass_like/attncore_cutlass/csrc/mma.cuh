@@ -143,7 +143,10 @@ struct Tf32 {
   // tools/tf32_check.cu compares the GPU's bits with the host arithmetic the CPU emulation runs.
   static __host__ __device__ __forceinline__ void split(float x, uint32_t* big, uint32_t* small) {
 #if defined(ATTNCORE_EMULATE) || !defined(__CUDA_ARCH__)
-    const float c = x * 8193.f;  // host SSE arithmetic: no fused multiply-add, so each step rounds as on the GPU
+    // volatile: c is rounded before it is used, so no host compiler can fuse the product into the
+    // subtractions (g++ contracts across statements where the target has FMA: aarch64, -march=haswell),
+    // which would make big == x and lose the small part; each step then rounds as on the GPU
+    const volatile float c = x * 8193.f;
     const float b = c - (c - x);
     const float r = x - b;
 #else
