@@ -1,7 +1,9 @@
 #!/bin/bash
-# attncore-cutlass on a GPU machine, from the repository root: build, GPU tests, gpu_matrix, benchmark.
-#   benchmarks/gpu_cutlass.sh [build|tests|matrix|bench|all]... [-- bench_cutlass.py arguments...]
-# Results go to $OUT (default /tmp/attncore-cutlass): build.log, tests.log, matrix.log, bench.log,
+# attncore-cutlass on a GPU machine, from the repository root: the tf32 check, build, GPU tests, gpu_matrix,
+# benchmark.
+#   benchmarks/gpu_cutlass.sh [tf32|build|tests|matrix|bench|all]... [-- bench_cutlass.py arguments...]
+# tf32 compiles and runs plugins/cutlass_like/tools/tf32_check.cu (the 3xTF32 split and products on this
+# GPU, seconds, no torch). Results go to $OUT (default /tmp/attncore-cutlass): tf32.log, build.log, tests.log, matrix.log, bench.log,
 # results.md, results.json. TEST_K narrows the tests (pytest -k), MATRIX_ARGS is passed to gpu_matrix's pytest.
 set -o pipefail
 modes=(); while [ $# -gt 0 ] && [ "$1" != "--" ]; do modes+=("$1"); shift; done; [ "$1" = "--" ] && shift
@@ -15,6 +17,12 @@ fi
 par=""; python3 -c "import xdist" 2>/dev/null && par="-n ${JOBS:-14}"
 want() { for m in "${modes[@]}"; do [ "$m" = "$1" ] || [ "$m" = all ] && return 0; done; return 1; }
 status=0
+if want tf32; then
+  arch="$(python3 -c "import torch; print(''.join(map(str, torch.cuda.get_device_capability())))")"
+  nvcc="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"
+  { "$nvcc" -std=c++17 -O3 -arch="sm_${arch}$([ "$arch" = 90 ] && echo a)" -I plugins/cutlass_like/attncore_cutlass/csrc \
+      plugins/cutlass_like/tools/tf32_check.cu -o /tmp/attncore_tf32_check && /tmp/attncore_tf32_check; } 2>&1 | tee "$OUT/tf32.log" || status=1
+fi
 if want build; then  # the first-use build, timed, then what negotiation says
   { time python3 -c "import torch; from attncore_cutlass import _launch; _launch.extension(tuple(torch.cuda.get_device_capability()))"; python3 -m attncore_cutlass status; } 2>&1 | tee "$OUT/build.log" || status=1
 fi

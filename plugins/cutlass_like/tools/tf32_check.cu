@@ -1,6 +1,6 @@
 // The 3xTF32 building blocks of csrc/mma.cuh on a GPU (sm_80 or newer), standalone (no torch, seconds):
 //
-//   nvcc -std=c++17 -O3 -arch=sm_90a -I plugins/cutlass_like/attncore_cutlass/csrc \
+//   benchmarks/gpu_cutlass.sh tf32, or: nvcc -std=c++17 -O3 -arch=sm_90a -I plugins/cutlass_like/attncore_cutlass/csrc \
 //        plugins/cutlass_like/tools/tf32_check.cu -o /tmp/tf32_check && /tmp/tf32_check
 //
 // 1. Tf32::split gives the device the same bits as the host arithmetic the CPU emulation uses, for values
