@@ -632,7 +632,7 @@ def backward(
             grid = (mblk * num_seqs * g * h,)
             if grid[0] > 0:
                 kern.bwd_dq_kernel[grid](
-                    q_, k_, v_, do_, m2_, delta_, dq_, bias_, cut(o), cut(lse_c), cut(glse_arg) if glse is not None else dummy,
+                    q_, k_, v_, do_, m2_, delta_, dq_, bias_, cut(o), cut(lse_c), cut(glse) if glse is not None else dummy,
                     seq_q, seq_k, seq_klen, seq_klog, tables,
                     *_strides4(q_), *_strides4(k_), *_strides4(v_), *_strides4(do_), *_strides4(dq_), *bst, stab,
                     *_strides4(o), lst[0], lst[1], lst[2], gst[0], gst[1], gst[2],

@@ -122,15 +122,6 @@ struct Tf32 {
     return __float_as_uint(x);
 #endif
   }
-  static __host__ __device__ __forceinline__ float value(uint32_t u) {
-#if defined(ATTNCORE_EMULATE) || !defined(__CUDA_ARCH__)
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-#else
-    return __uint_as_float(u);
-#endif
-  }
   // x = big + small, both tf32 values. big is Veltkamp's split, c = (2^13 + 1) x, big = c - (c - x): x's 11
   // leading bits rounded to nearest, and x - big is exact. sm_80/sm_90 have no cvt.rna.tf32 instruction
   // (ptxas expands each conversion into 3-4 instructions with an inf/NaN test, and a split took two); the
