@@ -231,8 +231,9 @@ def test_fp32_backward_over_many_queries_does_not_drift() -> None:
 @pytest.mark.slow
 def test_fp32_tensor_cores_carry_a_nan_to_its_row() -> None:
     """A NaN in one query, with the bits CUDA's arithmetic produces (0x7fffffff), makes that query's output
-    and dQ row NaN and leaves every other row finite (fp32 on the tensor cores, both directions). Rounding the
-    tf32 split in integer arithmetic would carry those bits into the sign (-0) and lose the NaN."""
+    and dQ row NaN and leaves every other row finite (fp32 on the tensor cores, both directions). The split's
+    integer rounding of the big part carries those bits into the sign (-0): the NaN must reach the result
+    through the small part (an earlier split that also rounded the small part in integers lost it)."""
     gen = torch.Generator().manual_seed(31)
     q = testing.randn(1, 40, 1, 32, gen=gen, dtype=torch.float32)
     k = testing.randn(1, 48, 1, 32, gen=gen, dtype=torch.float32)

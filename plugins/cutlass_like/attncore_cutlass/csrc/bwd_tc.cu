@@ -29,9 +29,9 @@
 // spill-free, were 3-6% slower non-causal, -6% to +5% causal: benchmarks/RESULTS.md); D = 128, 16-query
 // and 16-key steps, dK and dV in two launches (no spills, 2-3 CTAs per SM: +4-11% over 32-wide steps), dK launch 101632 / 110336, dV launch 67840 / 76544, dq
 // 101376 / 113664; D = 256, 16 / 16, dK launch 199936 / 208640, dV launch 133376 / 142080, dq 199680 /
-// 211968 (sm_90 only: on smaller shared memories the portable kernels run). ptxas (sm_90, the Veltkamp
-// split and chained small products of mma.cuh): fp32 spills 64 bytes at D = 64 (dkdv), 20 in the D = 128
-// dV launch, 24 / 32 in the D = 256 dK / dV launches; the dq kernels do not.
+// 211968 (sm_90 only: on smaller shared memories the portable kernels run). ptxas (sm_90, the integer
+// split and chained small products of mma.cuh): fp32 spills 20 bytes at D = 64 (dkdv; 8 in dq), 8 in the
+// D = 128 dV launch, 20 in the D = 256 dV launch; the other fp32 kernels do not.
 #include "kernels.h"
 #include "mma.cuh"
 
@@ -115,6 +115,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_tc_kernel(BwdParams bp) {
   constexpr int LD = pitch<T, D>();
   constexpr int BN = kBN;
   constexpr int LDB = kLdbKV;
+  constexpr int kKG = BM >= 64 ? 1 : 0;  // fp32 chunk groups of the P^T / dS^T products (tc::tf32_frag_rows)
   // (K / V fragments kept in registers were faster for D = 64 but spilled: ptxas, sm_90)
   static_assert(BM % 16 == 0 && D % 16 == 0 && BM / 8 * 4 <= 32, "tile shapes");
   ATTNCORE_DYNAMIC_SMEM(smem_raw);
@@ -246,8 +247,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_tc_kernel(BwdParams bp) {
 
     // dV += P^T dO, dK += dS^T Q (P^T and dS^T as the A operand, straight from their C fragments)
     if constexpr (kF32) {
-      if constexpr (kDV) tc::tf32_frag_rows<D, BM, LD>(dv, s, dOb, gr, tq);
-      if constexpr (kDK) tc::tf32_frag_rows<D, BM, LD>(dk, dp, Qb, gr, tq);
+      if constexpr (kDV) tc::tf32_frag_rows<D, BM, LD, kKG>(dv, s, dOb, gr, tq);
+      if constexpr (kDK) tc::tf32_frag_rows<D, BM, LD, kKG>(dk, dp, Qb, gr, tq);
     } else {
       if constexpr (kDV) tc::h16_frag_rows<T, D, BM, LD>(dv, s, sOb + to);
       if constexpr (kDK) tc::h16_frag_rows<T, D, BM, LD>(dk, dp, sQb + to);
@@ -280,6 +281,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_tc_kernel(BwdParams bp) {
   constexpr int LD = pitch<T, D>();
   constexpr int BM = kBMq;
   constexpr int LDB = (BN + kLdbQPad);
+  constexpr int kKG = BN >= 64 ? 1 : 0;  // fp32 chunk groups of the dS product (tc::tf32_frag_rows)
   // Q / dO fragments of the warp's queries stay in registers (for D = 128 only where ptxas fits them:
   // sm_90; fp32 splits its operands as it reads them)
   constexpr bool kQRegs = !kF32 && D <= (ATTNCORE_ARCH >= 900 ? 128 : 64);
@@ -402,7 +404,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_tc_kernel(BwdParams bp) {
 
     // dQ += dS K
     if constexpr (kF32) {
-      tc::tf32_frag_rows<D, BN, LD>(dq, dp, Kb, gr, tq);
+      tc::tf32_frag_rows<D, BN, LD, kKG>(dq, dp, Kb, gr, tq);
     } else {
       tc::h16_frag_rows<T, D, BN, LD>(dq, dp, sKb + to);
     }

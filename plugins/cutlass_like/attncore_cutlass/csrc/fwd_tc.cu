@@ -260,8 +260,8 @@ cudaError_t launch_any(const Params& p, cudaStream_t stream, bool* launched) {
 template <typename T>
 cudaError_t dispatch(const Params& p, cudaStream_t stream, bool* launched) {
   const int d = max(p.K, p.Kv);
-  // fp32: narrower key tiles, since the split operands take registers (ptxas, sm_90: the chosen 4-warp
-  // D = 128 and 8-warp D = 256 instances spill 36 and 20 bytes, the D = 64 ones none)
+  // fp32: narrower key tiles, since the split operands take registers (ptxas, sm_90: the chosen 8-warp
+  // D = 256 instances spill 4-8 bytes, the D <= 128 ones none)
   constexpr bool kF32 = std::is_same<T, float>::value;
   if (d <= 64) return launch_any<T, 64, 64>(p, stream, launched);
   if (d <= 128) return launch_any<T, 128, kF32 ? 32 : 64>(p, stream, launched);

@@ -122,31 +122,29 @@ struct Tf32 {
     return __float_as_uint(x);
 #endif
   }
-  // x = big + small, both tf32 values. big is Veltkamp's split, c = (2^13 + 1) x, big = c - (c - x): x's 11
-  // leading bits rounded to nearest, and x - big is exact. sm_80/sm_90 have no cvt.rna.tf32 instruction
-  // (ptxas expands each conversion into 3-4 instructions with an inf/NaN test, and a split took two); the
-  // small part is rounded by adding half a tf32 ulp (0x1000) to its bits, since the tensor cores ignore an
-  // operand's 13 low bits. 5 instructions per element. Float arithmetic keeps NaN and inf: they give a NaN
-  // big part, so they reach the result (integer rounding of big would carry CUDA's NaN 0x7fffffff into the
-  // sign bit and read it as -0). |x| above FLT_MAX / 8193 (4e34) also gives NaN. For subnormal x, big may
-  // keep low bits the tensor cores drop: an absolute error below 2^-136, as the tf32 small part of such x
-  // had with the conversion too. Host-callable, so that
-  // tools/tf32_check.cu compares the GPU's bits with the host arithmetic the CPU emulation runs.
+  // x = big + small, both tf32 values. big is x rounded to tf32 in integer arithmetic (add half a tf32 ulp,
+  // 0x1000, to the bits and clear the 13 low ones), small = x - big, exact, left with its low bits: the
+  // tensor cores ignore an operand's 13 low bits, so they truncate small, an error of at most 2^-11 of small
+  // (2^-22 of x), the order of the dropped a_small b_small term. 3 instructions per element: sm_80/sm_90 have
+  // no cvt.rna.tf32 instruction (ptxas expands each conversion into 3-4 instructions with an inf/NaN test,
+  // and a split took two), and Veltkamp's float split (big = c - (c - x), c = 8193 x) took 5 and cost 5-15%
+  // of the fp32 kernels' speed. NaN and inf reach the result through small: the integer rounding of big
+  // carries CUDA's NaN 0x7fffffff into the sign bit (big = -0), but x - big is NaN for a NaN x, and
+  // inf - inf is NaN for an infinite one; the products then give NaN. x within half a tf32 ulp of FLT_MAX
+  // rounds big to inf, and small = x - inf = -inf makes the product NaN. Subnormal x splits exactly too.
+  // Host-callable, so that tools/tf32_check.cu compares the GPU's bits with the host arithmetic the CPU
+  // emulation runs (a subtraction of two floats: nothing for a host compiler to contract).
   static __host__ __device__ __forceinline__ void split(float x, uint32_t* big, uint32_t* small) {
+    const uint32_t b = (bits(x) + 0x1000u) & 0xffffe000u;
 #if defined(ATTNCORE_EMULATE) || !defined(__CUDA_ARCH__)
-    // volatile: c is rounded before it is used, so no host compiler can fuse the product into the
-    // subtractions (g++ contracts across statements where the target has FMA: aarch64, -march=haswell),
-    // which would make big == x and lose the small part; each step then rounds as on the GPU
-    const volatile float c = x * 8193.f;
-    const float b = c - (c - x);
-    const float r = x - b;
+    float bf;
+    std::memcpy(&bf, &b, 4);
+    const float r = x - bf;
 #else
-    const float c = __fmul_rn(x, 8193.f);  // _rn: never contracted into an FMA, which would change the split
-    const float b = __fsub_rn(c, __fsub_rn(c, x));
-    const float r = __fsub_rn(x, b);
+    const float r = __fsub_rn(x, __uint_as_float(b));
 #endif
-    *big = bits(b);
-    *small = bits(r) + 0x1000u;
+    *big = b;
+    *small = bits(r);
   }
   static __device__ __forceinline__ void mma(float* c, const uint32_t* a, const uint32_t* b) {
 #if defined(ATTNCORE_EMULATE)
@@ -243,11 +241,13 @@ __device__ __forceinline__ void tf32_rows_rows(float (&c)[N / 8][4], const float
 // (O += P V in the forward; dV += P^T dO, dK += dS^T Q and dQ += dS K in the backward). This thread
 // holds columns 2 tq and 2 tq + 1 of each 8-column chunk of P, which become the A fragment's k = tq and
 // k = tq + 4 (the contraction order within a chunk is free, as long as B's rows follow: b0 = B[2 tq],
-// b1 = B[2 tq + 1]). P's chunks are split KG at a time, so that each output tile's small products chain
-// over KG chunks in one 4-register temporary (Tf32::mma_small) instead of one per output tile.
-template <int D, int N, int LD>
+// b1 = B[2 tq + 1]). P's chunks are split KG_ at a time, so that each output tile's small products chain
+// over KG_ chunks in one 4-register temporary (Tf32::mma_small) instead of one per output tile. KG_ = 0:
+// up to 4, 2 for 64-row steps (the D = 64 forward). The D = 64 backward passes 1: with 2 its dK/dV kernel
+// spilled 280 bytes (sm_90), with 1 it spills 20 and ran 3-7% faster (H200, 2026-12-01).
+template <int D, int N, int LD, int KG_ = 0>
 __device__ __forceinline__ void tf32_frag_rows(float (&c)[D / 8][4], const float (&pf)[N / 8][4], const float* B, int gr, int tq) {
-  constexpr int KG = N / 8 < 4 ? N / 8 : (N >= 64 ? 2 : 4);  // 64-row steps (D = 64): 2, the registers are short
+  constexpr int KG = KG_ > 0 ? KG_ : (N / 8 < 4 ? N / 8 : (N >= 64 ? 2 : 4));
   static_assert((N / 8) % KG == 0, "chunk groups");
 #pragma unroll
   for (int k0 = 0; k0 < N / 8; k0 += KG) {
