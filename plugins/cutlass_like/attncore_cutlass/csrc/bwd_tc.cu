@@ -9,8 +9,8 @@
 //         S^T = K Q^T and dP^T = V dO^T (A: K / V rows, B: Q / dO rows by plain ldmatrix), then
 //         P^T = exp2(S^T - lse2[q]) and dS^T = P^T (dP^T - delta[q]) in registers, which become the
 //         A operands of dV += P^T dO and dK += dS^T Q (B: dO / Q by transposing ldmatrix); dS goes to
-//         dbias. For D = 256 (fp32: D >= 128) the two accumulators do not fit the register file together:
-//         two launches, one computes dV only, the other dK (and dbias).
+//         dbias. For D = 256 the two accumulators do not fit the register file together: two launches,
+//         one computes dV only, the other dK (and dbias).
 //   dq:   one CTA of 4 warps owns 64 queries; each warp 16 of them, dQ (16 x D, fp32) in registers. Key
 //         tiles stream through shared memory (double buffered): S = Q K^T, dP = dO V^T, dS as above,
 //         dQ += dS K (B: K by transposing ldmatrix).
@@ -27,11 +27,12 @@
 // became mma.cuh's helpers; timed within 1.5% of the spill-free version) and 24 for sm_80. fp32, no bias
 // / bias: D = 64, the fp16 steps, dkdv 105472 / 140288 and dq 104448 / 141312 (32-query dkdv steps,
 // spill-free, were 3-6% slower non-causal, -6% to +5% causal: benchmarks/RESULTS.md); D = 128, 16-query
-// and 16-key steps, dK and dV in two launches (no spills, 2-3 CTAs per SM: +4-11% over 32-wide steps), dK launch 101632 / 110336, dV launch 67840 / 76544, dq
-// 101376 / 113664; D = 256, 16 / 16, dK launch 199936 / 208640, dV launch 133376 / 142080, dq 199680 /
+// and 16-key steps (+4-11% over 32-wide steps), dK and dV in one launch since the 3-instruction split (255
+// registers, 12 bytes of spills, two CTAs per SM; two launches recomputed P: 2026-12-01 in RESULTS.md)
+// 101632 / 110336, dq 101376 / 113664; D = 256, 16 / 16, dK launch 199936 / 208640, dV launch 133376 / 142080, dq 199680 /
 // 211968 (sm_90 only: on smaller shared memories the portable kernels run). ptxas (sm_90, the integer
-// split and chained small products of mma.cuh): fp32 spills 20 bytes at D = 64 (dkdv; 8 in dq), 8 in the
-// D = 128 dV launch, 20 in the D = 256 dV launch; the other fp32 kernels do not.
+// split and chained small products of mma.cuh): fp32 spills 20 bytes at D = 64 (dkdv; 8 in dq), 12 in the
+// D = 128 dkdv kernel, 20 in the D = 256 dV launch; the other fp32 kernels do not.
 #include "kernels.h"
 #include "mma.cuh"
 
@@ -466,7 +467,7 @@ cudaError_t dispatch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
   constexpr bool kF32 = sizeof(T) == 4;
   if (d <= 64) return launch<T, 64, 64, 64, false>(bp, stream, launched);
   if constexpr (kF32) {
-    if (d <= 128) return launch<T, 128, 16, 16, true>(bp, stream, launched);
+    if (d <= 128) return launch<T, 128, 16, 16, false>(bp, stream, launched);
     if (d <= 256) return launch<T, 256, 16, 16, true>(bp, stream, launched);
   } else {
     if (d <= 128) return launch<T, 128, 64, 64, false>(bp, stream, launched);
