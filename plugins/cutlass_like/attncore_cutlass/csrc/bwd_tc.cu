@@ -28,11 +28,12 @@
 // / bias: D = 64, the fp16 steps, dkdv 105472 / 140288 and dq 104448 / 141312 (32-query dkdv steps,
 // spill-free, were 3-6% slower non-causal, -6% to +5% causal: benchmarks/RESULTS.md); D = 128, 16-query
 // and 16-key steps (+4-11% over 32-wide steps), dK and dV in one launch since the 3-instruction split (255
-// registers, 12 bytes of spills, two CTAs per SM; two launches recomputed P: 2026-12-01 in RESULTS.md)
-// 101632 / 110336, dq 101376 / 113664; D = 256, 16 / 16, dK launch 199936 / 208640, dV launch 133376 / 142080, dq 199680 /
+// registers, 12 bytes of spills, two CTAs per SM on sm_90, +16-17% over two launches that each recomputed
+// P: 2026-12-01 in RESULTS.md; on sm_80 it spills 24 bytes and one such CTA fits per SM: not timed there),
+// dkdv 101632 / 110336, dq 101376 / 113664; D = 256, 16 / 16, dK launch 199936 / 208640, dV launch 133376 / 142080, dq 199680 /
 // 211968 (sm_90 only: on smaller shared memories the portable kernels run). ptxas (sm_90, the integer
 // split and chained small products of mma.cuh): fp32 spills 20 bytes at D = 64 (dkdv; 8 in dq), 12 in the
-// D = 128 dkdv kernel, 20 in the D = 256 dV launch; the other fp32 kernels do not.
+// D = 128 dkdv kernel, 20 in the D = 256 dK launch; the other fp32 kernels do not.
 #include "kernels.h"
 #include "mma.cuh"
 
@@ -282,7 +283,9 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_tc_kernel(BwdParams bp) {
   constexpr int LD = pitch<T, D>();
   constexpr int BM = kBMq;
   constexpr int LDB = (BN + kLdbQPad);
-  constexpr int kKG = BN >= 64 ? 1 : 0;  // fp32 chunk groups of the dS product (tc::tf32_frag_rows)
+  // fp32 chunk groups of the dS product (tc::tf32_frag_rows): 1 at D = 64 as in the dK/dV kernel, the
+  // pair timed together (with 1 this kernel alone spills 8 bytes, with 2 none: not timed apart)
+  constexpr int kKG = BN >= 64 ? 1 : 0;
   // Q / dO fragments of the warp's queries stay in registers (for D = 128 only where ptxas fits them:
   // sm_90; fp32 splits its operands as it reads them)
   constexpr bool kQRegs = !kF32 && D <= (ATTNCORE_ARCH >= 900 ? 128 : 64);

@@ -124,14 +124,16 @@ struct Tf32 {
   }
   // x = big + small, both tf32 values. big is x rounded to tf32 in integer arithmetic (add half a tf32 ulp,
   // 0x1000, to the bits and clear the 13 low ones), small = x - big, exact, left with its low bits: the
-  // tensor cores ignore an operand's 13 low bits, so they truncate small, an error of at most 2^-11 of small
-  // (2^-22 of x), the order of the dropped a_small b_small term. 3 instructions per element: sm_80/sm_90 have
+  // tensor cores ignore an operand's 13 low bits, so they truncate small, an error below 2^-10 of small
+  // (about 2^-22 of x), the order of the dropped a_small b_small term. 3 instructions per element: sm_80/sm_90 have
   // no cvt.rna.tf32 instruction (ptxas expands each conversion into 3-4 instructions with an inf/NaN test,
   // and a split took two), and Veltkamp's float split (big = c - (c - x), c = 8193 x) took 5 and cost 5-15%
   // of the fp32 kernels' speed. NaN and inf reach the result through small: the integer rounding of big
   // carries CUDA's NaN 0x7fffffff into the sign bit (big = -0), but x - big is NaN for a NaN x, and
   // inf - inf is NaN for an infinite one; the products then give NaN. x within half a tf32 ulp of FLT_MAX
-  // rounds big to inf, and small = x - inf = -inf makes the product NaN. Subnormal x splits exactly too.
+  // rounds big to inf, and small = x - inf = -inf makes the product NaN. The split is exact for every finite
+  // x, but for |x| below about 2^-114 small is subnormal and the truncation keeps only multiples of 2^-136:
+  // an absolute error below 2^-136 (the tf32 small part of such x had it with the conversion too).
   // Host-callable, so that tools/tf32_check.cu compares the GPU's bits with the host arithmetic the CPU
   // emulation runs (a subtraction of two floats: nothing for a host compiler to contract).
   static __host__ __device__ __forceinline__ void split(float x, uint32_t* big, uint32_t* small) {
@@ -243,8 +245,8 @@ __device__ __forceinline__ void tf32_rows_rows(float (&c)[N / 8][4], const float
 // k = tq + 4 (the contraction order within a chunk is free, as long as B's rows follow: b0 = B[2 tq],
 // b1 = B[2 tq + 1]). P's chunks are split KG_ at a time, so that each output tile's small products chain
 // over KG_ chunks in one 4-register temporary (Tf32::mma_small) instead of one per output tile. KG_ = 0:
-// up to 4, 2 for 64-row steps (the D = 64 forward). The D = 64 backward passes 1: with 2 its dK/dV kernel
-// spilled 280 bytes (sm_90), with 1 it spills 20 and ran 3-7% faster (H200, 2026-12-01).
+// up to 4, 2 for 64-row steps (the D = 64 forward). The D = 64 backward's two kernels pass 1: with 2 its
+// dK/dV kernel spilled 280 bytes (sm_90), with 1 it spills 20, and the pair ran 3-7% faster (H200, 2026-12-01).
 template <int D, int N, int LD, int KG_ = 0>
 __device__ __forceinline__ void tf32_frag_rows(float (&c)[D / 8][4], const float (&pf)[N / 8][4], const float* B, int gr, int tq) {
   constexpr int KG = KG_ > 0 ? KG_ : (N / 8 < 4 ? N / 8 : (N >= 64 ? 2 : 4));
