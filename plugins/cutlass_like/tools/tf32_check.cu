@@ -55,8 +55,8 @@ __global__ void rows_rows_kernel(const float* A, const float* B, float* C) {
   }
 }
 
-// C (16 x D) = P (16 x N, held as C fragments) B (N x D), one warp.
-template <int D, int N>
+// C (16 x D) = P (16 x N, held as C fragments) B (N x D), one warp; KG: tf32_frag_rows's chunk groups.
+template <int D, int N, int KG>
 __global__ void frag_rows_kernel(const float* P, const float* B, float* C) {
   constexpr int LD = D + 4;
   __shared__ float sb[N * LD];
@@ -68,7 +68,7 @@ __global__ void frag_rows_kernel(const float* P, const float* B, float* C) {
     for (int e = 0; e < 4; ++e) pf[kc][e] = P[(gr + (e >= 2 ? 8 : 0)) * N + kc * 8 + 2 * tq + (e & 1)];
   }
   float c[D / 8][4] = {};
-  attncore::tc::tf32_frag_rows<D, N, LD>(c, pf, sb, gr, tq);
+  attncore::tc::tf32_frag_rows<D, N, LD, KG>(c, pf, sb, gr, tq);
   for (int dt = 0; dt < D / 8; ++dt) {
     for (int e = 0; e < 4; ++e) C[(gr + (e >= 2 ? 8 : 0)) * D + dt * 8 + 2 * tq + (e & 1)] = c[dt][e];
   }
@@ -137,7 +137,7 @@ void check_split() {
 
 // The relative error of out against the float64 product, next to a plain fp32 dot product's; poison: row
 // pr / column pc (or -1) of the result must be non-finite and the rest finite.
-template <int D, int N>
+template <int D, int N, int KG>
 void check_products(const char* poison_kind) {
   std::mt19937 gen(11);
   std::normal_distribution<float> nrm;
@@ -147,9 +147,11 @@ void check_products(const char* poison_kind) {
   for (auto& x : P) x = std::fabs(nrm(gen));
   for (auto& x : V) x = nrm(gen);
   int row = -1, col = -1;
-  if (std::strcmp(poison_kind, "nan") == 0) {
-    A[3 * D + 5] = float_of(0x7fffffffu);  // row 3 of A B^T; CUDA's NaN: big rounds to -0, small carries it
-    P[5 * N + 9] = float_of(0x7fffffffu);  // row 5 of P V
+  if (std::strcmp(poison_kind, "nan") == 0 || std::strcmp(poison_kind, "-nan") == 0) {
+    // CUDA's NaN (big rounds to -0, small carries it), or the negative NaN whose rounding wraps big to +0
+    const uint32_t nan_bits = poison_kind[0] == '-' ? 0xffffffffu : 0x7fffffffu;
+    A[3 * D + 5] = float_of(nan_bits);  // row 3 of A B^T
+    P[5 * N + 9] = float_of(nan_bits);  // row 5 of P V
     row = 1;
   } else if (std::strcmp(poison_kind, "inf") == 0) {
     B[2 * D + 7] = INFINITY;  // column 2 of A B^T
@@ -168,7 +170,7 @@ void check_products(const char* poison_kind) {
   CHECK_CUDA(cudaMemcpy(dP, P.data(), P.size() * 4, cudaMemcpyHostToDevice));
   CHECK_CUDA(cudaMemcpy(dV, V.data(), V.size() * 4, cudaMemcpyHostToDevice));
   rows_rows_kernel<D, N><<<1, 32>>>(dA, dB, dC1);
-  frag_rows_kernel<D, N><<<1, 32>>>(dP, dV, dC2);
+  frag_rows_kernel<D, N, KG><<<1, 32>>>(dP, dV, dC2);
   CHECK_CUDA(cudaGetLastError());
   std::vector<float> C1(16 * N), C2(16 * D);
   CHECK_CUDA(cudaMemcpy(C1.data(), dC1, C1.size() * 4, cudaMemcpyDeviceToHost));
@@ -203,25 +205,27 @@ void check_products(const char* poison_kind) {
       }
     }
   }
-  std::printf("D=%d N=%d %-5s rows_rows err %.2e (fp32 dot %.2e), frag_rows err %.2e (fp32 dot %.2e), elements of the wrong class %d\n",
-              D, N, poison_kind, err[0], naive[0], err[1], naive[1], wrong_class);
+  std::printf("D=%d N=%d KG=%d %-4s rows_rows err %.2e (fp32 dot %.2e), frag_rows err %.2e (fp32 dot %.2e), elements of the wrong class %d\n",
+              D, N, KG, poison_kind, err[0], naive[0], err[1], naive[1], wrong_class);
   expect(wrong_class == 0, "NaN/inf reach exactly the elements they feed");
   expect(err[0] <= std::fmax(2 * naive[0], 1e-6) && err[1] <= std::fmax(2 * naive[1], 1e-6), "3xTF32 products at fp32 accuracy");
   for (float* p : {dA, dB, dP, dV, dC1, dC2}) CHECK_CUDA(cudaFree(p));
 }
 
-template <int D, int N>
+template <int D, int N, int KG = 0>
 void check_all() {
-  check_products<D, N>("none");
-  check_products<D, N>("nan");
-  check_products<D, N>("inf");
+  check_products<D, N, KG>("none");
+  check_products<D, N, KG>("nan");
+  check_products<D, N, KG>("-nan");
+  check_products<D, N, KG>("inf");
 }
 
 }  // namespace
 
 int main() {
   check_split();
-  check_all<64, 64>();   // the 64-row steps at D = 64 (small products added per step, chunk groups of 2)
+  check_all<64, 64>();     // the forward's 64-key tiles at D = 64 (small products added per step, chunk groups of 2)
+  check_all<64, 64, 1>();  // the backward's 64-row steps at D = 64 (chunk groups of 1)
   check_all<128, 32>();  // the forward's key tiles at D = 128 (chained small products, groups of 4)
   check_all<256, 16>();  // D = 256 (groups of 2 chunks)
   std::printf(failures == 0 ? "tf32_check: all passed\n" : "tf32_check: %d FAILED\n", failures);
