@@ -21,6 +21,8 @@ from attncore.geometry import Anchor, BlockLayout, Paging
 from attncore.inputs import Inputs
 
 from . import autotune
+from ._relaunch import Relauncher
+from ._relaunch import enabled as relaunch_enabled
 
 __all__ = [
     "BwdConfig",
@@ -89,6 +91,11 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 
 
 def interpreting() -> bool:
+    """Whether the kernels run under Triton's CPU interpreter: fixed when the kernel module is imported
+    (Triton reads ``TRITON_INTERPRET`` then); before that, what the environment says now."""
+    known: Optional[bool] = _STATE.get("interp")
+    if known is not None:
+        return known
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -99,10 +106,22 @@ def kernels() -> Any:
     """The kernel module, imported on first use (so the interpreter switch is read at that time)."""
     mod = _STATE.get("kernels")
     if mod is None:
+        _STATE["interp"] = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
         from . import _kernels
 
         mod = _STATE["kernels"] = _kernels
     return mod
+
+
+_RELAUNCHERS: dict[str, Relauncher] = {}
+
+
+def _relauncher(name: str) -> Relauncher:
+    """The :class:`Relauncher` of kernel ``name`` of the kernel module (one per kernel and process)."""
+    r = _RELAUNCHERS.get(name)
+    if r is None:
+        r = _RELAUNCHERS[name] = Relauncher(getattr(kernels(), name), reuse=relaunch_enabled() and not interpreting())
+    return r
 
 
 # ------------------------------------------------------------------------------------------------
@@ -418,13 +437,23 @@ def bwd_candidates(pb: Problem) -> list[BwdConfig]:
 def _key(kind: str, pb: Problem, sig: str) -> str:
     """The autotune key (see :data:`autotune.KEY_FORMAT`); built from cached device facts (this runs per call)."""
     dev = pb.device
-    if interpreting() or dev.type != "cuda":
+    interp = interpreting() or dev.type != "cuda"
+    index = -1 if interp else _device_index(dev)
+    parts = (kind, index, pb.q.dtype, pb.head_dim, pb.value_dim, sig, autotune.shape_bucket(max(pb.max_q, pb.max_k)))
+    key = _KEYS.get(parts)
+    if key is None:
         name, cc = "interp", (0, 0)
-    else:
-        cc, name = _cuda_facts(_device_index(dev))
-    dt = str(pb.q.dtype).replace("torch.", "")
-    bucket = autotune.shape_bucket(max(pb.max_q, pb.max_k))
-    return f"{kind}|{name}|sm{cc[0]}{cc[1]}|triton{_triton_version()}|{dt}|k{pb.head_dim}|v{pb.value_dim}|{sig}|m{bucket}"
+        if not interp:
+            cc, name = _cuda_facts(index)
+        dt = str(pb.q.dtype).replace("torch.", "")
+        key = f"{kind}|{name}|sm{cc[0]}{cc[1]}|triton{_triton_version()}|{dt}|k{pb.head_dim}|v{pb.value_dim}|{sig}|m{parts[-1]}"
+        if len(_KEYS) > 4096:
+            _KEYS.clear()
+        _KEYS[parts] = key
+    return key
+
+
+_KEYS: dict[tuple[Any, ...], str] = {}  # the key strings already built (the steady state is one lookup)
 
 
 def _cfg_dict(cfg: Any) -> dict[str, Any]:
@@ -491,7 +520,7 @@ def forward(
     bk, bv = _pow2(pb.head_dim), _pow2(pb.value_dim)
     drop = pb.p > 0.0
     dot = _dot_mode(pb.q.dtype)
-    kern = kernels().fwd_kernel
+    kern = _relauncher("fwd_kernel")
 
     def launch(cfg: FwdConfig) -> None:
         nblk = -(-pb.max_q // cfg.block_m)
@@ -500,14 +529,19 @@ def forward(
             return
         if cfg.tma:
             _ensure_allocator()
-        kern[grid](
-            pb.q, pb.k, pb.v, out, lse_arg, bias, seq_q, seq_k, seq_klen, seq_klog, tables,
-            *_strides4(pb.q), *_strides4(pb.k), *_strides4(pb.v), *_strides4(out), *lst, *bst, stab,
-            g, h, mq, pb.num_keys, pb.mk_log, nblk, pb.band_lo, pb.band_hi, pb.band_br, pb.scale * LOG2E,
-            pb.p, 1.0 / (1.0 - pb.p), dropout_seed, page_size,
-            K_DIM=pb.head_dim, V_DIM=kv, BLOCK_K=bk, BLOCK_V=bv, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            VARLEN=pb.varlen, PAGED=pb.paged, HAS_BIAS=pb.bias is not None, DROPOUT=drop, WRITE_LSE=lse is not None,
-            USE_TMA=cfg.tma, DOT=dot, SCALE_POS=pb.scale >= 0.0,
+        kern.launch(
+            grid,
+            (
+                pb.q, pb.k, pb.v, out, lse_arg, bias, seq_q, seq_k, seq_klen, seq_klog, tables,
+                *_strides4(pb.q), *_strides4(pb.k), *_strides4(pb.v), *_strides4(out), *lst, *bst, stab,
+                g, h, mq, pb.num_keys, pb.mk_log, nblk, pb.band_lo, pb.band_hi, pb.band_br, pb.scale * LOG2E,
+                pb.p, 1.0 / (1.0 - pb.p), dropout_seed, page_size,
+            ),
+            dict(
+                K_DIM=pb.head_dim, V_DIM=kv, BLOCK_K=bk, BLOCK_V=bv, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                VARLEN=pb.varlen, PAGED=pb.paged, HAS_BIAS=pb.bias is not None, DROPOUT=drop, WRITE_LSE=lse is not None,
+                USE_TMA=cfg.tma, DOT=dot, SCALE_POS=pb.scale >= 0.0,
+            ),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
 
@@ -538,7 +572,6 @@ def backward(
     every batch entry (``inputs.bias_shared_over_batch``; dense layouts without dropout): the batch then
     runs in pieces (``inputs.shared_bias_batch_step``)."""
     pb = pb if pb is not None else problem(inputs)
-    kern = kernels()
     b, g, h, mq, mk = pb.batch, pb.groups, pb.heads, pb.num_queries, pb.num_keys
     kd, kv = pb.head_dim, pb.value_dim
     dev = pb.device
@@ -570,8 +603,9 @@ def backward(
         dbias = torch.zeros((1, g, h, mq, mk), dtype=torch.float32, device=dev) if summed else dbias_buffer(b)
     # delta = rowsum(dO * O) - grad_lse and the base-2 LSE, [B, G, H, Mq] float32: written by the dQ kernel
     # (which then runs first), or by the preprocess kernel when dQ comes from atomic adds in the dK/dV kernel
-    m2 = _empty((b, g, h, mq), torch.float32, dev)
-    delta = _empty((b, g, h, mq), torch.float32, dev)
+    # (one allocation for both: each costs several microseconds of host time before the first launch)
+    stats = _empty((2, b, g, h, mq), torch.float32, dev)
+    m2, delta = stats[0], stats[1]
     lst = lse_c.stride()
     gst = glse.stride() if glse is not None else (0, 0, 0, 0)
     glse_arg = glse if glse is not None else dummy
@@ -580,19 +614,31 @@ def backward(
         pre_bm = 16 if interpreting() else 64
         pre_blocks = -(-mq // pre_bm)
         if pre_blocks * b * g * h > 0:
-            kern.bwd_preprocess_kernel[(pre_blocks * b * g * h,)](
-                o, do, lse_c, glse_arg, m2, delta,
-                *_strides4(o), *_strides4(do), lst[0], lst[1], lst[2], gst[0], gst[1], gst[2],
-                g, h, mq, pre_blocks, V_DIM=kv, BLOCK_V=bv, BLOCK_M=pre_bm, HAS_GLSE=glse is not None, num_warps=4,
+            _relauncher("bwd_preprocess_kernel").launch(
+                (pre_blocks * b * g * h,),
+                (
+                    o, do, lse_c, glse_arg, m2, delta,
+                    *_strides4(o), *_strides4(do), lst[0], lst[1], lst[2], gst[0], gst[1], gst[2], g, h, mq, pre_blocks,
+                ),
+                dict(V_DIM=kv, BLOCK_V=bv, BLOCK_M=pre_bm, HAS_GLSE=glse is not None),
+                num_warps=4, num_stages=3,
             )  # fmt: skip
+
     direct = pb.meta is None or pb.meta.direct
     write_rows = mk if direct else (pb.meta.write_rows if pb.meta is not None else mk)
-    if pb.meta is None:
-        dk = _empty((b, write_rows, g, h, kd), k.dtype, dev)
-        dv = _empty((b, write_rows, g, h, kv), v.dtype, dev)
-    else:  # keys outside every block get no gradient
-        dk = torch.zeros((b, write_rows, g, h, kd), dtype=k.dtype, device=dev)
-        dv = torch.zeros((b, write_rows, g, h, kv), dtype=v.dtype, device=dev)
+    grads: list[torch.Tensor] = []  # dK, dV
+
+    def dkdv_buffers() -> tuple[torch.Tensor, torch.Tensor]:
+        """dK and dV, allocated once, after the first kernel is on its way (host time there is GPU idle time)."""
+        if not grads:
+            if pb.meta is None:
+                grads.append(_empty((b, write_rows, g, h, kd), k.dtype, dev))
+                grads.append(_empty((b, write_rows, g, h, kv), v.dtype, dev))
+            else:  # keys outside every block get no gradient
+                grads.append(torch.zeros((b, write_rows, g, h, kd), dtype=k.dtype, device=dev))
+                grads.append(torch.zeros((b, write_rows, g, h, kv), dtype=v.dtype, device=dev))
+        return grads[0], grads[1]
+
     seq_q, seq_k, seq_klen, seq_klog, tables, stab, page_size = _seq_args(pb)
     seq_kw = pb.meta.seq_kw if pb.meta is not None else dummy
     bias, bst = _bias_args(pb)
@@ -625,23 +671,31 @@ def backward(
     def launch_piece(cfg: BwdConfig, cut: Callable[[torch.Tensor], torch.Tensor], num_seqs: int, dq: torch.Tensor, dbias: Optional[torch.Tensor]) -> None:
         """The kernels on the batch entries ``cut`` selects (all of them unless summed in pieces), for
         ``num_seqs`` sequences (batch entries, or packed blocks when whole)."""
-        q_, k_, v_, do_, m2_, delta_, dk_, dv_, dq_ = (cut(t) for t in (q, k, v, do, m2, delta, dk, dv, dq))
+        q_, k_, v_, do_, m2_, delta_, dq_ = (cut(t) for t in (q, k, v, do, m2, delta, dq))
         bias_ = cut(bias) if pb.bias is not None else bias
         if not cfg.atomic_dq:  # dQ first: it writes the rows' delta and m2 that the dK/dV launches read
             mblk = -(-pb.max_q // cfg.block_m2)
             grid = (mblk * num_seqs * g * h,)
             if grid[0] > 0:
-                kern.bwd_dq_kernel[grid](
-                    q_, k_, v_, do_, m2_, delta_, dq_, bias_, cut(o), cut(lse_c), cut(glse) if glse is not None else dummy,
-                    seq_q, seq_k, seq_klen, seq_klog, tables,
-                    *_strides4(q_), *_strides4(k_), *_strides4(v_), *_strides4(do_), *_strides4(dq_), *bst, stab,
-                    *_strides4(o), lst[0], lst[1], lst[2], gst[0], gst[1], gst[2],
-                    g, h, mq, mk, pb.mk_log, mblk, pb.band_lo, pb.band_hi, pb.band_br, pb.scale * LOG2E, pb.scale,
-                    pb.p, 1.0 / (1.0 - pb.p), dropout_seed, page_size,
-                    K_DIM=kd, V_DIM=kv, BLOCK_K=bk, BLOCK_V=bv, BLOCK_M=cfg.block_m2, BLOCK_N=cfg.block_n2,
-                    VARLEN=pb.varlen, PAGED=pb.paged, HAS_BIAS=pb.bias is not None, DROPOUT=drop, DOT=dot,
-                    HAS_GLSE=glse is not None, num_warps=cfg.warps2, num_stages=cfg.stages2,
+                _relauncher("bwd_dq_kernel").launch(
+                    grid,
+                    (
+                        q_, k_, v_, do_, m2_, delta_, dq_, bias_, cut(o), cut(lse_c), cut(glse) if glse is not None else dummy,
+                        seq_q, seq_k, seq_klen, seq_klog, tables,
+                        *_strides4(q_), *_strides4(k_), *_strides4(v_), *_strides4(do_), *_strides4(dq_), *bst, stab,
+                        *_strides4(o), lst[0], lst[1], lst[2], gst[0], gst[1], gst[2],
+                        g, h, mq, mk, pb.mk_log, mblk, pb.band_lo, pb.band_hi, pb.band_br, pb.scale * LOG2E, pb.scale,
+                        pb.p, 1.0 / (1.0 - pb.p), dropout_seed, page_size,
+                    ),
+                    dict(
+                        K_DIM=kd, V_DIM=kv, BLOCK_K=bk, BLOCK_V=bv, BLOCK_M=cfg.block_m2, BLOCK_N=cfg.block_n2,
+                        VARLEN=pb.varlen, PAGED=pb.paged, HAS_BIAS=pb.bias is not None, DROPOUT=drop, DOT=dot,
+                        HAS_GLSE=glse is not None,
+                    ),
+                    num_warps=cfg.warps2, num_stages=cfg.stages2,
                 )  # fmt: skip
+        dk, dv = dkdv_buffers()
+        dk_, dv_ = cut(dk), cut(dv)
         # (part, query step, keys per program, warps, stages): 0 = dK and dV; split: 1 = dK (dQ, dS), 2 = dV
         parts = [(0, cfg.block_m1, cfg.block_n1, cfg.warps1, cfg.stages1)]
         if cfg.split_dv:
@@ -651,16 +705,22 @@ def backward(
             grid = (nblk * num_seqs * g * h,)
             if grid[0] == 0:
                 continue
-            kern.bwd_dkdv_kernel[grid](
-                q_, k_, v_, do_, m2_, delta_, dk_, dv_, dq_, bias_, dbias if dbias is not None and part != 2 else dummy,
-                seq_q, seq_k, seq_klen, seq_klog, seq_kw, tables,
-                *_strides4(q_), *_strides4(k_), *_strides4(v_), *_strides4(do_), *_strides4(dk_), *_strides4(dv_), *_strides4(dq_),
-                *bst, *dbst, stab,
-                g, h, mq, mk, pb.mk_log, nblk, pb.band_lo, pb.band_hi, pb.band_br, pb.scale * LOG2E, pb.scale,
-                pb.p, 1.0 / (1.0 - pb.p), dropout_seed, page_size,
-                K_DIM=kd, V_DIM=kv, BLOCK_K=bk, BLOCK_V=bv, BLOCK_M=bm, BLOCK_N=bn,
-                VARLEN=pb.varlen, PAGED=pb.paged, HAS_BIAS=pb.bias is not None, HAS_DBIAS=dbias is not None and part != 2, DROPOUT=drop,
-                ATOMIC_DQ=cfg.atomic_dq and part != 2, DOT=dot, PART=part, num_warps=warps, num_stages=stages,
+            _relauncher("bwd_dkdv_kernel").launch(
+                grid,
+                (
+                    q_, k_, v_, do_, m2_, delta_, dk_, dv_, dq_, bias_, dbias if dbias is not None and part != 2 else dummy,
+                    seq_q, seq_k, seq_klen, seq_klog, seq_kw, tables,
+                    *_strides4(q_), *_strides4(k_), *_strides4(v_), *_strides4(do_), *_strides4(dk_), *_strides4(dv_), *_strides4(dq_),
+                    *bst, *dbst, stab,
+                    g, h, mq, mk, pb.mk_log, nblk, pb.band_lo, pb.band_hi, pb.band_br, pb.scale * LOG2E, pb.scale,
+                    pb.p, 1.0 / (1.0 - pb.p), dropout_seed, page_size,
+                ),
+                dict(
+                    K_DIM=kd, V_DIM=kv, BLOCK_K=bk, BLOCK_V=bv, BLOCK_M=bm, BLOCK_N=bn,
+                    VARLEN=pb.varlen, PAGED=pb.paged, HAS_BIAS=pb.bias is not None, HAS_DBIAS=dbias is not None and part != 2, DROPOUT=drop,
+                    ATOMIC_DQ=cfg.atomic_dq and part != 2, DOT=dot, PART=part,
+                ),
+                num_warps=warps, num_stages=stages,
             )  # fmt: skip
 
     if config is not None:
@@ -670,6 +730,7 @@ def backward(
     dq = dq_holder[0]
     if dq.dtype != q.dtype:
         dq = dq.to(q.dtype)
+    dk, dv = dkdv_buffers()
     if not direct:
         dk, dv = _scatter_back(pb, dk, dv)
     if summed and dbias is not None and pb.bias is not None:

@@ -618,3 +618,43 @@ def test_triton_varlen_long() -> None:
         part = Result(got.out[:, s:e], got.lse[..., s:e])
         part.dq, part.dk, part.dv = got.dq[:, s:e], got.dk[:, s:e], got.dv[:, s:e]
         check(part, q[:, s:e], k[:, s:e], v[:, s:e], ab.LowerTriangularMask(), grad_out=grad[:, s:e])
+
+
+@gpu
+@pytest.mark.parametrize("kind", ["causal", "bias+dropout"])
+def test_triton_relaunch_reuses_binaries_bit_for_bit(kind: str) -> None:
+    """With reuse on (``ATTNCORE_TRITON_RELAUNCH=1``), the second call of a shape launches the binaries the
+    first one compiled (no re-binding of arguments): same bits as the first call, the float64 truth met, and
+    a new dropout seed still reuses the binary."""
+    names = ("fwd_kernel", "bwd_dq_kernel", "bwd_dkdv_kernel")
+    before = {n: _launch._relauncher(n).reuse for n in names}
+    try:
+        for n in names:
+            _launch._relauncher(n).reuse = True
+        _relaunch_case(kind, names)
+    finally:
+        for n, on in before.items():
+            _launch._relauncher(n).reuse = on
+
+
+def _relaunch_case(kind: str, names: tuple[str, ...]) -> None:
+    g = _gen(f"relaunch{kind}")
+    q, k, v, grad = (rnd(g, 2, 300, 4, 64, dtype=torch.float16) for _ in range(4))
+    bias: Bias = ab.LowerTriangularMask()
+    p = 0.0
+    if kind != "causal":
+        bias, p = rnd(g, 2, 4, 300, 300, dtype=torch.float16), 0.2
+    first = run_triton(q, k, v, bias, p=p, grad_out=grad, seed=5)
+    hits = {n: _launch._relauncher(n).hits for n in names}
+    again = run_triton(q, k, v, bias, p=p, grad_out=grad, seed=5)
+    for n in names:
+        assert _launch._relauncher(n).hits > hits[n], n
+    for a, b in zip((first.out, first.lse, first.dq, first.dk, first.dv), (again.out, again.lse, again.dq, again.dk, again.dv), strict=True):
+        assert a is not None and b is not None and torch.equal(a, b)
+    if p == 0.0:
+        check(again, q, k, v, bias, grad_out=grad)
+    else:
+        hits = {n: _launch._relauncher(n).hits for n in names}
+        other = run_triton(q, k, v, bias, p=p, grad_out=grad, seed=6)
+        assert all(_launch._relauncher(n).hits > hits[n] for n in names)
+        assert not torch.equal(other.out, first.out)  # another seed, another mask

@@ -1,0 +1,193 @@
+"""Host time of attncore-triton calls at short sequences, and what it does to the end-to-end time.
+
+For each cell: microseconds of host time per call while the GPU is kept busy (a ``torch.cuda._sleep``
+first, then 50 calls queued without a sync, best of 3), layer by layer: ``_launch.forward`` /
+``_launch.backward`` alone, the public forward (no grad, with grad) and ``torch.autograd.grad``; then the
+``triton.testing.do_bench`` median of the forward and the backward as ``bench_triton.py`` times them,
+each with the relauncher reusing compiled binaries ("reuse") and with every launch through
+``kernel[grid](...)`` ("triton"), and SDPA flash beside them.
+
+    python benchmarks/host_triton.py [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+CELLS = [  # (dtype, K, M, causal); B * M = 16384, H * K = 2048 as in the grid
+    ("bf16", 64, 512, True),
+    ("fp16", 64, 512, True),
+    ("bf16", 64, 512, False),
+    ("bf16", 128, 512, True),
+    ("bf16", 256, 512, True),
+]
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+KERNELS = ("fwd_kernel", "bwd_dq_kernel", "bwd_dkdv_kernel", "bwd_preprocess_kernel")
+
+
+def host_us(fn: Callable[[], Any], n: int = 50) -> float:
+    """Host microseconds per call of ``fn`` with the GPU busy (so that no call waits for the GPU)."""
+    fn()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(3):
+        torch.cuda._sleep(400_000_000)  # type: ignore[no-untyped-call]  # torch's helper is untyped; about 0.2 s of GPU time, longer than the n calls' host time
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        t1 = time.perf_counter()
+        torch.cuda.synchronize()
+        best = min(best, (t1 - t0) / n * 1e6)
+    return best
+
+
+def bench_ms(fn: Callable[[], Any]) -> float:
+    import triton  # type: ignore[import-untyped]  # triton ships no type information
+
+    fn()
+    return float(triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median"))
+
+
+def set_reuse(on: bool) -> None:
+    from attncore_triton import _launch
+
+    for name in KERNELS:
+        _launch._relauncher(name).reuse = on
+
+
+def measure(dtype: str, head_dim: int, seqlen: int, causal: bool) -> dict[str, Any]:
+    import attncore
+    from attncore.inputs import Inputs
+    from attncore_triton import _launch
+    from attncore_triton.ops import TritonFlashBwOp, TritonFlashFwOp
+
+    b, h = 16384 // seqlen, 2048 // head_dim
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(b, seqlen, h, head_dim, device="cuda", dtype=DTYPES[dtype], generator=g).requires_grad_(True) for _ in range(3))
+    bias = attncore.LowerTriangularMask() if causal else None
+    ops = (TritonFlashFwOp, TritonFlashBwOp)
+    inputs = Inputs.create(q.detach(), k.detach(), v.detach(), bias)
+    out5, lse = _launch.forward(inputs, needs_lse=True, dropout_seed=0)
+    assert lse is not None
+    grad = torch.randn(b, seqlen, h, head_dim, device="cuda", dtype=DTYPES[dtype], generator=g)
+    g5 = Inputs._to5(grad)
+
+    def api_fwd() -> torch.Tensor:
+        return attncore.memory_efficient_attention(q, k, v, bias, op=ops)
+
+    out = api_fwd()
+
+    def nograd_fwd() -> None:
+        with torch.no_grad():
+            api_fwd()
+
+    def bwd() -> None:
+        torch.autograd.grad(out, (q, k, v), grad, retain_graph=True)
+
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def sdpa() -> torch.Tensor:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
+
+    def sdpa_nograd() -> None:
+        with torch.no_grad():
+            sdpa()
+
+    sout = sdpa()
+
+    def sdpa_bwd() -> None:
+        torch.autograd.grad(sout, (q, k, v), grad.transpose(1, 2), retain_graph=True)
+
+    row: dict[str, Any] = {"dtype": dtype, "K": head_dim, "M": seqlen, "B": b, "H": h, "causal": causal}
+    for mode in ("reuse", "triton"):
+        set_reuse(mode == "reuse")
+        row[f"host_launch_fwd_{mode}"] = host_us(lambda: _launch.forward(inputs, needs_lse=True, dropout_seed=0))
+        row[f"host_launch_bwd_{mode}"] = host_us(lambda: _launch.backward(inputs, g5, out5, lse, dropout_seed=0))
+        row[f"host_api_fwd_nograd_{mode}"] = host_us(nograd_fwd)
+        row[f"host_api_fwd_grad_{mode}"] = host_us(api_fwd)
+        row[f"host_autograd_bwd_{mode}"] = host_us(bwd)
+        row[f"fwd_ms_{mode}"] = bench_ms(nograd_fwd)
+        row[f"bwd_ms_{mode}"] = bench_ms(bwd)
+    set_reuse(True)
+    row["host_sdpa_fwd_nograd"] = host_us(sdpa_nograd)
+    row["host_sdpa_bwd"] = host_us(sdpa_bwd)
+    row["fwd_ms_flash"] = bench_ms(sdpa_nograd)
+    row["bwd_ms_flash"] = bench_ms(sdpa_bwd)
+    # the kernels alone: the profiler's sum of device time per backward call
+    from torch.profiler import ProfilerActivity, profile
+
+    bwd()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            bwd()
+        torch.cuda.synchronize()
+    kern = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    row["bwd_kernel_ms"] = sum(e.self_device_time_total for e in kern) / 10 / 1000
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            sdpa_bwd()
+        torch.cuda.synchronize()
+    kern = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    row["flash_bwd_kernel_ms"] = sum(e.self_device_time_total for e in kern) / 10 / 1000
+    return row
+
+
+def render(rows: Sequence[dict[str, Any]]) -> str:
+    cols = [
+        ("host_launch_fwd", "launch fwd"),
+        ("host_api_fwd_nograd", "API fwd"),
+        ("host_api_fwd_grad", "API fwd+grad"),
+        ("host_launch_bwd", "launch bwd"),
+        ("host_autograd_bwd", "autograd bwd"),
+    ]
+    out = ["Host microseconds per call (reuse / triton):", ""]
+    out.append("| dtype | K | M | causal | " + " | ".join(c[1] for c in cols) + " | SDPA fwd | SDPA bwd |")
+    out.append("|---|---:|---:|---|" + "---:|" * (len(cols) + 2))
+    for r in rows:
+        cells = [f"{r[c + '_reuse']:.0f} / {r[c + '_triton']:.0f}" for c, _ in cols]
+        sdpa = f"{r['host_sdpa_fwd_nograd']:.0f} | {r['host_sdpa_bwd']:.0f}"
+        out.append(f"| {r['dtype']} | {r['K']} | {r['M']} | {'yes' if r['causal'] else 'no'} | " + " | ".join(cells) + f" | {sdpa} |")
+    out += ["", "End to end (do_bench median, ms) and the backward's kernel time (profiler):", ""]
+    out.append(
+        "| dtype | K | M | causal | fwd reuse | fwd triton | fwd flash | reuse/flash "
+        "| bwd reuse | bwd triton | bwd flash | reuse/flash | bwd kernels | flash kernels |"
+    )
+    out.append("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        out.append(
+            f"| {r['dtype']} | {r['K']} | {r['M']} | {'yes' if r['causal'] else 'no'} | {r['fwd_ms_reuse']:.3f} | {r['fwd_ms_triton']:.3f} | "
+            f"{r['fwd_ms_flash']:.3f} | {r['fwd_ms_flash'] / r['fwd_ms_reuse']:.2f} | {r['bwd_ms_reuse']:.3f} | {r['bwd_ms_triton']:.3f} | "
+            f"{r['bwd_ms_flash']:.3f} | {r['bwd_ms_flash'] / r['bwd_ms_reuse']:.2f} | {r['bwd_kernel_ms']:.3f} | {r['flash_bwd_kernel_ms']:.3f} |"
+        )
+    return "\n".join(out)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("host_triton needs a CUDA GPU", file=sys.stderr)
+        return 2
+    rows = []
+    for cell in CELLS:
+        rows.append(measure(*cell))
+        print(json.dumps(rows[-1]), flush=True)
+    print(render(rows))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

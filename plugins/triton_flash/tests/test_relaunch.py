@@ -1,0 +1,161 @@
+"""The relauncher's cache key: a compiled binary is reused only for calls Triton would specialize the same way.
+
+A fake JIT kernel records which path each launch took (Triton's own ``kernel[grid](...)`` or the reused
+binary) and with which arguments; the real kernels run through the same class in every other test of
+this plugin (on the GPU the second call of a shape takes the reused binary: test_triton_kernels.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pytest
+import torch
+
+from attncore_triton import _relaunch
+from attncore_triton._relaunch import Relauncher
+
+
+class _Binary:
+    def __init__(self, log: list[tuple[str, tuple[int, ...], tuple[Any, ...], dict[str, Any]]], tag: int) -> None:
+        self.log, self.tag = log, tag
+
+    def __getitem__(self, grid: tuple[int, ...]) -> Any:
+        def runner(*args: Any) -> None:
+            self.log.append(("reused", grid, args, {"binary": self.tag}))
+
+        return runner
+
+
+class _FakeKernel:
+    """Parameters ``P, n, m, seed, x`` then constexprs ``A, B``; ``m`` and ``seed`` are not specialized."""
+
+    __name__ = "fake_kernel"
+    arg_names: ClassVar[list[str]] = ["P", "n", "m", "seed", "x", "A", "B"]
+    do_not_specialize: ClassVar[list[str]] = ["m", "seed"]
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, tuple[int, ...], tuple[Any, ...], dict[str, Any]]] = []
+        self.compiled = 0
+
+    def __getitem__(self, grid: tuple[int, ...]) -> Any:
+        def run(*args: Any, **kwargs: Any) -> _Binary:
+            self.compiled += 1
+            self.log.append(("jit", grid, args, kwargs))
+            return _Binary(self.log, self.compiled)
+
+        return run
+
+
+def _launch(r: Relauncher, t: torch.Tensor, n: int = 64, m: int = 100, seed: int = 7, x: float = 0.5, a: int = 16, warps: int = 4) -> str:
+    r.launch((3, 1, 1), (t, n, m, seed, x), {"A": a, "B": True}, num_warps=warps, num_stages=2)
+    kern: _FakeKernel = r.kernel
+    return kern.log[-1][0]
+
+
+def test_second_call_reuses_the_binary_with_every_argument_in_order() -> None:
+    kern = _FakeKernel()
+    r = Relauncher(kern, device=lambda: 0)
+    t = torch.randn(64)
+    assert _launch(r, t) == "jit"
+    assert kern.log[-1][3] == {"A": 16, "B": True, "num_warps": 4, "num_stages": 2}
+    assert _launch(r, t, x=0.25, seed=123456) == "reused"  # floats and unspecialized ints do not count
+    _, grid, args, _ = kern.log[-1]
+    assert grid == (3, 1, 1) and args[0] is t and args[1:] == (64, 100, 123456, 0.25, 16, True)
+    assert (r.hits, r.misses) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"n": 65}, id="specialized int value"),
+        pytest.param({"n": 1}, id="int equal to one"),
+        pytest.param({"m": 2**40}, id="unspecialized int wider than 32 bits"),
+        pytest.param({"a": 32}, id="constexpr"),
+        pytest.param({"warps": 8}, id="num_warps"),
+    ],
+)
+def test_a_different_specialization_compiles(change: dict[str, int]) -> None:
+    kern = _FakeKernel()
+    r = Relauncher(kern, device=lambda: 0)
+    t = torch.randn(64)
+    _launch(r, t)
+    assert _launch(r, t, **change) == "jit"
+    assert _launch(r, t, **change) == "reused"
+
+
+def test_pointer_alignment_and_dtype_are_part_of_the_key() -> None:
+    kern = _FakeKernel()
+    r = Relauncher(kern, device=lambda: 0)
+    base = torch.randn(64)
+    _launch(r, base)
+    misaligned = base[1:]  # 4 bytes past a 16-byte boundary
+    assert misaligned.data_ptr() % 16 != 0
+    assert _launch(r, misaligned) == "jit"
+    assert _launch(r, base.double()) == "jit"
+    assert _launch(r, base.clone()) == "reused"  # a fresh allocation is aligned
+
+
+def test_a_type_change_at_a_position_is_a_new_key() -> None:
+    kern = _FakeKernel()
+    r = Relauncher(kern, device=lambda: 0)
+    t = torch.randn(64)
+    r.launch((1,), (t, 64, 100, 7, 0.5), {"A": 16, "B": True}, num_warps=4, num_stages=2)
+    r.launch((1,), (t, 64, 100, 7, 1), {"A": 16, "B": True}, num_warps=4, num_stages=2)  # int where a float was
+    assert [e[0] for e in kern.log] == ["jit", "jit"]
+
+
+def test_launch_hooks_send_every_call_through_triton(monkeypatch: pytest.MonkeyPatch) -> None:
+    kern = _FakeKernel()
+    r = Relauncher(kern, device=lambda: 0)
+    t = torch.randn(64)
+    _launch(r, t)
+    monkeypatch.setattr(_relaunch, "_hooks_installed", lambda: True)
+    assert _launch(r, t) == "jit"
+
+
+def test_without_reuse_every_call_goes_through_triton() -> None:
+    kern = _FakeKernel()
+    r = Relauncher(kern, reuse=False, device=lambda: 0)
+    t = torch.randn(64)
+    assert [_launch(r, t), _launch(r, t)] == ["jit", "jit"]
+
+
+def test_the_cache_is_bounded() -> None:
+    kern = _FakeKernel()
+    r = Relauncher(kern, device=lambda: 0, max_entries=2)
+    t = torch.randn(64)
+    for n in (16, 32, 48):
+        _launch(r, t, n=n)
+    assert _launch(r, t, n=48) == "reused"
+    assert _launch(r, t, n=16) == "jit"  # the oldest entry was dropped
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_arguments_that_do_not_match_the_parameters_are_refused(reuse: bool) -> None:
+    r = Relauncher(_FakeKernel(), reuse=reuse, device=lambda: 0)
+    t = torch.randn(4)
+    with pytest.raises(ValueError, match=r"fake_kernel.*7 parameters expected, got 4 arguments and 2 constexprs"):
+        r.launch((1,), (t, 1, 2, 3), {"A": 1, "B": 2}, num_warps=4, num_stages=1)
+    with pytest.raises(ValueError, match=r"fake_kernel.*trailing parameters \['A', 'B'\], got \['A', 'C'\]"):
+        r.launch((1,), (t, 1, 2, 3, 0.5), {"A": 1, "C": 2}, num_warps=4, num_stages=1)
+
+
+def test_binaries_are_kept_per_device() -> None:
+    kern = _FakeKernel()
+    current = [0]
+    r = Relauncher(kern, device=lambda: current[0])
+    t = torch.randn(64)
+    _launch(r, t)
+    current[0] = 1
+    assert _launch(r, t) == "jit"  # a module loaded on device 0 is not launched on device 1
+    assert _launch(r, t) == "reused"
+    current[0] = 0
+    assert _launch(r, t) == "reused"
+
+
+def test_reuse_is_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(_relaunch.ENV, raising=False)
+    assert not _relaunch.enabled()
+    monkeypatch.setenv(_relaunch.ENV, "1")
+    assert _relaunch.enabled()
