@@ -1,8 +1,10 @@
 #!/bin/bash
 # attncore-triton on a GPU machine, from the repository root: the GPU tests, then the benchmark.
-#   benchmarks/gpu_triton.sh [tests|bench|all] [bench_triton.py arguments...]
-# Results go to $OUT (default /tmp/attncore-triton): tests.log, bench.log, results.md, results.json and
-# autotune.json (the autotuner's choices with every candidate's time). TEST_K narrows the tests (pytest -k).
+#   benchmarks/gpu_triton.sh [tests|bench|host|all] [bench_triton.py arguments...]
+# Results go to $OUT (default /tmp/attncore-triton): tests.log, bench.log, results.md, results.json,
+# autotune.json (the autotuner's choices with every candidate's time), host.log and host.json (host time
+# per layer at M = 512, binaries reused vs Triton's launch path: benchmarks/host_triton.py). TEST_K narrows
+# the tests (pytest -k); ATTNCORE_TRITON_RELAUNCH=1 runs them (and the benchmark) with reused binaries.
 set -o pipefail
 mode="${1:-all}"; shift || true
 OUT="${OUT:-/tmp/attncore-triton}"; mkdir -p "$OUT"
@@ -20,5 +22,8 @@ if [ "$mode" = tests ] || [ "$mode" = all ]; then
 fi
 if [ "$mode" = bench ] || [ "$mode" = all ]; then
   python3 benchmarks/bench_triton.py --out "$OUT/results.md" --json "$OUT/results.json" "$@" 2>&1 | tee "$OUT/bench.log" || status=1
+fi
+if [ "$mode" = host ] || [ "$mode" = all ]; then
+  python3 benchmarks/host_triton.py --json "$OUT/host.json" 2>&1 | tee "$OUT/host.log" || status=1
 fi
 exit $status

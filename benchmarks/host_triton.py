@@ -5,7 +5,8 @@ first, then 50 calls queued without a sync, best of 3), layer by layer: ``_launc
 ``_launch.backward`` alone, the public forward (no grad, with grad) and ``torch.autograd.grad``; then the
 ``triton.testing.do_bench`` median of the forward and the backward as ``bench_triton.py`` times them,
 each with the relauncher reusing compiled binaries ("reuse") and with every launch through
-``kernel[grid](...)`` ("triton"), and SDPA flash beside them.
+``kernel[grid](...)`` ("triton": the relauncher with reuse off, which adds only an argument-count check to
+Triton's path), and SDPA flash beside them.
 
     python benchmarks/host_triton.py [--json FILE]
 """
@@ -52,6 +53,20 @@ def bench_ms(fn: Callable[[], Any]) -> float:
 
     fn()
     return float(triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median"))
+
+
+def kernel_ms(fn: Callable[[], Any], n: int = 10) -> float:
+    """Device milliseconds per call of ``fn``: the profiler's sum over the kernels it ran."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    return float(sum(e.self_device_time_total for e in kernels)) / n / 1000
 
 
 def set_reuse(on: bool) -> None:
@@ -121,23 +136,8 @@ def measure(dtype: str, head_dim: int, seqlen: int, causal: bool) -> dict[str, A
     row["host_sdpa_bwd"] = host_us(sdpa_bwd)
     row["fwd_ms_flash"] = bench_ms(sdpa_nograd)
     row["bwd_ms_flash"] = bench_ms(sdpa_bwd)
-    # the kernels alone: the profiler's sum of device time per backward call
-    from torch.profiler import ProfilerActivity, profile
-
-    bwd()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(10):
-            bwd()
-        torch.cuda.synchronize()
-    kern = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
-    row["bwd_kernel_ms"] = sum(e.self_device_time_total for e in kern) / 10 / 1000
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(10):
-            sdpa_bwd()
-        torch.cuda.synchronize()
-    kern = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
-    row["flash_bwd_kernel_ms"] = sum(e.self_device_time_total for e in kern) / 10 / 1000
+    row["bwd_kernel_ms"] = kernel_ms(bwd)  # the kernels alone
+    row["flash_bwd_kernel_ms"] = kernel_ms(sdpa_bwd)
     return row
 
 

@@ -603,9 +603,12 @@ def backward(
         dbias = torch.zeros((1, g, h, mq, mk), dtype=torch.float32, device=dev) if summed else dbias_buffer(b)
     # delta = rowsum(dO * O) - grad_lse and the base-2 LSE, [B, G, H, Mq] float32: written by the dQ kernel
     # (which then runs first), or by the preprocess kernel when dQ comes from atomic adds in the dK/dV kernel
-    # (one allocation for both: each costs several microseconds of host time before the first launch)
-    stats = _empty((2, b, g, h, mq), torch.float32, dev)
-    m2, delta = stats[0], stats[1]
+    # (one allocation for both: each costs several microseconds of host time before the first launch; the
+    # second starts on a 16-byte boundary, as a buffer of its own would, so the kernels' pointer
+    # specialization is the same)
+    rows = b * g * h * mq
+    stats = _empty((2, -(-rows // 4) * 4), torch.float32, dev)
+    m2, delta = stats[0, :rows].view(b, g, h, mq), stats[1, :rows].view(b, g, h, mq)
     lst = lse_c.stride()
     gst = glse.stride() if glse is not None else (0, 0, 0, 0)
     glse_arg = glse if glse is not None else dummy

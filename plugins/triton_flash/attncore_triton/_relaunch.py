@@ -1,54 +1,86 @@
 """Launch a Triton kernel again without re-binding its arguments.
 
 ``kernel[grid](*args, **constexprs)`` binds and specializes every argument on every call (dtype and
-16-byte alignment of each pointer, ``== 1`` and divisibility by 16 of each specialized integer, the width of
-the others) to find the compiled binary; with the 60-75 arguments of the attention kernels that costs tens
-of microseconds of host time per launch, which short sequences feel end to end (benchmarks/RESULTS.md,
-"where a call's host time goes"). A :class:`Relauncher` remembers the binary each specialization got and
-launches it directly the next time the same specialization comes: its key holds what Triton specializes
-on (each pointer's dtype and alignment, each specialized integer's value, the 32/64-bit width of the others,
-the constexprs and the launch options), so it can only reuse a binary Triton itself would have chosen.
+16-byte alignment of each pointer; ``== 1``, divisibility by 16 and width of each specialized integer; the
+width of the others) to find the compiled binary; with the 30-75 arguments of the attention kernels that
+costs tens of microseconds of host time per launch, which short sequences feel end to end
+(benchmarks/RESULTS.md, "where a call's host time goes"). A :class:`Relauncher` remembers the binary each
+specialization got and launches it directly the next time the same specialization comes. Its key holds
+what Triton's own cache key holds (Triton 3.6 ``JITFunction.run``: the specialization of every argument,
+the constexprs and the options) plus the argument types and the device, so it only reuses a binary Triton
+itself would have chosen; a new sequence length changes strides, not their specialization, and reuses.
 
-The first call of each specialization, calls under the CPU interpreter, and calls while a Triton launch
-hook is installed (profilers) go through ``kernel[grid](...)`` unchanged. The binaries are kept per CUDA
-device (a loaded module belongs to one device's context).
+The first call of each specialization, calls under the CPU interpreter, and calls while Triton's launch or
+pre-run hooks, debug mode or instrumentation are on go through ``kernel[grid](...)`` unchanged. Binaries
+are kept per CUDA device (a loaded module belongs to one device's context), up to 256 specializations per
+kernel (then the table starts over). Two keys lead to a binary: the exact values of the specialized
+integers (cheap, the steady state of a training loop) and, when those are new, their specialization.
 
 Reuse is opt-in for now (``ATTNCORE_TRITON_RELAUNCH=1``, see :func:`enabled`): the path was written against
-the sources of Triton 3.6 and 3.9 (``CompiledKernel.__getitem__`` returns a launcher that takes every bound
-argument, constexprs included, in declaration order) and is unit-tested with a fake kernel, but has not yet
-run on a GPU; it becomes the default once the GPU suite and ``benchmarks/host_triton.py`` have run with it.
+the sources of Triton 3.6 and 3.9 (``CompiledKernel.__getitem__`` returns a launcher that takes a 3-D grid
+and every bound argument, constexprs included, in declaration order) and is unit-tested with a fake
+kernel, but has not yet run on a GPU; it becomes the default once the GPU suite and
+``benchmarks/host_triton.py`` have run with it.
 """
 
 from __future__ import annotations
 
 import operator
 import os
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 
-__all__ = ["Relauncher", "enabled"]
+__all__ = ["ENV", "Relauncher", "enabled"]
 
 #: The switch: reuse compiled binaries (1) or launch every call through ``kernel[grid](...)`` (0, the default).
 ENV = "ATTNCORE_TRITON_RELAUNCH"
+
+_I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 
 def enabled() -> bool:
     """Whether :class:`Relauncher` objects created now reuse binaries (``ATTNCORE_TRITON_RELAUNCH=1``)."""
     return os.environ.get(ENV, "0") in ("1", "true", "yes")
 
-_I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
-_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+def _width(v: int) -> int:
+    """Triton's integer types by range: 0 i32, 1 i64, 2 u64 (and wider)."""
+    return 0 if _I32_MIN <= v <= _I32_MAX else 1 if _I64_MIN <= v <= _I64_MAX else 2
+
+
+def _triton_path_required(kernel: Any) -> bool:
+    """Whether this launch must go through ``kernel[grid](...)``: a launch or pre-run hook is installed
+    (profilers), or debug mode or instrumentation (both part of Triton's cache key) is on."""
+    import triton  # type: ignore[import-untyped]  # triton ships no type information
+
+    knobs = getattr(triton, "knobs", None)
+    if knobs is None:  # a Triton without knobs keeps its hooks and options elsewhere: never bypass it
+        return True
+    for name in ("launch_enter_hook", "launch_exit_hook"):
+        hook = getattr(knobs.runtime, name, None)
+        if hook is None:
+            continue
+        calls = getattr(hook, "calls", None)  # a chain of hooks, empty when none is set
+        if calls is None or len(calls) > 0:
+            return True
+    if getattr(kernel, "pre_run_hooks", None) or getattr(kernel, "debug", None) or knobs.runtime.debug:
+        return True
+    return bool(getattr(knobs.compilation, "instrumentation_mode", None))
+
+
+_Key = tuple[Any, ...]
 
 
 class _Plan(NamedTuple):
-    """Getters that pick the pointer arguments, the width-only integers and the specialized values out of the arguments."""
+    """Getters that pick the pointers, the width-only integers and the specialized integers out of the arguments."""
 
     tensors: Callable[[Sequence[Any]], tuple[Any, ...]]
     widths: Callable[[Sequence[Any]], tuple[Any, ...]]
-    values: Callable[[Sequence[Any]], tuple[Any, ...]]
+    ints: Callable[[Sequence[Any]], tuple[Any, ...]]
+    others: Callable[[Sequence[Any]], tuple[Any, ...]]
 
 
 def _getter(positions: list[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
@@ -59,23 +91,6 @@ def _getter(positions: list[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
         only = positions[0]
         return lambda args: (args[only],)
     return operator.itemgetter(*positions)
-
-
-def _hooks_installed() -> bool:
-    """Whether a Triton launch hook is set (then every launch goes through Triton's own path)."""
-    import triton  # type: ignore[import-untyped]  # triton ships no type information
-
-    runtime = getattr(getattr(triton, "knobs", None), "runtime", None)
-    if runtime is None:  # a Triton without knobs keeps its hooks elsewhere: never bypass it
-        return True
-    for name in ("launch_enter_hook", "launch_exit_hook"):
-        hook = getattr(runtime, name, None)
-        if hook is None:
-            continue
-        calls = getattr(hook, "calls", None)  # newer Triton: a chain of hooks, empty when none is set
-        if calls is None or len(calls) > 0:
-            return True
-    return False
 
 
 class Relauncher:
@@ -97,43 +112,62 @@ class Relauncher:
         nospec = getattr(kernel, "do_not_specialize", None) or ()
         self._nospec = frozenset(names.index(n) if isinstance(n, str) else int(n) for n in nospec)
         self._plans: dict[tuple[type, ...], _Plan] = {}
-        self._binaries: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._binaries: dict[_Key, Any] = {}  # by specialization
+        self._exact: dict[_Key, Any] = {}  # by exact integer values (the cheaper key)
         self._max = max_entries
         self.hits = 0
         self.misses = 0
 
     def _plan(self, types: tuple[type, ...]) -> _Plan:
-        """Where the pointers, the specialized integers and the width-only integers sit, for this pattern of argument types."""
+        """Where the pointers, the width-only integers, the specialized integers and any other values sit,
+        for this pattern of argument types (floats: their type, in the pattern, is all that counts)."""
         plan = self._plans.get(types)
         if plan is None:
-            tensors = [i for i, t in enumerate(types) if issubclass(t, torch.Tensor)]
-            widths = [i for i, t in enumerate(types) if i in self._nospec and issubclass(t, int) and not issubclass(t, bool)]
-            values = [i for i, t in enumerate(types) if i not in tensors and i not in widths and not issubclass(t, float)]
-            plan = self._plans[types] = _Plan(_getter(tensors), _getter(widths), _getter(values))
+            tensors: list[int] = []
+            widths: list[int] = []
+            ints: list[int] = []
+            others: list[int] = []
+            for i, t in enumerate(types):
+                if issubclass(t, torch.Tensor):
+                    tensors.append(i)
+                elif issubclass(t, bool):
+                    others.append(i)
+                elif issubclass(t, int):
+                    (widths if i in self._nospec else ints).append(i)
+                elif not issubclass(t, float):
+                    others.append(i)  # never reached by attncore's kernels: keyed by value
+            plan = self._plans[types] = _Plan(_getter(tensors), _getter(widths), _getter(ints), _getter(others))
         return plan
 
-    def _key(self, args: Sequence[Any], constexprs: dict[str, Any], options: tuple[int, int]) -> tuple[Any, ...]:
-        """What Triton specializes this call on (floats: only their type, which the type pattern holds)."""
+    def _keys(self, args: Sequence[Any], constexprs: dict[str, Any], options: tuple[int, int]) -> tuple[_Key, tuple[int, ...], Callable[[], _Key]]:
+        """``(common, exact ints, specialization key maker)``: the key parts every call computes (pointers'
+        dtypes and alignment, unspecialized integers' widths, types, device, options, constexprs), the
+        specialized integers' values, and a maker of the key Triton itself would use for them (``== 1``,
+        divisibility by 16, width), computed only when the exact values are new."""
         types = tuple(map(type, args))
         plan = self._plan(types)
         tensors: tuple[torch.Tensor, ...] = plan.tensors(args)
         widths: tuple[int, ...] = plan.widths(args)
-        return (
+        ints: tuple[int, ...] = plan.ints(args)
+        common = (
             self._device(),
             options,
             types,
             tuple([(t.dtype, t.data_ptr() % 16 == 0) for t in tensors]),
-            tuple([0 if _I32_MIN <= w <= _I32_MAX else 1 if _I64_MIN <= w <= _I64_MAX else 2 for w in widths]),
-            plan.values(args),
+            tuple([_width(w) for w in widths]),
+            plan.others(args),
             tuple(constexprs.items()),
         )
+
+        def specialization() -> tuple[Any, ...]:
+            return (common, tuple([(_width(v), v == 1, v % 16 == 0) for v in ints]))
+
+        return common, ints, specialization
 
     def _check(self, args: Sequence[Any], constexprs: dict[str, Any]) -> None:
         name = getattr(self.kernel, "__name__", "kernel")
         if len(args) + len(constexprs) != len(self._names):
-            raise ValueError(
-                f"Relauncher({name}): {len(self._names)} parameters expected, got {len(args)} arguments and {len(constexprs)} constexprs"
-            )
+            raise ValueError(f"Relauncher({name}): {len(self._names)} parameters expected, got {len(args)} arguments and {len(constexprs)} constexprs")
         trailing = self._names[len(args) :]
         if set(trailing) != set(constexprs):
             raise ValueError(f"Relauncher({name}): the keywords must be the trailing parameters {sorted(trailing)}, got {sorted(constexprs)}")
@@ -144,17 +178,33 @@ class Relauncher:
             self._check(args, constexprs)
             self.kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
             return
-        key = self._key(args, constexprs, (num_warps, num_stages))
-        binary = self._binaries.get(key)
-        if binary is not None and not _hooks_installed():
+        common, ints, specialization = self._keys(args, constexprs, (num_warps, num_stages))
+        exact = (common, ints)
+        binary = self._exact.get(exact)  # the steady state: the same shapes again
+        spec: Optional[_Key] = None
+        if binary is None:
+            spec = specialization()
+            binary = self._binaries.get(spec)
+            if binary is not None:
+                self._remember(exact, spec, binary)
+        if binary is not None and not _triton_path_required(self.kernel):
             self.hits += 1
             ordered = [*args, *(constexprs[n] for n in self._names[len(args) :])]
-            binary[grid](*ordered)
+            # the compiled kernel's launcher takes a 3-D grid (Triton's own path pads it)
+            grid3 = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
+            binary[grid3](*ordered)
             return
         self.misses += 1
         self._check(args, constexprs)
         compiled = self.kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
         if compiled is not None and callable(getattr(compiled, "__getitem__", None)):
-            self._binaries[key] = compiled
-            if len(self._binaries) > self._max:
-                self._binaries.popitem(last=False)
+            self._remember(exact, spec if spec is not None else specialization(), compiled)
+
+    def _remember(self, exact: _Key, spec: _Key, binary: Any) -> None:
+        """Keep ``binary`` under both keys; when either table is full, both start over (Triton's own cache
+        still holds every binary, so forgetting costs one call through its path)."""
+        if len(self._binaries) >= self._max or len(self._exact) >= 8 * self._max:
+            self._binaries.clear()
+            self._exact.clear()
+        self._binaries[spec] = binary
+        self._exact[exact] = binary

@@ -21,6 +21,9 @@ class _Binary:
         self.log, self.tag = log, tag
 
     def __getitem__(self, grid: tuple[int, ...]) -> Any:
+        if len(grid) != 3:  # as Triton's CompiledKernel, which reads grid[0], grid[1] and grid[2]
+            raise IndexError(f"a compiled kernel's launcher takes a 3-D grid, got {grid}")
+
         def runner(*args: Any) -> None:
             self.log.append(("reused", grid, args, {"binary": self.tag}))
 
@@ -48,7 +51,7 @@ class _FakeKernel:
 
 
 def _launch(r: Relauncher, t: torch.Tensor, n: int = 64, m: int = 100, seed: int = 7, x: float = 0.5, a: int = 16, warps: int = 4) -> str:
-    r.launch((3, 1, 1), (t, n, m, seed, x), {"A": a, "B": True}, num_warps=warps, num_stages=2)
+    r.launch((3,), (t, n, m, seed, x), {"A": a, "B": True}, num_warps=warps, num_stages=2)
     kern: _FakeKernel = r.kernel
     return kern.log[-1][0]
 
@@ -61,15 +64,16 @@ def test_second_call_reuses_the_binary_with_every_argument_in_order() -> None:
     assert kern.log[-1][3] == {"A": 16, "B": True, "num_warps": 4, "num_stages": 2}
     assert _launch(r, t, x=0.25, seed=123456) == "reused"  # floats and unspecialized ints do not count
     _, grid, args, _ = kern.log[-1]
-    assert grid == (3, 1, 1) and args[0] is t and args[1:] == (64, 100, 123456, 0.25, 16, True)
+    assert grid == (3, 1, 1) and args[0] is t and args[1:] == (64, 100, 123456, 0.25, 16, True)  # the grid padded to 3-D
     assert (r.hits, r.misses) == (1, 1)
 
 
 @pytest.mark.parametrize(
     "change",
     [
-        pytest.param({"n": 65}, id="specialized int value"),
+        pytest.param({"n": 65}, id="specialized int no longer a multiple of 16"),
         pytest.param({"n": 1}, id="int equal to one"),
+        pytest.param({"n": 2**33}, id="specialized int wider than 32 bits"),
         pytest.param({"m": 2**40}, id="unspecialized int wider than 32 bits"),
         pytest.param({"a": 32}, id="constexpr"),
         pytest.param({"warps": 8}, id="num_warps"),
@@ -82,6 +86,17 @@ def test_a_different_specialization_compiles(change: dict[str, int]) -> None:
     _launch(r, t)
     assert _launch(r, t, **change) == "jit"
     assert _launch(r, t, **change) == "reused"
+
+
+def test_values_with_the_same_specialization_reuse() -> None:
+    """A new sequence length changes strides, not what Triton specializes them on."""
+    kern = _FakeKernel()
+    r = Relauncher(kern, device=lambda: 0)
+    t = torch.randn(64)
+    _launch(r, t, n=64)
+    assert [_launch(r, t, n=n) for n in (128, 4096, 2**20)] == ["reused"] * 3
+    _launch(r, t, n=7)
+    assert _launch(r, t, n=9) == "reused"  # neither one nor a multiple of 16, both
 
 
 def test_pointer_alignment_and_dtype_are_part_of_the_key() -> None:
@@ -110,7 +125,7 @@ def test_launch_hooks_send_every_call_through_triton(monkeypatch: pytest.MonkeyP
     r = Relauncher(kern, device=lambda: 0)
     t = torch.randn(64)
     _launch(r, t)
-    monkeypatch.setattr(_relaunch, "_hooks_installed", lambda: True)
+    monkeypatch.setattr(_relaunch, "_triton_path_required", lambda kernel: True)
     assert _launch(r, t) == "jit"
 
 
@@ -121,14 +136,15 @@ def test_without_reuse_every_call_goes_through_triton() -> None:
     assert [_launch(r, t), _launch(r, t)] == ["jit", "jit"]
 
 
-def test_the_cache_is_bounded() -> None:
+def test_the_tables_are_bounded() -> None:
     kern = _FakeKernel()
     r = Relauncher(kern, device=lambda: 0, max_entries=2)
     t = torch.randn(64)
-    for n in (16, 32, 48):
-        _launch(r, t, n=n)
-    assert _launch(r, t, n=48) == "reused"
-    assert _launch(r, t, n=16) == "jit"  # the oldest entry was dropped
+    _launch(r, t, n=1)
+    _launch(r, t, n=16)
+    assert [_launch(r, t, n=1), _launch(r, t, n=16)] == ["reused", "reused"]
+    _launch(r, t, n=7)  # a third specialization: the tables start over with it
+    assert [_launch(r, t, n=7), _launch(r, t, n=1), _launch(r, t, n=1)] == ["reused", "jit", "reused"]
 
 
 @pytest.mark.parametrize("reuse", [True, False])

@@ -644,9 +644,14 @@ def _relaunch_case(kind: str, names: tuple[str, ...]) -> None:
     p = 0.0
     if kind != "causal":
         bias, p = rnd(g, 2, 4, 300, 300, dtype=torch.float16), 0.2
-    first = run_triton(q, k, v, bias, p=p, grad_out=grad, seed=5)
+    # explicit configurations: the dQ kernel must run (an atomic-dQ winner would skip it and add dQ in a
+    # nondeterministic order)
+    pb = _launch.problem(Inputs.create(q, k, v, bias, p))
+    fc = _launch.fwd_candidates(pb)[0]
+    bc = next(c for c in _launch.bwd_candidates(pb) if not c.atomic_dq)
+    first = run_triton(q, k, v, bias, p=p, grad_out=grad, seed=5, fwd_config=fc, bwd_config=bc)
     hits = {n: _launch._relauncher(n).hits for n in names}
-    again = run_triton(q, k, v, bias, p=p, grad_out=grad, seed=5)
+    again = run_triton(q, k, v, bias, p=p, grad_out=grad, seed=5, fwd_config=fc, bwd_config=bc)
     for n in names:
         assert _launch._relauncher(n).hits > hits[n], n
     for a, b in zip((first.out, first.lse, first.dq, first.dk, first.dv), (again.out, again.lse, again.dq, again.dk, again.dv), strict=True):
@@ -655,6 +660,6 @@ def _relaunch_case(kind: str, names: tuple[str, ...]) -> None:
         check(again, q, k, v, bias, grad_out=grad)
     else:
         hits = {n: _launch._relauncher(n).hits for n in names}
-        other = run_triton(q, k, v, bias, p=p, grad_out=grad, seed=6)
+        other = run_triton(q, k, v, bias, p=p, grad_out=grad, seed=6, fwd_config=fc, bwd_config=bc)
         assert all(_launch._relauncher(n).hits > hits[n] for n in names)
         assert not torch.equal(other.out, first.out)  # another seed, another mask
