@@ -31,9 +31,17 @@
 // registers, 12 bytes of spills, two CTAs per SM on sm_90, +16-17% over two launches that each recomputed
 // P: 2026-12-01 in RESULTS.md; on sm_80 it spills 24 bytes and one such CTA fits per SM: not timed there),
 // dkdv 101632 / 110336, dq 101376 / 113664; D = 256, 16 / 16, dK launch 199936 / 208640, dV launch 133376 / 142080, dq 199680 /
-// 211968 (sm_90 only: on smaller shared memories the portable kernels run). ptxas (sm_90, the integer
-// split and chained small products of mma.cuh): fp32 spills 20 bytes at D = 64 (dkdv; 8 in dq), 12 in the
-// D = 128 dkdv kernel, 20 in the D = 256 dK launch; the other fp32 kernels do not.
+// 211968 (sm_90 only: on smaller shared memories the portable kernels run). Each of these D = 256 kernels
+// fits one CTA, 4 warps, per multiprocessor. ATTNCORE_CUTLASS_FP32_BWD256=pair runs dK and dV in one
+// launch of 8-warp CTAs instead (Dkdv::kPair: warp w < 4 computes S^T, P^T and dV of 16 keys and hands P^T
+// to warp w + 4 through shared memory, which computes dP^T, dS^T and dK of the same keys; 204032 / 212736
+// bytes, 8 warps per multiprocessor, Q and dO read and S computed once per step instead of twice; checked
+// in the CPU emulation, not yet timed on a GPU, hence not the default). ptxas (sm_90, the integer split and
+// chained small products of mma.cuh): fp32 spills 20 bytes at D = 64 (dkdv; 8 in dq), 12 in the D = 128
+// dkdv kernel, 20 in the D = 256 dK launch, 12 in the paired D = 256 kernel; the other fp32 kernels do not.
+#include <cstdlib>
+#include <cstring>
+
 #include "kernels.h"
 #include "mma.cuh"
 
@@ -55,11 +63,20 @@ __host__ __device__ constexpr int pitch() {
   return D + 16 / static_cast<int>(sizeof(T));
 }
 
+// Paired dK/dV CTAs (kPair): 8 warps, warp w < 4 computes dV of keys [16 w, 16 w + 16) and warp w + 4 dK of the
+// same keys; the first hands P^T to the second through shared memory, [4][BM / 8 * 4][32] floats (each lane's
+// fragment values, lane fastest: the same lane of the partner warp reads them back).
+template <int BM>
+__host__ __device__ constexpr int pair_floats() {
+  return 4 * (BM / 8 * 4) * 32;
+}
+
 // dkdv: K [kBN][LD], V [kBN][LD] (when dK is computed), Q and dO [2][BM][LD], lse2 and delta [2][BM],
-// then with a bias [2][BM][kBN + 4] floats.
-template <typename T, int D, int BM, bool kDK>
+// the P^T hand-off of paired CTAs, then with a bias [2][BM][kBN + 4] floats.
+template <typename T, int D, int BM, bool kDK, bool kPair = false>
 constexpr int dkdv_smem_bytes(bool bias) {
-  return ((kDK ? 2 : 1) * kBN + 4 * BM) * pitch<T, D>() * static_cast<int>(sizeof(T)) + 4 * BM * 4 + (bias ? 2 * BM * kLdbKV * 4 : 0);
+  return ((kDK ? 2 : 1) * kBN + 4 * BM) * pitch<T, D>() * static_cast<int>(sizeof(T)) + 4 * BM * 4 + (kPair ? pair_floats<BM>() * 4 : 0) +
+         (bias ? 2 * BM * kLdbKV * 4 : 0);
 }
 
 // dq: Q and dO [kBMq][LD], K and V [2][BN][LD], then with a bias [2][kBMq][BN + 8] floats.
@@ -96,10 +113,10 @@ __device__ __forceinline__ uint32_t visible_bits(const Params& p, const Seq& sq,
 
 // Bias tile (base-2 units) of queries [m0, m0 + ROWS) x keys [n0, n0 + COLS) into shared [ROWS][LDB] floats;
 // zero outside queries [.., qhi) and keys [.., khi) (such pairs are masked anyway).
-template <typename T, int ROWS, int COLS, int LDB>
+template <typename T, int ROWS, int COLS, int LDB, int NT = kThreads>
 __device__ __forceinline__ void load_bias_tile(float* dst, const Params& p, const Seq& sq, int g, int h, int m0, int qhi, int n0, int khi) {
 #pragma unroll 8
-  for (int e = threadIdx.x; e < ROWS * COLS; e += kThreads) {
+  for (int e = threadIdx.x; e < ROWS * COLS; e += NT) {
     const int r = e / COLS, c = e % COLS;
     const int i = m0 + r, j = n0 + c;
     float x = 0.f;
@@ -108,11 +125,24 @@ __device__ __forceinline__ void load_bias_tile(float* dst, const Params& p, cons
   }
 }
 
+// The first array when kFirst, else the second (a reference to one of two arrays of different sizes).
+template <bool kFirst, typename A, typename B>
+__device__ __forceinline__ auto& pick(A& a, B& b) {
+  if constexpr (kFirst) {
+    return a;
+  } else {
+    return b;
+  }
+}
+
 // One CTA: keys [n0, n0 + kBN) of sequence blockIdx.y, head blockIdx.z. kDV / kDK: which gradients
-// this launch computes (dbias goes with dK, which needs dS).
-template <typename T, int D, int BM, bool kDV, bool kDK>
-__global__ void __launch_bounds__(kThreads) bwd_dkdv_tc_kernel(BwdParams bp) {
+// this launch computes (dbias goes with dK, which needs dS). kPair (with both): 8 warps, each computing
+// one of the two gradients for 16 keys (see pair_floats), one accumulator per warp.
+template <typename T, int D, int BM, bool kDV, bool kDK, bool kPair = false>
+__global__ void __launch_bounds__(kPair ? 2 * kThreads : kThreads) bwd_dkdv_tc_kernel(BwdParams bp) {
 #if ATTNCORE_TC
+  static_assert(!kPair || (kDV && kDK), "a paired CTA computes both gradients");
+  constexpr int NT = kPair ? 2 * kThreads : kThreads;
   constexpr bool kF32 = sizeof(T) == 4;  // 3xTF32 products
   constexpr int LD = pitch<T, D>();
   constexpr int BN = kBN;
@@ -127,10 +157,15 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_tc_kernel(BwdParams bp) {
   T* dOs = Qs + 2 * BM * LD;                    // [2][BM][LD]
   float* lse_s = reinterpret_cast<float*>(dOs + 2 * BM * LD);  // [2][BM]
   float* dl_s = lse_s + 2 * BM;                                // [2][BM]
-  float* bias_s = dl_s + 2 * BM;                               // [2][BM][LDB], only with a bias
+  float* pair_s = dl_s + 2 * BM;                               // [4][BM / 8 * 4][32], only when kPair
+  float* bias_s = pair_s + (kPair ? pair_floats<BM>() : 0);    // [2][BM][LDB], only with a bias
 
   const Params& p = bp.f;
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int tid = threadIdx.x, lane = tid % 32;
+  const int warp = kPair ? tid / 32 % 4 : tid / 32;  // which 16 keys of the tile
+  // what this warp computes: S, P^T and dV (the dV warps of a pair), dP^T, dS^T and dK (the dK warps)
+  const bool does_dv = kDV && (!kPair || tid < kThreads);
+  const bool does_dk = kDK && (!kPair || tid >= kThreads);
   const int gr = lane / 4, tq = lane % 4;
   const int g = blockIdx.z / p.H, h = blockIdx.z % p.H;
   const Seq sq = load_seq(p, blockIdx.y, bp.seq_kw);
@@ -143,19 +178,20 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_tc_kernel(BwdParams bp) {
   const bool has_bias = p.bias != nullptr;
   const int64_t stat0 = (((int64_t)sq.b * p.G + g) * p.H + h) * p.Mq + sq.q0;  // lse2 / delta of local query 0
 
-  float dv[kDV ? D / 8 : 1][4];
+  float dv_own[kDV && !kPair ? D / 8 : 1][4];
   float dk[kDK ? D / 8 : 1][4];
+  auto& dv = pick<kPair>(dk, dv_own);  // a paired warp's one accumulator serves as dV or dK
 #pragma unroll
-  for (int i = 0; i < (kDV ? D / 8 : 1); ++i) dv[i][0] = dv[i][1] = dv[i][2] = dv[i][3] = 0.f;
+  for (int i = 0; i < (kDV && !kPair ? D / 8 : 1); ++i) dv_own[i][0] = dv_own[i][1] = dv_own[i][2] = dv_own[i][3] = 0.f;
 #pragma unroll
   for (int i = 0; i < (kDK ? D / 8 : 1); ++i) dk[i][0] = dk[i][1] = dk[i][2] = dk[i][3] = 0.f;
 
   // Query tile [m0, m0 + BM) into buffer buf: Q, dO (rows past m_hi zero), the row statistics (rows
   // past m_hi: lse2 = +inf, delta = 0; they are masked anyway) and the bias tile.
   auto stage = [&](int buf, int m0) {
-    tc::load_rows<T, BM, D, LD, kThreads>(Qs + buf * BM * LD, p.q, p.q_s, sq.b, sq.q0 + m0, g, h, m_hi - m0, p.K, vec);
-    tc::load_rows<T, BM, D, LD, kThreads>(dOs + buf * BM * LD, bp.dout, bp.do_s, sq.b, sq.q0 + m0, g, h, m_hi - m0, p.Kv, vec);
-    for (int r = tid; r < BM; r += kThreads) {
+    tc::load_rows<T, BM, D, LD, NT>(Qs + buf * BM * LD, p.q, p.q_s, sq.b, sq.q0 + m0, g, h, m_hi - m0, p.K, vec);
+    tc::load_rows<T, BM, D, LD, NT>(dOs + buf * BM * LD, bp.dout, bp.do_s, sq.b, sq.q0 + m0, g, h, m_hi - m0, p.Kv, vec);
+    for (int r = tid; r < BM; r += NT) {
       const int i = m0 + r;
       float l2 = INFINITY, dl = 0.f;
       if (i < m_hi) {
@@ -165,12 +201,12 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_tc_kernel(BwdParams bp) {
       lse_s[buf * BM + r] = l2;
       dl_s[buf * BM + r] = dl;
     }
-    if (has_bias) load_bias_tile<T, BM, BN, LDB>(bias_s + buf * BM * LDB, p, sq, g, h, m0, m_hi, n0, n1);
+    if (has_bias) load_bias_tile<T, BM, BN, LDB, NT>(bias_s + buf * BM * LDB, p, sq, g, h, m0, m_hi, n0, n1);
   };
 
   if (m_lo < m_hi) {
-    tc::load_rows<T, BN, D, LD, kThreads>(Ks, p.k, p.k_s, sq.b, sq.k0 + n0, g, h, n1 - n0, p.K, vec);
-    if (kDK) tc::load_rows<T, BN, D, LD, kThreads>(Vs, p.v, p.v_s, sq.b, sq.k0 + n0, g, h, n1 - n0, p.Kv, vec);
+    tc::load_rows<T, BN, D, LD, NT>(Ks, p.k, p.k_s, sq.b, sq.k0 + n0, g, h, n1 - n0, p.K, vec);
+    if (kDK) tc::load_rows<T, BN, D, LD, NT>(Vs, p.v, p.v_s, sq.b, sq.k0 + n0, g, h, n1 - n0, p.Kv, vec);
     stage(0, m_lo);
     tc::cp_async_commit();
   }
@@ -201,12 +237,17 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_tc_kernel(BwdParams bp) {
     for (int i = 0; i < BM / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
 #pragma unroll
     for (int i = 0; i < (kDK ? BM / 8 : 1); ++i) dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
+    // (a paired dK warp takes P^T from its partner instead of computing S^T)
     if constexpr (kF32) {
-      tc::tf32_rows_rows<D, BM, LD>(s, Ks + warp * 16 * LD, Qb, gr, tq);
-      if constexpr (kDK) tc::tf32_rows_rows<D, BM, LD>(dp, Vs + warp * 16 * LD, dOb, gr, tq);
+      if (!kPair || does_dv) tc::tf32_rows_rows<D, BM, LD>(s, Ks + warp * 16 * LD, Qb, gr, tq);
+      if constexpr (kDK) {
+        if (does_dk) tc::tf32_rows_rows<D, BM, LD>(dp, Vs + warp * 16 * LD, dOb, gr, tq);
+      }
     } else {
-      tc::h16_rows_rows<T, D, BM, LD>(s, sK, sQb + bo);
-      if constexpr (kDK) tc::h16_rows_rows<T, D, BM, LD>(dp, sV, sOb + bo);
+      if (!kPair || does_dv) tc::h16_rows_rows<T, D, BM, LD>(s, sK, sQb + bo);
+      if constexpr (kDK) {
+        if (does_dk) tc::h16_rows_rows<T, D, BM, LD>(dp, sV, sOb + bo);
+      }
     }
 
     // Element e of n-tile nt (bit nt * 4 + e of vis): key row jw (+8 for e >= 2), query column
@@ -214,22 +255,43 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_tc_kernel(BwdParams bp) {
     uint32_t vis = ~0u;
     if (!tile_all_visible(p, sq, m0, m0 + BM, n0, n0 + BN)) vis = visible_bits<BM / 8, true>(p, sq, m0 + 2 * tq, n0 + jw);
     // P^T and dS^T (masked pairs: 0)
+    if (!kPair || does_dv) {
 #pragma unroll
-    for (int nt = 0; nt < BM / 8; ++nt) {
+      for (int nt = 0; nt < BM / 8; ++nt) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int c = nt * 8 + 2 * tq + (e & 1);
-        const bool ok = (vis >> (nt * 4 + e)) & 1u;
-        float x = s[nt][e] * p.scale_log2;
-        if (has_bias) x += bias_b[c * LDB + jw + (e >= 2 ? 8 : 0)];
-        const float pr = ok ? tc::fast_exp2(x - lse_b[c]) : 0.f;
-        s[nt][e] = pr;
-        if constexpr (kDK) dp[nt][e] = ok ? pr * (dp[nt][e] - dl_b[c]) : 0.f;
+        for (int e = 0; e < 4; ++e) {
+          const int c = nt * 8 + 2 * tq + (e & 1);
+          const bool ok = (vis >> (nt * 4 + e)) & 1u;
+          float x = s[nt][e] * p.scale_log2;
+          if (has_bias) x += bias_b[c * LDB + jw + (e >= 2 ? 8 : 0)];
+          const float pr = ok ? tc::fast_exp2(x - lse_b[c]) : 0.f;
+          s[nt][e] = pr;
+          if constexpr (kDK && !kPair) dp[nt][e] = ok ? pr * (dp[nt][e] - dl_b[c]) : 0.f;
+        }
+      }
+    }
+    if constexpr (kPair) {  // P^T to the partner warp, lane to lane
+      float* hand = pair_s + warp * (BM / 8 * 4) * 32 + lane;
+      if (does_dv) {
+#pragma unroll
+        for (int i = 0; i < BM / 8 * 4; ++i) hand[i * 32] = s[i / 4][i % 4];
+      }
+      __syncthreads();  // every P^T of this step written; read before the next step's first barrier
+      if (does_dk) {
+#pragma unroll
+        for (int nt = 0; nt < BM / 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int c = nt * 8 + 2 * tq + (e & 1);
+            const bool ok = (vis >> (nt * 4 + e)) & 1u;
+            dp[nt][e] = ok ? hand[(nt * 4 + e) * 32] * (dp[nt][e] - dl_b[c]) : 0.f;
+          }
+        }
       }
     }
     // dS into dbias, each visible pair once
     if constexpr (kDK) {
-      if (bp.dbias != nullptr) {
+      if (does_dk && bp.dbias != nullptr) {
         const int64_t at0 = (stat0 + m0) * p.Mk + sq.k0 + n0 + jw;
 #pragma unroll
         for (int nt = 0; nt < BM / 8; ++nt) {
@@ -248,12 +310,23 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_tc_kernel(BwdParams bp) {
     }
 
     // dV += P^T dO, dK += dS^T Q (P^T and dS^T as the A operand, straight from their C fragments)
-    if constexpr (kF32) {
-      if constexpr (kDV) tc::tf32_frag_rows<D, BM, LD, kKG>(dv, s, dOb, gr, tq);
-      if constexpr (kDK) tc::tf32_frag_rows<D, BM, LD, kKG>(dk, dp, Qb, gr, tq);
-    } else {
-      if constexpr (kDV) tc::h16_frag_rows<T, D, BM, LD>(dv, s, sOb + to);
-      if constexpr (kDK) tc::h16_frag_rows<T, D, BM, LD>(dk, dp, sQb + to);
+    if constexpr (kDV) {
+      if (does_dv) {
+        if constexpr (kF32) {
+          tc::tf32_frag_rows<D, BM, LD, kKG>(dv, s, dOb, gr, tq);
+        } else {
+          tc::h16_frag_rows<T, D, BM, LD>(dv, s, sOb + to);
+        }
+      }
+    }
+    if constexpr (kDK) {
+      if (does_dk) {
+        if constexpr (kF32) {
+          tc::tf32_frag_rows<D, BM, LD, kKG>(dk, dp, Qb, gr, tq);
+        } else {
+          tc::h16_frag_rows<T, D, BM, LD>(dk, dp, sQb + to);
+        }
+      }
     }
   }
   tc::cp_async_wait<0>();
@@ -264,10 +337,10 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_tc_kernel(BwdParams bp) {
     const int j = n0 + jw + hr * 8;
     if (j >= sq.klen) continue;
     if constexpr (kDK) {
-      tc::store_row<T, D>(row_ptr_mut<T>(bp.dk, bp.dk_s, sq.b, sq.kw0 + j, g, h), p.K, dk, hr, tq, p.scale);
+      if (does_dk) tc::store_row<T, D>(row_ptr_mut<T>(bp.dk, bp.dk_s, sq.b, sq.kw0 + j, g, h), p.K, dk, hr, tq, p.scale);
     }
     if constexpr (kDV) {
-      tc::store_row<T, D>(row_ptr_mut<T>(bp.dv, bp.dv_s, sq.b, sq.kw0 + j, g, h), p.Kv, dv, hr, tq, 1.f);
+      if (does_dv) tc::store_row<T, D>(row_ptr_mut<T>(bp.dv, bp.dv_s, sq.b, sq.kw0 + j, g, h), p.Kv, dv, hr, tq, 1.f);
     }
   }
 #else
@@ -426,16 +499,30 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_tc_kernel(BwdParams bp) {
 #endif
 }
 
-// D: padded head dim; BM: queries per dkdv step; BNQ: keys per dq step; kSplit: dV and dK in two launches.
-template <typename T, int D, int BM, int BNQ, bool kSplit>
+// How dK and dV are computed: one launch of 4-warp CTAs (each warp both gradients for 16 keys), two
+// launches (dV, then dK: one accumulator per warp, P recomputed), or one launch of paired 8-warp CTAs.
+enum class Dkdv { kOne, kSplit, kPair };
+
+// fp32 at D = 256: two launches, or paired CTAs with ATTNCORE_CUTLASS_FP32_BWD256=pair. Both fit one CTA per
+// multiprocessor (shared memory): two launches run 4 warps per SM, each recomputing S = K Q^T (the dK one
+// also dP) and reading Q and dO again; the paired CTA runs 8 warps per SM, reads Q and dO once and computes
+// S once. Read at every backward call (a measurement switch: pair is the default once timed on a GPU).
+inline bool fp32_bwd256_pairs() {
+  const char* env = std::getenv("ATTNCORE_CUTLASS_FP32_BWD256");
+  return env != nullptr && std::strcmp(env, "pair") == 0;
+}
+
+// D: padded head dim; BM: queries per dkdv step; BNQ: keys per dq step; kMode: how the dK/dV launches go.
+template <typename T, int D, int BM, int BNQ, Dkdv kMode>
 cudaError_t launch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
+  constexpr bool kSplit = kMode == Dkdv::kSplit, kPair = kMode == Dkdv::kPair;
   const Params& p = bp.f;
   const bool bias = p.bias != nullptr;
   const int smem_dq = dq_smem_bytes<T, D, BNQ>(bias);
-  const int smem_k = dkdv_smem_bytes<T, D, BM, true>(bias);   // dK (and dV unless kSplit)
-  const int smem_v = dkdv_smem_bytes<T, D, BM, false>(bias);  // dV only
+  const int smem_k = dkdv_smem_bytes<T, D, BM, true, kPair>(bias);  // dK (and dV unless kSplit)
+  const int smem_v = dkdv_smem_bytes<T, D, BM, false>(bias);         // dV only
   auto kdq = bwd_dq_tc_kernel<T, D, BNQ>;
-  auto kk = bwd_dkdv_tc_kernel<T, D, BM, !kSplit, true>;
+  auto kk = bwd_dkdv_tc_kernel<T, D, BM, !kSplit, true, kPair>;
   // *launched stays false when shared memory does not fit: the portable kernels run
   if (!allow_smem(kdq, smem_dq) || !allow_smem(kk, smem_k)) return cudaSuccess;
   if constexpr (kSplit) {
@@ -451,7 +538,7 @@ cudaError_t launch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
       cudaError_t err = cudaGetLastError();
       if (err != cudaSuccess) return err;
     }
-    ATTNCORE_LAUNCH(kk, grid, kThreads, smem_k, stream, bp);
+    ATTNCORE_LAUNCH(kk, grid, kPair ? 2 * kThreads : kThreads, smem_k, stream, bp);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
@@ -468,13 +555,16 @@ cudaError_t dispatch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
   const int d = max(bp.f.K, bp.f.Kv);
   // fp32: narrower steps at D >= 128 (twice the bytes per tile; the split operands take registers)
   constexpr bool kF32 = sizeof(T) == 4;
-  if (d <= 64) return launch<T, 64, 64, 64, false>(bp, stream, launched);
+  if (d <= 64) return launch<T, 64, 64, 64, Dkdv::kOne>(bp, stream, launched);
   if constexpr (kF32) {
-    if (d <= 128) return launch<T, 128, 16, 16, false>(bp, stream, launched);
-    if (d <= 256) return launch<T, 256, 16, 16, true>(bp, stream, launched);
+    if (d <= 128) return launch<T, 128, 16, 16, Dkdv::kOne>(bp, stream, launched);
+    if (d <= 256) {
+      if (fp32_bwd256_pairs()) return launch<T, 256, 16, 16, Dkdv::kPair>(bp, stream, launched);
+      return launch<T, 256, 16, 16, Dkdv::kSplit>(bp, stream, launched);
+    }
   } else {
-    if (d <= 128) return launch<T, 128, 64, 64, false>(bp, stream, launched);
-    if (d <= 256) return launch<T, 256, 32, 32, true>(bp, stream, launched);
+    if (d <= 128) return launch<T, 128, 64, 64, Dkdv::kOne>(bp, stream, launched);
+    if (d <= 256) return launch<T, 256, 32, 32, Dkdv::kSplit>(bp, stream, launched);
   }
   return cudaSuccess;
 }
