@@ -6,6 +6,7 @@ negotiation rejects the binary on this device (a gpu_matrix entry that omits it)
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -63,6 +64,14 @@ BACKWARD_SMEM = {
     (True, 128): (101632, 113664),
     (True, 256): (199936, 211968),
 }
+#: The same for the paired 8-warp fp32 kernels (ATTNCORE_CUTLASS_FP32_BWD_PAIRS lists the padded head dim).
+PAIRED_BACKWARD_SMEM = {128: (109568, 121856), 256: (207872, 220160)}
+PAIRS_ENV = "ATTNCORE_CUTLASS_FP32_BWD_PAIRS"
+
+
+def _backward_smem(fp32: bool, padded: int, bias: bool) -> int:
+    paired = fp32 and str(padded) in os.environ.get(PAIRS_ENV, "").split(",")
+    return (PAIRED_BACKWARD_SMEM[padded] if paired else BACKWARD_SMEM[(fp32, padded)])[int(bias)]
 
 
 def _expected_family(name: str, dtype: torch.dtype, direction: str = "backward", head_dim: int = 64, bias: bool = False) -> str:
@@ -72,7 +81,7 @@ def _expected_family(name: str, dtype: torch.dtype, direction: str = "backward",
         return "simt"
     if direction == "backward":
         padded = 64 if head_dim <= 64 else 128 if head_dim <= 128 else 256
-        need = BACKWARD_SMEM[(dtype == torch.float32, padded)][int(bias)]
+        need = _backward_smem(dtype == torch.float32, padded, bias)
         optin = torch.cuda.get_device_properties(CUDA).shared_memory_per_block_optin  # type: ignore[attr-defined]  # in the CUDA build's properties, not in the stubs
         if optin < need:
             return "simt"
@@ -115,6 +124,22 @@ def test_head_dims_and_odd_lengths(kd: int, kv: int, dtype: torch.dtype, fam: st
         testing.compare_forward(CutlassFwOp, q, k, v, bias)
         testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
         assert _launch.last_family("backward") == _expected_family(fam, dtype, head_dim=max(kd, kv))
+
+
+@pytest.mark.parametrize(("kd", "kv", "pairs"), [(80, 80, "128"), (128, 96, "128,256"), (256, 256, "256"), (200, 108, "256")])
+@pytest.mark.parametrize("bias_kind", ["causal", "tensor"])
+def test_fp32_paired_backward(kd: int, kv: int, pairs: str, bias_kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The paired 8-warp fp32 backward kernels (dK/dV with a P^T hand-off, dQ with P and dP swapped and the
+    columns split), chosen per call by ATTNCORE_CUTLASS_FP32_BWD_PAIRS: odd lengths, Kv != K, a causal mask
+    that cuts tiles or a tensor bias with its gradient."""
+    monkeypatch.setenv(PAIRS_ENV, pairs)
+    q, k, v = _qkv(2, 333, 517, 3, kd, kv, torch.float32, seed=kd * 7 + kv)
+    bias: testing.Bias = attncore.LowerTriangularFromBottomRightMask()
+    if bias_kind == "tensor":
+        gen = torch.Generator().manual_seed(kd)
+        bias = testing.randn(2, 3, 333, 517, gen=gen, dtype=torch.float32).to(CUDA).requires_grad_(True)
+    testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
+    assert _launch.last_family("backward") == _expected_family("tc", torch.float32, head_dim=max(kd, kv), bias=bias_kind == "tensor")
 
 
 @pytest.mark.parametrize("dtype", [*HALF, torch.float32], ids=str)

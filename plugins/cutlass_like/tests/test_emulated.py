@@ -173,14 +173,15 @@ def test_tensor_core_forward_fast_tiles(bias: attncore.AttentionBias | None, dty
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("kd", "mode"), [(16, ""), (80, ""), (200, ""), (200, "pair")])
-def test_fp32_backward_on_tensor_cores_at_every_tile_width(kd: int, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("kd", "pairs"), [(16, ""), (80, ""), (200, ""), (80, "128"), (200, "128,256")])
+def test_fp32_backward_on_tensor_cores_at_every_tile_width(kd: int, pairs: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fp32 backward configurations (head dims padded to 64, 128 and 256: 64-query / 64-key steps
-    in one dK/dV launch; 16 / 16 in one launch; 16 / 16 with dK and dV in two launches, or with
-    ``ATTNCORE_CUTLASS_FP32_BWD256=pair`` in one launch of 8-warp CTAs whose dV warps hand P^T to their dK
-    partners), with Kv != K, under a causal mask that cuts tiles, then with a tensor bias and its gradient
-    (staged per tile pair next to the operand tiles)."""
-    monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_BWD256", mode)
+    in one dK/dV launch; 16 / 16 in one launch; 16 / 16 with dK and dV in two launches; and where
+    ``ATTNCORE_CUTLASS_FP32_BWD_PAIRS`` lists the padded head dim, paired 8-warp CTAs: one dK/dV launch whose
+    dV warps hand P^T to their dK partners, dQ CTAs whose warp pairs swap P and dP and split dQ's columns),
+    with Kv != K, under a causal mask that cuts tiles, then with a tensor bias and its gradient (staged per
+    tile pair next to the operand tiles)."""
+    monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_BWD_PAIRS", pairs)
     gen = torch.Generator().manual_seed(kd)
     q = testing.randn(1, 70, 1, kd, gen=gen, dtype=torch.float32)
     k = testing.randn(1, 90, 1, kd, gen=gen, dtype=torch.float32)

@@ -32,15 +32,18 @@
 // P: 2026-12-01 in RESULTS.md; on sm_80 it spills 24 bytes and one such CTA fits per SM: not timed there),
 // dkdv 101632 / 110336, dq 101376 / 113664; D = 256, 16 / 16, dK launch 199936 / 208640, dV launch 133376 / 142080, dq 199680 /
 // 211968 (sm_90 only: on smaller shared memories the portable kernels run). Each of these D = 256 kernels
-// fits one CTA, 4 warps, per multiprocessor. ATTNCORE_CUTLASS_FP32_BWD256=pair runs dK and dV in one
-// launch of 8-warp CTAs instead (Dkdv::kPair: warp w < 4 computes S^T, P^T and dV of 16 keys and hands P^T
-// to warp w + 4 through shared memory, which computes dP^T, dS^T and dK of the same keys; 204032 / 212736
-// bytes, 8 warps per multiprocessor, Q and dO read and S computed once per step instead of twice; checked
-// in the CPU emulation, not yet timed on a GPU, hence not the default). ptxas (sm_90, the integer split and
-// chained small products of mma.cuh): fp32 spills 20 bytes at D = 64 (dkdv; 8 in dq), 12 in the D = 128
-// dkdv kernel, 20 in the D = 256 dK launch, 12 in the paired D = 256 kernel; the other fp32 kernels do not.
+// fits one CTA, 4 warps, per multiprocessor. ATTNCORE_CUTLASS_FP32_BWD_PAIRS=256 runs paired 8-warp CTAs
+// instead (Dkdv::kPair), 8 warps per multiprocessor: dK and dV in one launch (warp w < 4 computes S^T, P^T
+// and dV of 16 keys and hands P^T to warp w + 4 through shared memory, which computes dP^T, dS^T and dK of
+// the same keys; Q and dO read and S computed once per step instead of twice; 204032 / 212736 bytes), and
+// the dQ kernel with warp w computing P and warp w + 4 dP of 16 queries, swapped through shared memory,
+// each accumulating half of dQ's columns (207872 / 220160 bytes). Checked in the CPU emulation, not yet
+// timed on a GPU, hence not the default. ptxas (sm_90, the integer split and chained small products of
+// mma.cuh): fp32 spills 20 bytes at D = 64 (dkdv; 8 in dq), 12 in the D = 128 dkdv kernel, 20 in the
+// D = 256 dK launch; the other fp32 kernels do not, except the paired D = 128 ones (48 bytes in dK/dV, 20 in
+// dQ), held to 128 registers so that two of them fit a multiprocessor (ATTNCORE_CUTLASS_FP32_BWD_PAIRS=128).
 #include <cstdlib>
-#include <cstring>
+#include <string>
 
 #include "kernels.h"
 #include "mma.cuh"
@@ -71,6 +74,14 @@ __host__ __device__ constexpr int pair_floats() {
   return 4 * (BM / 8 * 4) * 32;
 }
 
+// Paired CTAs per multiprocessor that the registers are sized for (__launch_bounds__): two at D = 128 (their
+// shared memory fits twice: 16 warps per multiprocessor at 128 registers, where ptxas spills 48 bytes in
+// dK/dV and 20 in dQ), one at D = 256 (255 registers; no spills when the bound says so explicitly).
+template <int D>
+__host__ __device__ constexpr int pair_ctas() {
+  return D <= 128 ? 2 : 1;
+}
+
 // dkdv: K [kBN][LD], V [kBN][LD] (when dK is computed), Q and dO [2][BM][LD], lse2 and delta [2][BM],
 // the P^T hand-off of paired CTAs, then with a bias [2][BM][kBN + 4] floats.
 template <typename T, int D, int BM, bool kDK, bool kPair = false>
@@ -79,10 +90,12 @@ constexpr int dkdv_smem_bytes(bool bias) {
          (bias ? 2 * BM * kLdbKV * 4 : 0);
 }
 
-// dq: Q and dO [kBMq][LD], K and V [2][BN][LD], then with a bias [2][kBMq][BN + 8] floats.
-template <typename T, int D, int BN>
+// dq: Q and dO [kBMq][LD], K and V [2][BN][LD], the P and dP hand-offs of paired CTAs, then with a bias
+// [2][kBMq][BN + 8] floats.
+template <typename T, int D, int BN, bool kPair = false>
 constexpr int dq_smem_bytes(bool bias) {
-  return (2 * kBMq + 4 * BN) * pitch<T, D>() * static_cast<int>(sizeof(T)) + (bias ? 2 * kBMq * (BN + kLdbQPad) * 4 : 0);
+  return (2 * kBMq + 4 * BN) * pitch<T, D>() * static_cast<int>(sizeof(T)) + (kPair ? 2 * pair_floats<BN>() * 4 : 0) +
+         (bias ? 2 * kBMq * (BN + kLdbQPad) * 4 : 0);
 }
 
 template <typename U>
@@ -139,7 +152,7 @@ __device__ __forceinline__ auto& pick(A& a, B& b) {
 // this launch computes (dbias goes with dK, which needs dS). kPair (with both): 8 warps, each computing
 // one of the two gradients for 16 keys (see pair_floats), one accumulator per warp.
 template <typename T, int D, int BM, bool kDV, bool kDK, bool kPair = false>
-__global__ void __launch_bounds__(kPair ? 2 * kThreads : kThreads) bwd_dkdv_tc_kernel(BwdParams bp) {
+__global__ void __launch_bounds__(kPair ? 2 * kThreads : kThreads, kPair ? pair_ctas<D>() : 1) bwd_dkdv_tc_kernel(BwdParams bp) {
 #if ATTNCORE_TC
   static_assert(!kPair || (kDV && kDK), "a paired CTA computes both gradients");
   constexpr int NT = kPair ? 2 * kThreads : kThreads;
@@ -348,11 +361,17 @@ __global__ void __launch_bounds__(kPair ? 2 * kThreads : kThreads) bwd_dkdv_tc_k
 #endif
 }
 
-// One CTA: queries [m0, m0 + kBMq) of sequence blockIdx.y, head blockIdx.z.
-template <typename T, int D, int BN>
-__global__ void __launch_bounds__(kThreads) bwd_dq_tc_kernel(BwdParams bp) {
+// One CTA: queries [m0, m0 + kBMq) of sequence blockIdx.y, head blockIdx.z. kPair (fp32): 8 warps; warp
+// w < 4 computes S and P of 16 queries, warp w + 4 dP of the same queries, they swap them through shared
+// memory, and each accumulates half of dQ's columns (one S and one dP product per pair and step, half the
+// accumulator per warp).
+template <typename T, int D, int BN, bool kPair = false>
+__global__ void __launch_bounds__(kPair ? 2 * kThreads : kThreads, kPair ? pair_ctas<D>() : 1) bwd_dq_tc_kernel(BwdParams bp) {
 #if ATTNCORE_TC
   constexpr bool kF32 = sizeof(T) == 4;  // 3xTF32 products
+  static_assert(!kPair || kF32, "paired dQ CTAs are fp32 only");
+  constexpr int NT = kPair ? 2 * kThreads : kThreads;
+  constexpr int DQ = kPair ? D / 2 : D;  // dQ columns per warp
   constexpr int LD = pitch<T, D>();
   constexpr int BM = kBMq;
   constexpr int LDB = (BN + kLdbQPad);
@@ -368,10 +387,14 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_tc_kernel(BwdParams bp) {
   T* dOs = Qs + BM * LD;
   T* Ks = dOs + BM * LD;     // [2][BN][LD]
   T* Vs = Ks + 2 * BN * LD;  // [2][BN][LD]
-  float* bias_s = reinterpret_cast<float*>(Vs + 2 * BN * LD);  // [2][BM][LDB], only with a bias
+  float* p_s = reinterpret_cast<float*>(Vs + 2 * BN * LD);    // [4][BN / 8 * 4][32] P, only when kPair
+  float* dp_s = p_s + (kPair ? pair_floats<BN>() : 0);         // the same for dP
+  float* bias_s = dp_s + (kPair ? pair_floats<BN>() : 0);      // [2][BM][LDB], only with a bias
 
   const Params& p = bp.f;
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int tid = threadIdx.x, lane = tid % 32;
+  const int warp = kPair ? tid / 32 % 4 : tid / 32;  // which 16 queries of the tile
+  const int half = kPair ? tid / kThreads : 0;       // paired: 0 computes P, 1 dP; dQ columns [half DQ, half DQ + DQ)
   const int gr = lane / 4, tq = lane % 4;
   const int g = blockIdx.z / p.H, h = blockIdx.z % p.H;
   const Seq sq = load_seq(p, blockIdx.y, bp.seq_kw);
@@ -398,18 +421,18 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_tc_kernel(BwdParams bp) {
     }
   }
 
-  float dq[D / 8][4];
+  float dq[DQ / 8][4];
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
+  for (int i = 0; i < DQ / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
 
   auto stage = [&](int buf, int n0) {
-    tc::load_rows<T, BN, D, LD, kThreads>(Ks + buf * BN * LD, p.k, p.k_s, sq.b, sq.k0 + n0, g, h, n_hi - n0, p.K, vec);
-    tc::load_rows<T, BN, D, LD, kThreads>(Vs + buf * BN * LD, p.v, p.v_s, sq.b, sq.k0 + n0, g, h, n_hi - n0, p.Kv, vec);
-    if (has_bias) load_bias_tile<T, BM, BN, LDB>(bias_s + buf * BM * LDB, p, sq, g, h, m0, m1, n0, n_hi);
+    tc::load_rows<T, BN, D, LD, NT>(Ks + buf * BN * LD, p.k, p.k_s, sq.b, sq.k0 + n0, g, h, n_hi - n0, p.K, vec);
+    tc::load_rows<T, BN, D, LD, NT>(Vs + buf * BN * LD, p.v, p.v_s, sq.b, sq.k0 + n0, g, h, n_hi - n0, p.Kv, vec);
+    if (has_bias) load_bias_tile<T, BM, BN, LDB, NT>(bias_s + buf * BM * LDB, p, sq, g, h, m0, m1, n0, n_hi);
   };
   if (n_lo < n_hi) {
-    tc::load_rows<T, BM, D, LD, kThreads>(Qs, p.q, p.q_s, sq.b, sq.q0 + m0, g, h, m1 - m0, p.K, vec);
-    tc::load_rows<T, BM, D, LD, kThreads>(dOs, bp.dout, bp.do_s, sq.b, sq.q0 + m0, g, h, m1 - m0, p.Kv, vec);
+    tc::load_rows<T, BM, D, LD, NT>(Qs, p.q, p.q_s, sq.b, sq.q0 + m0, g, h, m1 - m0, p.K, vec);
+    tc::load_rows<T, BM, D, LD, NT>(dOs, bp.dout, bp.do_s, sq.b, sq.q0 + m0, g, h, m1 - m0, p.Kv, vec);
     stage(0, n_lo);
     tc::cp_async_commit();
   }
@@ -447,8 +470,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_tc_kernel(BwdParams bp) {
       dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
     }
     if constexpr (kF32) {
-      tc::tf32_rows_rows<D, BN, LD>(s, Qs + warp * 16 * LD, Kb, gr, tq);
-      tc::tf32_rows_rows<D, BN, LD>(dp, dOs + warp * 16 * LD, Vb, gr, tq);
+      if (!kPair || half == 0) tc::tf32_rows_rows<D, BN, LD>(s, Qs + warp * 16 * LD, Kb, gr, tq);
+      if (!kPair || half == 1) tc::tf32_rows_rows<D, BN, LD>(dp, dOs + warp * 16 * LD, Vb, gr, tq);
     } else if constexpr (kQRegs) {
       tc::h16_rows_rows<T, D, BN, LD>(s, qf, sKb + bo);
       tc::h16_rows_rows<T, D, BN, LD>(dp, of, sVb + bo);
@@ -461,27 +484,51 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_tc_kernel(BwdParams bp) {
     // nt * 8 + 2 tq + (e & 1).
     uint32_t vis = ~0u;
     if (!tile_all_visible(p, sq, m0, m0 + BM, n0, n0 + BN)) vis = visible_bits<BN / 8, false>(p, sq, m0 + iw, n0 + 2 * tq);
-    // dS = P (dP - delta), masked pairs 0
+    // dS = P (dP - delta), masked pairs 0 (paired: P from the first warp, dP from the second, swapped)
+    if (!kPair || half == 0) {
 #pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
+      for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
-      for (int hr = 0; hr < 2; ++hr) {
-        float2 bb = make_float2(0.f, 0.f);
-        if (has_bias) bb = *reinterpret_cast<const float2*>(bias_b + (iw + hr * 8) * LDB + nt * 8 + 2 * tq);
+        for (int hr = 0; hr < 2; ++hr) {
+          float2 bb = make_float2(0.f, 0.f);
+          if (has_bias) bb = *reinterpret_cast<const float2*>(bias_b + (iw + hr * 8) * LDB + nt * 8 + 2 * tq);
 #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int e = 2 * hr + u;
+          for (int u = 0; u < 2; ++u) {
+            const int e = 2 * hr + u;
+            const bool ok = (vis >> (nt * 4 + e)) & 1u;
+            const float x = s[nt][e] * p.scale_log2 + (u ? bb.y : bb.x);
+            const float pr = ok ? tc::fast_exp2(x - lse_r[hr]) : 0.f;
+            if constexpr (kPair) {
+              s[nt][e] = pr;
+            } else {
+              dp[nt][e] = ok ? pr * (dp[nt][e] - dl_r[hr]) : 0.f;
+            }
+          }
+        }
+      }
+    }
+    if constexpr (kPair) {
+      const int slot = warp * (BN / 8 * 4) * 32 + lane;
+      float* mine = (half == 0 ? p_s : dp_s) + slot;
+      const float* theirs = (half == 0 ? dp_s : p_s) + slot;
+#pragma unroll
+      for (int i = 0; i < BN / 8 * 4; ++i) mine[i * 32] = half == 0 ? s[i / 4][i % 4] : dp[i / 4][i % 4];
+      __syncthreads();  // P and dP of this step written; read before the next step's first barrier
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
           const bool ok = (vis >> (nt * 4 + e)) & 1u;
-          const float x = s[nt][e] * p.scale_log2 + (u ? bb.y : bb.x);
-          const float pr = ok ? tc::fast_exp2(x - lse_r[hr]) : 0.f;
-          dp[nt][e] = ok ? pr * (dp[nt][e] - dl_r[hr]) : 0.f;
+          const float other = theirs[(nt * 4 + e) * 32];
+          const float pr = half == 0 ? s[nt][e] : other, dpv = half == 0 ? other : dp[nt][e];
+          dp[nt][e] = ok ? pr * (dpv - dl_r[e >> 1]) : 0.f;
         }
       }
     }
 
-    // dQ += dS K
+    // dQ += dS K (paired: this warp's half of the columns)
     if constexpr (kF32) {
-      tc::tf32_frag_rows<D, BN, LD, kKG>(dq, dp, Kb, gr, tq);
+      tc::tf32_frag_rows<DQ, BN, LD, kKG>(dq, dp, Kb + half * DQ, gr, tq);
     } else {
       tc::h16_frag_rows<T, D, BN, LD>(dq, dp, sKb + to);
     }
@@ -492,7 +539,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_tc_kernel(BwdParams bp) {
   for (int hr = 0; hr < 2; ++hr) {
     const int i = m0 + iw + hr * 8;
     if (i >= sq.qlen) continue;
-    tc::store_row<T, D>(row_ptr_mut<T>(bp.dq, bp.dq_s, sq.b, sq.q0 + i, g, h), p.K, dq, hr, tq, p.scale);
+    tc::store_row<T, DQ>(row_ptr_mut<T>(bp.dq, bp.dq_s, sq.b, sq.q0 + i, g, h) + half * DQ, p.K - half * DQ, dq, hr, tq, p.scale);
   }
 #else
   __trap();  // never launched: the host checks tc_compiled_for_device() first
@@ -503,13 +550,19 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_tc_kernel(BwdParams bp) {
 // launches (dV, then dK: one accumulator per warp, P recomputed), or one launch of paired 8-warp CTAs.
 enum class Dkdv { kOne, kSplit, kPair };
 
-// fp32 at D = 256: two launches, or paired CTAs with ATTNCORE_CUTLASS_FP32_BWD256=pair. Both fit one CTA per
-// multiprocessor (shared memory): two launches run 4 warps per SM, each recomputing S = K Q^T (the dK one
-// also dP) and reading Q and dO again; the paired CTA runs 8 warps per SM, reads Q and dO once and computes
-// S once. Read at every backward call (a measurement switch: pair is the default once timed on a GPU).
-inline bool fp32_bwd256_pairs() {
-  const char* env = std::getenv("ATTNCORE_CUTLASS_FP32_BWD256");
-  return env != nullptr && std::strcmp(env, "pair") == 0;
+// fp32 at D = 128 and 256: paired 8-warp CTAs (Dkdv::kPair, for dK/dV and for dQ) where
+// ATTNCORE_CUTLASS_FP32_BWD_PAIRS lists the padded head dim (comma-separated: "256", "128,256"), else the 4-warp kernels
+// (D = 256: dK and dV in two launches). At D = 256 every 4-warp kernel fits one CTA per multiprocessor
+// (shared memory), 4 warps per SM, and the two dK/dV launches each recompute S = K Q^T and read Q and dO;
+// the paired kernels run 8 warps per SM, compute S once per step and split the dQ accumulator. At D = 128
+// two paired CTAs fit (16 warps per SM, at 128 registers with some spills). Read at every backward call:
+// a measurement switch until the paired kernels are timed on a GPU.
+template <int D>
+bool fp32_bwd_pairs() {
+  const char* env = std::getenv("ATTNCORE_CUTLASS_FP32_BWD_PAIRS");
+  if (env == nullptr) return false;
+  const std::string list = "," + std::string(env) + ",";  // comma-separated head dims
+  return list.find(D == 128 ? ",128," : ",256,") != std::string::npos;
 }
 
 // D: padded head dim; BM: queries per dkdv step; BNQ: keys per dq step; kMode: how the dK/dV launches go.
@@ -518,10 +571,10 @@ cudaError_t launch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
   constexpr bool kSplit = kMode == Dkdv::kSplit, kPair = kMode == Dkdv::kPair;
   const Params& p = bp.f;
   const bool bias = p.bias != nullptr;
-  const int smem_dq = dq_smem_bytes<T, D, BNQ>(bias);
+  const int smem_dq = dq_smem_bytes<T, D, BNQ, kPair>(bias);
   const int smem_k = dkdv_smem_bytes<T, D, BM, true, kPair>(bias);  // dK (and dV unless kSplit)
   const int smem_v = dkdv_smem_bytes<T, D, BM, false>(bias);         // dV only
-  auto kdq = bwd_dq_tc_kernel<T, D, BNQ>;
+  auto kdq = bwd_dq_tc_kernel<T, D, BNQ, kPair>;
   auto kk = bwd_dkdv_tc_kernel<T, D, BM, !kSplit, true, kPair>;
   // *launched stays false when shared memory does not fit: the portable kernels run
   if (!allow_smem(kdq, smem_dq) || !allow_smem(kk, smem_k)) return cudaSuccess;
@@ -544,7 +597,7 @@ cudaError_t launch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
   }
   if (p.max_q > 0) {
     dim3 grid((p.max_q + kBMq - 1) / kBMq, p.num_seqs, p.G * p.H);
-    ATTNCORE_LAUNCH(kdq, grid, kThreads, smem_dq, stream, bp);
+    ATTNCORE_LAUNCH(kdq, grid, kPair ? 2 * kThreads : kThreads, smem_dq, stream, bp);
     return cudaGetLastError();
   }
   return cudaSuccess;
@@ -557,9 +610,12 @@ cudaError_t dispatch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
   constexpr bool kF32 = sizeof(T) == 4;
   if (d <= 64) return launch<T, 64, 64, 64, Dkdv::kOne>(bp, stream, launched);
   if constexpr (kF32) {
-    if (d <= 128) return launch<T, 128, 16, 16, Dkdv::kOne>(bp, stream, launched);
+    if (d <= 128) {
+      if (fp32_bwd_pairs<128>()) return launch<T, 128, 16, 16, Dkdv::kPair>(bp, stream, launched);
+      return launch<T, 128, 16, 16, Dkdv::kOne>(bp, stream, launched);
+    }
     if (d <= 256) {
-      if (fp32_bwd256_pairs()) return launch<T, 256, 16, 16, Dkdv::kPair>(bp, stream, launched);
+      if (fp32_bwd_pairs<256>()) return launch<T, 256, 16, 16, Dkdv::kPair>(bp, stream, launched);
       return launch<T, 256, 16, 16, Dkdv::kSplit>(bp, stream, launched);
     }
   } else {
