@@ -290,15 +290,12 @@ __global__ void __launch_bounds__(kPair ? 2 * kThreads : kThreads, kPair ? pair_
         for (int i = 0; i < BM / 8 * 4; ++i) hand[i * 32] = s[i / 4][i % 4];
       }
       __syncthreads();  // every P^T of this step written; read before the next step's first barrier
-      if (does_dk) {
+      if (does_dk) {  // dS^T = P^T (dP^T - delta); element i = nt * 4 + e, query column nt * 8 + 2 tq + (e & 1)
 #pragma unroll
-        for (int nt = 0; nt < BM / 8; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int c = nt * 8 + 2 * tq + (e & 1);
-            const bool ok = (vis >> (nt * 4 + e)) & 1u;
-            dp[nt][e] = ok ? hand[(nt * 4 + e) * 32] * (dp[nt][e] - dl_b[c]) : 0.f;
-          }
+        for (int i = 0; i < BM / 8 * 4; ++i) {
+          const bool ok = (vis >> i) & 1u;
+          const float dl = dl_b[(i / 4) * 8 + 2 * tq + (i & 1)];
+          dp[i / 4][i % 4] = ok ? hand[i * 32] * (dp[i / 4][i % 4] - dl) : 0.f;
         }
       }
     }
