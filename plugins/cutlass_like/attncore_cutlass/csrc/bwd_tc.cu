@@ -74,9 +74,12 @@ __host__ __device__ constexpr int pair_floats() {
   return 4 * (BM / 8 * 4) * 32;
 }
 
-// Paired CTAs per multiprocessor that the registers are sized for (__launch_bounds__): two at D = 128 (their
-// shared memory fits twice: 16 warps per multiprocessor at 128 registers, where ptxas spills 48 bytes in
-// dK/dV and 20 in dQ), one at D = 256 (255 registers; no spills when the bound says so explicitly).
+// Paired CTAs per multiprocessor that the registers are sized for (__launch_bounds__; the unpaired kernels
+// pass 0, no minimum, as before: an explicit 1 changes ptxas's allocation for them). Two at D = 128: 16 warps
+// per multiprocessor at 128 registers, where ptxas spills 48 bytes in dK/dV and 20 in dQ (sm_90); the
+// shared memory holds two such CTAs on sm_90 except the dQ kernel with a bias (121856 bytes: one fits, the
+// register cap still applies), and one on sm_80. One at D = 256 (255 registers, no spills on sm_90 with
+// the bound explicit).
 template <int D>
 __host__ __device__ constexpr int pair_ctas() {
   return D <= 128 ? 2 : 1;
@@ -152,7 +155,7 @@ __device__ __forceinline__ auto& pick(A& a, B& b) {
 // this launch computes (dbias goes with dK, which needs dS). kPair (with both): 8 warps, each computing
 // one of the two gradients for 16 keys (see pair_floats), one accumulator per warp.
 template <typename T, int D, int BM, bool kDV, bool kDK, bool kPair = false>
-__global__ void __launch_bounds__(kPair ? 2 * kThreads : kThreads, kPair ? pair_ctas<D>() : 1) bwd_dkdv_tc_kernel(BwdParams bp) {
+__global__ void __launch_bounds__(kPair ? 2 * kThreads : kThreads, kPair ? pair_ctas<D>() : 0) bwd_dkdv_tc_kernel(BwdParams bp) {
 #if ATTNCORE_TC
   static_assert(!kPair || (kDV && kDK), "a paired CTA computes both gradients");
   constexpr int NT = kPair ? 2 * kThreads : kThreads;
@@ -363,7 +366,7 @@ __global__ void __launch_bounds__(kPair ? 2 * kThreads : kThreads, kPair ? pair_
 // memory, and each accumulates half of dQ's columns (one S and one dP product per pair and step, half the
 // accumulator per warp).
 template <typename T, int D, int BN, bool kPair = false>
-__global__ void __launch_bounds__(kPair ? 2 * kThreads : kThreads, kPair ? pair_ctas<D>() : 1) bwd_dq_tc_kernel(BwdParams bp) {
+__global__ void __launch_bounds__(kPair ? 2 * kThreads : kThreads, kPair ? pair_ctas<D>() : 0) bwd_dq_tc_kernel(BwdParams bp) {
 #if ATTNCORE_TC
   constexpr bool kF32 = sizeof(T) == 4;  // 3xTF32 products
   static_assert(!kPair || kF32, "paired dQ CTAs are fp32 only");
@@ -558,7 +561,11 @@ template <int D>
 bool fp32_bwd_pairs() {
   const char* env = std::getenv("ATTNCORE_CUTLASS_FP32_BWD_PAIRS");
   if (env == nullptr) return false;
-  const std::string list = "," + std::string(env) + ",";  // comma-separated head dims
+  std::string list = ",";  // comma-separated head dims, spaces ignored
+  for (const char* c = env; *c != '\0'; ++c) {
+    if (*c != ' ') list += *c;
+  }
+  list += ',';
   return list.find(D == 128 ? ",128," : ",256,") != std::string::npos;
 }
 
