@@ -106,7 +106,7 @@ def kernels() -> Any:
     """The kernel module, imported on first use (so the interpreter switch is read at that time)."""
     mod = _STATE.get("kernels")
     if mod is None:
-        _STATE["interp"] = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+        _STATE["interp"] = interpreting()  # (not fixed yet: what the environment says, as Triton reads it now)
         from . import _kernels
 
         mod = _STATE["kernels"] = _kernels

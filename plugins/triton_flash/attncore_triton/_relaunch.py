@@ -139,11 +139,10 @@ class Relauncher:
             plan = self._plans[types] = _Plan(_getter(tensors), _getter(widths), _getter(ints), _getter(others))
         return plan
 
-    def _keys(self, args: Sequence[Any], constexprs: dict[str, Any], options: tuple[int, int]) -> tuple[_Key, tuple[int, ...], Callable[[], _Key]]:
-        """``(common, exact ints, specialization key maker)``: the key parts every call computes (pointers'
-        dtypes and alignment, unspecialized integers' widths, types, device, options, constexprs), the
-        specialized integers' values, and a maker of the key Triton itself would use for them (``== 1``,
-        divisibility by 16, width), computed only when the exact values are new."""
+    def _keys(self, args: Sequence[Any], constexprs: dict[str, Any], options: tuple[int, int]) -> tuple[_Key, tuple[int, ...]]:
+        """``(common, exact ints)``: the key parts every call computes (pointers' dtypes and alignment,
+        unspecialized integers' widths, types, device, options, constexprs) and the specialized integers'
+        values (see :meth:`_specialization` for the key Triton itself would use for them)."""
         types = tuple(map(type, args))
         plan = self._plan(types)
         tensors: tuple[torch.Tensor, ...] = plan.tensors(args)
@@ -158,11 +157,13 @@ class Relauncher:
             plan.others(args),
             tuple(constexprs.items()),
         )
+        return common, ints
 
-        def specialization() -> tuple[Any, ...]:
-            return (common, tuple([(_width(v), v == 1, v % 16 == 0) for v in ints]))
-
-        return common, ints, specialization
+    @staticmethod
+    def _specialization(common: _Key, ints: tuple[int, ...]) -> _Key:
+        """The key with the specialized integers as Triton keys them (width, ``== 1``, divisibility by 16):
+        computed only when their exact values are new."""
+        return (common, tuple([(_width(v), v == 1, v % 16 == 0) for v in ints]))
 
     def _check(self, args: Sequence[Any], constexprs: dict[str, Any]) -> None:
         name = getattr(self.kernel, "__name__", "kernel")
@@ -178,12 +179,12 @@ class Relauncher:
             self._check(args, constexprs)
             self.kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
             return
-        common, ints, specialization = self._keys(args, constexprs, (num_warps, num_stages))
+        common, ints = self._keys(args, constexprs, (num_warps, num_stages))
         exact = (common, ints)
         binary = self._exact.get(exact)  # the steady state: the same shapes again
         spec: Optional[_Key] = None
         if binary is None:
-            spec = specialization()
+            spec = self._specialization(common, ints)
             binary = self._binaries.get(spec)
             if binary is not None:
                 self._remember(exact, spec, binary)
@@ -198,7 +199,7 @@ class Relauncher:
         self._check(args, constexprs)
         compiled = self.kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
         if compiled is not None and callable(getattr(compiled, "__getitem__", None)):
-            self._remember(exact, spec if spec is not None else specialization(), compiled)
+            self._remember(exact, spec if spec is not None else self._specialization(common, ints), compiled)
 
     def _remember(self, exact: _Key, spec: _Key, binary: Any) -> None:
         """Keep ``binary`` under both keys; when either table is full, both start over (Triton's own cache
