@@ -4,7 +4,7 @@
 # Results go to $OUT (default /tmp/attncore-triton): tests.log, bench.log, results.md, results.json,
 # autotune.json (the autotuner's choices with every candidate's time), host.log and host.json (host time
 # per layer at M = 512, binaries reused vs Triton's launch path: benchmarks/host_triton.py). TEST_K narrows
-# the tests (pytest -k); ATTNCORE_TRITON_RELAUNCH=1 runs them (and the benchmark) with reused binaries.
+# the tests (pytest -k); ATTNCORE_TRITON_RELAUNCH=0 runs them (and the benchmark) through Triton's launch path.
 set -o pipefail
 mode="${1:-all}"; shift || true
 OUT="${OUT:-/tmp/attncore-triton}"; mkdir -p "$OUT"

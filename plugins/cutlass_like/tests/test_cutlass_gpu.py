@@ -64,13 +64,13 @@ BACKWARD_SMEM = {
     (True, 128): (101632, 113664),
     (True, 256): (199936, 211968),
 }
-#: The same for the paired 8-warp fp32 kernels (ATTNCORE_CUTLASS_FP32_BWD_PAIRS lists the padded head dim).
+#: The same for the paired 8-warp fp32 kernels (ATTNCORE_CUTLASS_FP32_BWD_PAIRS lists the padded head dims; unset: 256).
 PAIRED_BACKWARD_SMEM = {128: (109568, 121856), 256: (207872, 220160)}
 PAIRS_ENV = "ATTNCORE_CUTLASS_FP32_BWD_PAIRS"
 
 
 def _backward_smem(fp32: bool, padded: int, bias: bool) -> int:
-    paired = fp32 and str(padded) in os.environ.get(PAIRS_ENV, "").replace(" ", "").split(",")
+    paired = fp32 and str(padded) in os.environ.get(PAIRS_ENV, "256").replace(" ", "").split(",")  # unset: D = 256 paired
     return (PAIRED_BACKWARD_SMEM[padded] if paired else BACKWARD_SMEM[(fp32, padded)])[int(bias)]
 
 
@@ -127,14 +127,15 @@ def test_head_dims_and_odd_lengths(kd: int, kv: int, dtype: torch.dtype, fam: st
 
 
 @pytest.mark.parametrize(
-    ("kd", "kv", "pairs"), [(80, 80, "128"), (128, 96, "128, 256"), (256, 256, "256"), (200, 108, "256"), (32, 128, "128"), (16, 256, "256")]
+    ("kd", "kv", "pairs"),
+    [(80, 80, "128"), (128, 96, "128, 256"), (256, 256, "256"), (200, 108, "256"), (32, 128, "128"), (16, 256, "256"), (200, 108, "")],
 )
 @pytest.mark.parametrize("bias_kind", ["causal", "tensor"])
 def test_fp32_paired_backward(kd: int, kv: int, pairs: str, bias_kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The paired 8-warp fp32 backward kernels (dK/dV with a P^T hand-off, dQ with P and dP swapped and the
-    columns split), chosen per call by ATTNCORE_CUTLASS_FP32_BWD_PAIRS: odd lengths, Kv != K (K below half
-    the padded width: the second dQ half writes nothing), a causal mask that cuts tiles or a tensor bias
-    with its gradient."""
+    columns split), chosen per call by ATTNCORE_CUTLASS_FP32_BWD_PAIRS ("" runs the 4-warp D = 256 kernels
+    instead): odd lengths, Kv != K (K below half the padded width: the second dQ half writes nothing), a
+    causal mask that cuts tiles or a tensor bias with its gradient."""
     monkeypatch.setenv(PAIRS_ENV, pairs)
     q, k, v = _qkv(2, 333, 517, 3, kd, kv, torch.float32, seed=kd * 7 + kv)
     bias: testing.Bias = attncore.LowerTriangularFromBottomRightMask()

@@ -170,8 +170,11 @@ def test_binaries_are_kept_per_device() -> None:
     assert _launch(r, t) == "reused"
 
 
-def test_reuse_is_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reuse_is_the_default_and_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(_relaunch.ENV, raising=False)
-    assert not _relaunch.enabled()
+    assert _relaunch.enabled()
+    for off in ("0", "false", "No", " off "):
+        monkeypatch.setenv(_relaunch.ENV, off)
+        assert not _relaunch.enabled(), off
     monkeypatch.setenv(_relaunch.ENV, "1")
     assert _relaunch.enabled()

@@ -623,7 +623,7 @@ def test_triton_varlen_long() -> None:
 @gpu
 @pytest.mark.parametrize("kind", ["causal", "bias+dropout"])
 def test_triton_relaunch_reuses_binaries_bit_for_bit(kind: str) -> None:
-    """With reuse on (``ATTNCORE_TRITON_RELAUNCH=1``), the second call of a shape launches the binaries the
+    """With reuse on (the default; forced on here), the second call of a shape launches the binaries the
     first one compiled (no re-binding of arguments): same bits as the first call, the float64 truth met, and
     a new dropout seed still reuses the binary."""
     names = ("fwd_kernel", "bwd_dq_kernel", "bwd_dkdv_kernel")

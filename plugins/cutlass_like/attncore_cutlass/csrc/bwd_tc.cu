@@ -32,13 +32,13 @@
 // P: 2026-12-01 in RESULTS.md; on sm_80 it spills 24 bytes and one such CTA fits per SM: not timed there),
 // dkdv 101632 / 110336, dq 101376 / 113664; D = 256, 16 / 16, dK launch 199936 / 208640, dV launch 133376 / 142080, dq 199680 /
 // 211968 (sm_90 only: on smaller shared memories the portable kernels run). Each of these D = 256 kernels
-// fits one CTA, 4 warps, per multiprocessor. ATTNCORE_CUTLASS_FP32_BWD_PAIRS=256 runs paired 8-warp CTAs
-// instead (Dkdv::kPair), 8 warps per multiprocessor: dK and dV in one launch (warp w < 4 computes S^T, P^T
-// and dV of 16 keys and hands P^T to warp w + 4 through shared memory, which computes dP^T, dS^T and dK of
-// the same keys; Q and dO read and S computed once per step instead of twice; 204032 / 212736 bytes), and
-// the dQ kernel with warp w computing P and warp w + 4 dP of 16 queries, swapped through shared memory,
-// each accumulating half of dQ's columns (207872 / 220160 bytes). Checked in the CPU emulation, not yet
-// timed on a GPU, hence not the default. ptxas (sm_90, the integer split and chained small products of
+// fits one CTA, 4 warps, per multiprocessor. By default (ATTNCORE_CUTLASS_FP32_BWD_PAIRS unset or listing
+// 256) paired 8-warp CTAs run instead (Dkdv::kPair), 8 warps per multiprocessor: dK and dV in one launch
+// (warp w < 4 computes S^T, P^T and dV of 16 keys and hands P^T to warp w + 4 through shared memory, which
+// computes dP^T, dS^T and dK of the same keys; Q and dO read and S computed once per step instead of
+// twice; 204032 / 212736 bytes), and the dQ kernel with warp w computing P and warp w + 4 dP of 16 queries,
+// swapped through shared memory, each accumulating half of dQ's columns (207872 / 220160 bytes): +50-60%
+// over the 4-warp kernels on the H200. ptxas (sm_90, the integer split and chained small products of
 // mma.cuh): fp32 spills 20 bytes at D = 64 (dkdv; 8 in dq), 12 in the D = 128 dkdv kernel, 20 in the
 // D = 256 dK launch; the other fp32 kernels do not, except the paired D = 128 ones (48 bytes in dK/dV, 20 in
 // dQ), held to 128 registers so that two of them fit a multiprocessor (ATTNCORE_CUTLASS_FP32_BWD_PAIRS=128).
@@ -551,16 +551,17 @@ __global__ void __launch_bounds__(kPair ? 2 * kThreads : kThreads, kPair ? pair_
 enum class Dkdv { kOne, kSplit, kPair };
 
 // fp32 at D = 128 and 256: paired 8-warp CTAs (Dkdv::kPair, for dK/dV and for dQ) where
-// ATTNCORE_CUTLASS_FP32_BWD_PAIRS lists the padded head dim (comma-separated: "256", "128,256"), else the 4-warp kernels
-// (D = 256: dK and dV in two launches). At D = 256 every 4-warp kernel fits one CTA per multiprocessor
-// (shared memory), 4 warps per SM, and the two dK/dV launches each recompute S = K Q^T and read Q and dO;
-// the paired kernels run 8 warps per SM, compute S once per step and split the dQ accumulator. At D = 128
-// two paired CTAs fit (16 warps per SM, at 128 registers with some spills). Read at every backward call:
-// a measurement switch until the paired kernels are timed on a GPU.
+// ATTNCORE_CUTLASS_FP32_BWD_PAIRS lists the padded head dim (comma-separated: "256", "128,256", "" for
+// none; unset: "256"), else the 4-warp kernels (D = 256: dK and dV in two launches). At D = 256 every 4-warp
+// kernel fits one CTA per multiprocessor (shared memory), 4 warps per SM, and the two dK/dV launches each
+// recompute S = K Q^T and read Q and dO; the paired kernels run 8 warps per SM, compute S once per step and
+// split the dQ accumulator: +50-60% on the H200 (2026-12-01, benchmarks/RESULTS.md). At D = 128 two paired
+// CTAs fit (16 warps per SM, at 128 registers with some spills), measured 1-3% slower than the 4-warp
+// kernel, so not paired by default. Read at every backward call.
 template <int D>
 bool fp32_bwd_pairs() {
   const char* env = std::getenv("ATTNCORE_CUTLASS_FP32_BWD_PAIRS");
-  if (env == nullptr) return false;
+  if (env == nullptr) env = "256";
   std::string list = ",";  // comma-separated head dims, spaces ignored
   for (const char* c = env; *c != '\0'; ++c) {
     if (*c != ' ') list += *c;
