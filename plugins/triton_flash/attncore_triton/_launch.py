@@ -373,11 +373,17 @@ def fwd_candidates(pb: Problem) -> list[FwdConfig]:
         return [FwdConfig(64, 32, 4, 2), FwdConfig(32, 32, 4, 1), FwdConfig(16, 16, 4, 1)] if d <= 64 else [FwdConfig(32, 32, 4, 1), FwdConfig(16, 16, 4, 1)]
     tma = cc >= (9, 0) and _tma_eligible(pb)
     if cc >= (9, 0):  # measured on an H100 and an H200 (see the README): TMA helps BN=64/4-warp tiles most;
-        # the 64 x 32 tile (K <= 128) won short sequences on the H200
+        # the 64 x 32 tile (K <= 128) won short causal sequences on the H200, 128 x 32 / 8 warps short dense ones
         if d <= 64:
             out = [FwdConfig(128, 64, 4, 3), FwdConfig(128, 64, 4, 3, tma=True), FwdConfig(128, 128, 8, 3), FwdConfig(64, 64, 4, 3, tma=True)]
         elif d <= 128:
-            out = [FwdConfig(128, 128, 8, 3, tma=True), FwdConfig(128, 128, 8, 3), FwdConfig(64, 32, 4, 3, tma=True), FwdConfig(64, 64, 4, 3, tma=True)]
+            out = [
+                FwdConfig(128, 128, 8, 3, tma=True),
+                FwdConfig(128, 128, 8, 3),
+                FwdConfig(64, 32, 4, 3, tma=True),
+                FwdConfig(128, 32, 8, 3, tma=True),
+                FwdConfig(64, 64, 4, 3, tma=True),
+            ]
         else:
             out = [FwdConfig(128, 64, 8, 2, tma=True), FwdConfig(128, 64, 8, 2), FwdConfig(64, 64, 4, 2, tma=True)]
         if not tma:  # same tiles through plain loads
