@@ -16,33 +16,77 @@ are kept per CUDA device (a loaded module belongs to one device's context), up t
 kernel (then the table starts over). Two keys lead to a binary: the exact values of the specialized
 integers (cheap, the steady state of a training loop) and, when those are new, their specialization.
 
-Reuse is on by default (``ATTNCORE_TRITON_RELAUNCH=0`` turns it off, see :func:`enabled`). The path follows
-the sources of Triton 3.6 and 3.9 (``CompiledKernel.__getitem__`` returns a launcher that takes a 3-D grid
-and every bound argument, constexprs included, in declaration order); on the H200 (Triton 3.6) the whole
-GPU suite passes with it and a reused launch gives bit-for-bit the outputs of Triton's own path.
+Reuse is on by default for the Triton releases in :data:`VERIFIED` (``ATTNCORE_TRITON_RELAUNCH=0`` turns it
+off, ``=1`` forces it on another release; see :func:`enabled`). The path follows the sources of Triton 3.6
+and 3.9 (``CompiledKernel.__getitem__`` returns a launcher that takes a 3-D grid and every bound argument,
+constexprs included, in declaration order), an internal interface a later release may change; on the H200
+(Triton 3.6) the whole GPU suite passes with it and a reused launch gives bit-for-bit the outputs of
+Triton's own path.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import operator
 import os
 from collections.abc import Sequence
 from typing import Any, Callable, NamedTuple, Optional
 
 import torch
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
 
-__all__ = ["ENV", "Relauncher", "enabled"]
+__all__ = ["ENV", "VERIFIED", "Relauncher", "enabled", "status"]
 
-#: The switch: reuse compiled binaries (1, the default) or launch every call through ``kernel[grid](...)`` (0).
+#: The switch: unset, reuse compiled binaries on a Triton in :data:`VERIFIED`; 0 launch every call through
+#: ``kernel[grid](...)``; 1 reuse on any Triton.
 ENV = "ATTNCORE_TRITON_RELAUNCH"
+#: The Triton releases whose launcher interface the reuse path was checked against (3.6 and 3.9's sources; 3.6 on a GPU).
+VERIFIED = SpecifierSet(">=3.6,<3.10")
+_VERIFIED_TEXT = "3.6-3.9"
+_OFF = ("0", "false", "no", "off")
+_ON = ("1", "true", "yes", "on")
 
 _I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 
+@functools.lru_cache(maxsize=1)
+def _triton_release() -> Optional[str]:
+    try:
+        return importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _verified(release: Optional[str]) -> bool:
+    try:
+        return release is not None and VERIFIED.contains(Version(release), prereleases=True)
+    except InvalidVersion:
+        return False
+
+
 def enabled() -> bool:
-    """Whether :class:`Relauncher` objects created now reuse binaries (unless ``ATTNCORE_TRITON_RELAUNCH=0``)."""
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    """Whether :class:`Relauncher` objects created now reuse binaries: ``ATTNCORE_TRITON_RELAUNCH`` 0 or 1
+    decides; unset (or any other value), the installed Triton must be in :data:`VERIFIED`."""
+    env = os.environ.get(ENV, "").strip().lower()
+    if env in _OFF or env in _ON:
+        return env in _ON
+    return _verified(_triton_release())
+
+
+def status() -> str:
+    """One line for ``info``: whether reuse is on, and why."""
+    env = os.environ.get(ENV, "").strip().lower()
+    release = _triton_release() or "not installed"
+    if env in _OFF:
+        return f"off ({ENV}={env})"
+    if env in _ON:
+        return f"on ({ENV}={env}; triton {release}{'' if _verified(release) else f' outside the verified {_VERIFIED_TEXT}'})"
+    if _verified(release):
+        return f"on (compiled kernels reused without re-binding arguments; triton {release} within the verified {_VERIFIED_TEXT}; {ENV}=0 turns it off)"
+    return f"off (triton {release} is outside {_VERIFIED_TEXT}, the releases whose launcher this was checked against; {ENV}=1 forces it)"
 
 
 def _width(v: int) -> int:

@@ -27,7 +27,7 @@ def attncore_plugin_info() -> PluginInfo:
             "triton": installed_version("triton") or "not installed",
             "autotune_cache": str(cache_path()),
             "autotune_key": KEY_FORMAT,
-            "relaunch": f"{'on' if _relaunch.enabled() else 'off'} (compiled kernels reused without re-binding arguments; {_relaunch.ENV}=0 turns it off)",
+            "relaunch": _relaunch.status(),
         },
         description="Triton flash attention (forward + backward) for NVIDIA sm_80..sm_90: every mask kind in-kernel, GQA, dropout, LSE",
     )

@@ -170,11 +170,19 @@ def test_binaries_are_kept_per_device() -> None:
     assert _launch(r, t) == "reused"
 
 
-def test_reuse_is_the_default_and_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reuse_is_the_default_on_verified_tritons_and_can_be_switched(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(_relaunch.ENV, raising=False)
-    assert _relaunch.enabled()
+    for release, on in (("3.6.0", True), ("3.9.1", True), ("3.10.0rc1", False), ("4.0.0", False), ("3.5.0", False), ("nonsense", False)):
+        monkeypatch.setattr(_relaunch, "_triton_release", lambda release=release: release)
+        assert _relaunch.enabled() is on, release
+        assert _relaunch.status().startswith("on" if on else "off"), release
+        assert release in _relaunch.status()
+    monkeypatch.setattr(_relaunch, "_triton_release", lambda: "3.6.0")
     for off in ("0", "false", "No", " off "):
         monkeypatch.setenv(_relaunch.ENV, off)
         assert not _relaunch.enabled(), off
+        assert _relaunch.status().startswith("off"), off
+    monkeypatch.setattr(_relaunch, "_triton_release", lambda: "4.0.0")
     monkeypatch.setenv(_relaunch.ENV, "1")
-    assert _relaunch.enabled()
+    assert _relaunch.enabled()  # forced on an unverified release, and info says so
+    assert "outside the verified" in _relaunch.status()
