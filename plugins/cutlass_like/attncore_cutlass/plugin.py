@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 
 from attncore.hookspecs import hookimpl
 from attncore.ops import AttentionOpBase
@@ -46,7 +47,26 @@ def build_info() -> dict[str, str]:
         info.update(status="not built (builds on first use)", first_use=f"TORCH_CUDA_ARCH_LIST={target} into the cache")
     else:
         info.update(status=f"not built ({located.jit_blocker})", fix=located.jit_fix or negotiation.BUILD_HINT)
+    info["kernel_choices"] = kernel_choices(facts.env)
     return info
+
+
+PAIRS_ENV = "ATTNCORE_CUTLASS_FP32_BWD_PAIRS"
+WARPS_ENV = "ATTNCORE_CUTLASS_FWD_WARPS"
+
+
+def kernel_choices(env: Mapping[str, str]) -> str:
+    """The kernel variants the environment selects, as the launchers read it (csrc/bwd_tc.cu's
+    ``fp32_bwd_pairs``: padded head dims, comma-separated, spaces ignored, unset = "256"; csrc/fwd_tc.cu's
+    ``forced_warps``: 4 or 8, anything else ignored)."""
+    raw = env.get(PAIRS_ENV)
+    dims = [d for d in (raw if raw is not None else "256").replace(" ", "").split(",") if d in ("128", "256")]
+    pairs = f"paired 8-warp CTAs at padded head dim {' and '.join(dims)}" if dims else "4-warp CTAs only"
+    origin = "default" if raw is None else f"{PAIRS_ENV}={raw!r}"
+    lead = re.match(r"\s*[+-]?\d+", env.get(WARPS_ENV, ""))  # std::atoi's reading
+    warps = int(lead.group()) if lead else 0
+    fwd = f"{warps} warps ({WARPS_ENV})" if warps in (4, 8) else "4 warps, 8 for fp32 at head dim 256 (default)"
+    return f"fp32 backward: {pairs} ({origin}); tensor-core forward: {fwd}"
 
 
 @hookimpl

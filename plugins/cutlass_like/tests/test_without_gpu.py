@@ -329,3 +329,22 @@ def test_a_broadcast_bias_of_another_dtype_is_converted_without_its_copies() -> 
     assert inputs.bias5 is not None and got is not None
     assert got.dtype == torch.float32 and got.stride(0) == 0 and got.shape == inputs.bias5.shape
     assert torch.equal(got, inputs.bias5.float())
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, ("padded head dim 256 (default)", "4 warps, 8 for fp32 at head dim 256 (default)")),
+        ({"ATTNCORE_CUTLASS_FP32_BWD_PAIRS": ""}, ("4-warp CTAs only", "(default)")),
+        ({"ATTNCORE_CUTLASS_FP32_BWD_PAIRS": " 128, 256", "ATTNCORE_CUTLASS_FWD_WARPS": "8"}, ("head dim 128 and 256", "8 warps (ATTNCORE_CUTLASS_FWD_WARPS)")),
+        ({"ATTNCORE_CUTLASS_FP32_BWD_PAIRS": "64,1280", "ATTNCORE_CUTLASS_FWD_WARPS": "6"}, ("4-warp CTAs only", "(default)")),
+    ],
+)
+def test_info_names_the_kernel_variants_the_environment_selects(env: dict[str, str], expected: tuple[str, str]) -> None:
+    """``info`` reads the selection switches as the launchers do: pairs by padded head dim (unset: 256; the
+    list holds exact entries, so 1280 is not 128), forward warps 4 or 8 only."""
+    from attncore_cutlass.plugin import kernel_choices
+
+    text = kernel_choices(env)
+    backward, forward = text.split("; tensor-core forward: ")
+    assert expected[0] in backward and expected[1] in forward, text
