@@ -24,7 +24,7 @@ from attncore.inputs import Inputs
 
 from . import build, negotiation
 
-__all__ = ["backward", "extension", "forget_modules", "forward", "last_family", "portable_kernels"]
+__all__ = ["backward", "extension", "forget_modules", "forward", "last_backward_variant", "last_family", "portable_kernels"]
 
 LOG2E = 1.4426950408889634
 _BIG = 1 << 30
@@ -51,6 +51,13 @@ def portable_kernels() -> Iterator[None]:
 def last_family(direction: str) -> Optional[str]:
     """Which kernel family (``"tc"`` or ``"simt"``) ran the last ``"forward"`` or ``"backward"`` call."""
     return _LAST.get(direction)
+
+
+def last_backward_variant() -> Optional[str]:
+    """How the last tensor-core backward computed dK and dV: ``"one"`` launch of 4-warp CTAs, ``"split"``
+    (dV, then dK), ``"paired"`` 8-warp CTAs; ``None`` when the last backward ran no tensor-core kernel (or
+    the binary predates the report)."""
+    return _LAST.get("backward_variant")
 
 
 def extension(capability: Optional[tuple[int, int]]) -> ModuleType:
@@ -272,6 +279,7 @@ def backward(
         for t in (dq, dk, dv):
             t.zero_()
         _LAST["backward"] = "none"
+        _LAST.pop("backward_variant", None)
         return dq, dk, dv, _in_bias_dtype(dbias, inputs)
     ext = ext if ext is not None else extension(inputs.features.device.capability)
     delta, lse2 = _row_stats(ext, grad_out, out, lse, grad_lse, do)
@@ -287,6 +295,11 @@ def backward(
         if summed and dbias is not None and piece is not None:
             dbias += piece.sum(0, keepdim=True, dtype=torch.float32)  # no fp32 copy of the piece
     _LAST["backward"] = family
+    report = getattr(ext, "last_backward_variant", None)
+    if family == "tc" and report is not None:
+        _LAST["backward_variant"] = str(report())
+    else:
+        _LAST.pop("backward_variant", None)
     if seqs is not None and not seqs.direct:
         dk, dv = _sum_overlaps(seqs, dk, dv, mk)
     return dq, dk, dv, _in_bias_dtype(dbias, inputs)

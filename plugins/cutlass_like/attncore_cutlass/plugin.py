@@ -63,10 +63,26 @@ def kernel_choices(env: Mapping[str, str]) -> str:
     dims = [d for d in (raw if raw is not None else "256").replace(" ", "").split(",") if d in ("128", "256")]
     pairs = f"paired 8-warp CTAs at padded head dim {' and '.join(dims)}" if dims else "4-warp CTAs only"
     origin = "default" if raw is None else f"{PAIRS_ENV}={raw!r}"
-    lead = re.match(r"\s*[+-]?\d+", env.get(WARPS_ENV, ""))  # std::atoi's reading
-    warps = int(lead.group()) if lead else 0
+    warps = _atoi(env.get(WARPS_ENV, ""))
     fwd = f"{warps} warps ({WARPS_ENV})" if warps in (4, 8) else "4 warps, 8 for fp32 at head dim 256 (default)"
-    return f"fp32 backward: {pairs} ({origin}); tensor-core forward: {fwd}"
+    return (
+        f"fp32 backward: {pairs} ({origin}; where the shared memory allows, sm_90, else the portable kernels); "
+        f"tensor-core forward: {fwd} (the process keeps the value its first forward saw)"
+    )
+
+
+_ATOI = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")
+
+
+def _atoi(text: str) -> int:
+    """``std::atoi`` as glibc computes it: C whitespace, a sign, ASCII digits; strtol's clamp to 64 bits,
+    then the conversion to a 32-bit int."""
+    m = _ATOI.match(text)
+    if m is None:
+        return 0
+    n = max(-(2**63), min(2**63 - 1, int(m.group(1))))
+    n &= 0xFFFFFFFF
+    return n - 2**32 if n >= 2**31 else n
 
 
 @hookimpl

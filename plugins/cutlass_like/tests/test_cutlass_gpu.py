@@ -144,6 +144,10 @@ def test_fp32_paired_backward(kd: int, kv: int, pairs: str, bias_kind: str, monk
         bias = testing.randn(2, 3, 333, 517, gen=gen, dtype=torch.float32).to(CUDA).requires_grad_(True)
     testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
     assert _launch.last_family("backward") == _expected_family("tc", torch.float32, head_dim=max(kd, kv), bias=bias_kind == "tensor")
+    padded = 128 if max(kd, kv) <= 128 else 256
+    if _launch.last_family("backward") == "tc":  # which dK/dV kernels ran: the switch is honoured
+        paired = str(padded) in pairs.replace(" ", "").split(",")
+        assert _launch.last_backward_variant() == ("paired" if paired else "one" if padded == 128 else "split")
 
 
 @pytest.mark.parametrize("dtype", [*HALF, torch.float32], ids=str)

@@ -334,10 +334,14 @@ def test_a_broadcast_bias_of_another_dtype_is_converted_without_its_copies() -> 
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
-        ({}, ("padded head dim 256 (default)", "4 warps, 8 for fp32 at head dim 256 (default)")),
-        ({"ATTNCORE_CUTLASS_FP32_BWD_PAIRS": ""}, ("4-warp CTAs only", "(default)")),
+        ({}, ("padded head dim 256 (default;", "4 warps, 8 for fp32 at head dim 256 (default)")),
+        ({"ATTNCORE_CUTLASS_FP32_BWD_PAIRS": ""}, ("4-warp CTAs only (ATTNCORE_CUTLASS_FP32_BWD_PAIRS=''", "(default)")),
         ({"ATTNCORE_CUTLASS_FP32_BWD_PAIRS": " 128, 256", "ATTNCORE_CUTLASS_FWD_WARPS": "8"}, ("head dim 128 and 256", "8 warps (ATTNCORE_CUTLASS_FWD_WARPS)")),
         ({"ATTNCORE_CUTLASS_FP32_BWD_PAIRS": "64,1280", "ATTNCORE_CUTLASS_FWD_WARPS": "6"}, ("4-warp CTAs only", "(default)")),
+        ({"ATTNCORE_CUTLASS_FWD_WARPS": " 4x"}, ("(default;", "4 warps (ATTNCORE_CUTLASS_FWD_WARPS)")),  # atoi reads "4"
+        ({"ATTNCORE_CUTLASS_FWD_WARPS": "4294967304"}, ("(default;", "8 warps (ATTNCORE_CUTLASS_FWD_WARPS)")),  # wraps to 8
+        ({"ATTNCORE_CUTLASS_FWD_WARPS": "\u0968"}, ("(default;", "4 warps, 8 for fp32")),  # not an ASCII digit
+        ({"ATTNCORE_CUTLASS_FWD_WARPS": "\x1c8"}, ("(default;", "4 warps, 8 for fp32")),  # not C whitespace
     ],
 )
 def test_info_names_the_kernel_variants_the_environment_selects(env: dict[str, str], expected: tuple[str, str]) -> None:

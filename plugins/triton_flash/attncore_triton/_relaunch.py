@@ -76,17 +76,22 @@ def enabled() -> bool:
     return _verified(_triton_release())
 
 
-def status() -> str:
-    """One line for ``info``: whether reuse is on, and why."""
+def status(interpreting: bool = False) -> str:
+    """One line for ``info``: whether reuse is on for kernels launched from now on, and why (each kernel's
+    setting is fixed when it is first launched; ``interpreting``: under Triton's CPU interpreter, which
+    compiles nothing, every launch goes through Triton)."""
     env = os.environ.get(ENV, "").strip().lower()
-    release = _triton_release() or "not installed"
+    release = _triton_release()
+    triton = f"triton {release}" if release is not None else "triton not installed"
+    if interpreting:
+        return f"off (Triton's CPU interpreter: nothing compiled to reuse; {triton})"
     if env in _OFF:
-        return f"off ({ENV}={env})"
+        return f"off ({ENV}={env}; {triton})"
     if env in _ON:
-        return f"on ({ENV}={env}; triton {release}{'' if _verified(release) else f' outside the verified {_VERIFIED_TEXT}'})"
+        return f"on ({ENV}={env}; {triton}{'' if _verified(release) else f', not within the verified {_VERIFIED_TEXT}'})"
     if _verified(release):
-        return f"on (compiled kernels reused without re-binding arguments; triton {release} within the verified {_VERIFIED_TEXT}; {ENV}=0 turns it off)"
-    return f"off (triton {release} is outside {_VERIFIED_TEXT}, the releases whose launcher this was checked against; {ENV}=1 forces it)"
+        return f"on (compiled kernels reused without re-binding arguments; {triton}, within the verified {_VERIFIED_TEXT}; {ENV}=0 turns it off)"
+    return f"off ({triton}, not within {_VERIFIED_TEXT}, the releases whose launcher this was checked against; {ENV}=1 forces it)"
 
 
 def _width(v: int) -> int:

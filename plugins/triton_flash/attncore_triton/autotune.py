@@ -137,17 +137,20 @@ def tune(
     timing: bool = True,
     bench: Callable[[Callable[[], None]], float] = _bench,
 ) -> Choice[C]:
-    """Run ``launch`` with the best known candidate for ``key`` (timing them the first time).
+    """Run ``launch`` with the best known candidate for ``key`` (timing them the first time, and again
+    when the candidate list differs from the one the cached choice was timed over).
 
     The last ``launch`` call is always with the returned configuration, so its outputs are valid.
     Candidates that fail to compile or launch (out of shared memory, registers...) are skipped.
     """
     store = cache()
     by_dict = {json.dumps(dict(to_dict(c)), sort_keys=True): c for c in candidates}
+    tried = sorted(by_dict)  # what an entry was tuned over: a changed candidate list is tuned again
     hit = store.get(key)
     if hit is not None:
         cfg = by_dict.get(json.dumps(hit.get("config"), sort_keys=True))
-        if cfg is not None:
+        # entries written before the list was recorded: the candidates their times cover
+        if cfg is not None and hit.get("candidates", sorted(hit.get("ms", {}))) == tried:
             launch(cfg)
             return Choice(cfg, "cache")
     errors: list[str] = []
@@ -160,7 +163,7 @@ def tune(
                 errors.append(f"{text}: {type(exc).__name__}: {exc}"[:300])
         if times:
             best = min(times, key=times.__getitem__)
-            store.put(key, {"config": json.loads(best), "ms": {k: round(v, 5) for k, v in times.items()}})
+            store.put(key, {"config": json.loads(best), "ms": {k: round(v, 5) for k, v in times.items()}, "candidates": tried})
             cfg = by_dict[best]
             launch(cfg)
             return Choice(cfg, "tuned")

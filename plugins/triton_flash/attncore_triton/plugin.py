@@ -16,7 +16,7 @@ DISTRIBUTION = "attncore-triton"
 
 @hookimpl
 def attncore_plugin_info() -> PluginInfo:
-    from . import _relaunch
+    from . import _launch, _relaunch
     from .autotune import KEY_FORMAT, cache_path
 
     return PluginInfo(
@@ -27,7 +27,7 @@ def attncore_plugin_info() -> PluginInfo:
             "triton": installed_version("triton") or "not installed",
             "autotune_cache": str(cache_path()),
             "autotune_key": KEY_FORMAT,
-            "relaunch": _relaunch.status(),
+            "relaunch": _relaunch.status(interpreting=_launch.interpreting()),
         },
         description="Triton flash attention (forward + backward) for NVIDIA sm_80..sm_90: every mask kind in-kernel, GQA, dropout, LSE",
     )

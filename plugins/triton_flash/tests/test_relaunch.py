@@ -172,17 +172,36 @@ def test_binaries_are_kept_per_device() -> None:
 
 def test_reuse_is_the_default_on_verified_tritons_and_can_be_switched(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(_relaunch.ENV, raising=False)
-    for release, on in (("3.6.0", True), ("3.9.1", True), ("3.10.0rc1", False), ("4.0.0", False), ("3.5.0", False), ("nonsense", False)):
+    releases = (
+        ("3.6.0", True),
+        ("3.9.1", True),
+        ("3.7.0rc1", True),
+        ("3.9.0.dev0", True),
+        ("3.6.0+git1234", True),
+        ("3.6.0rc1", False),
+        ("3.10.0.dev0", False),
+        ("3.10.0rc1", False),
+        ("4.0.0", False),
+        ("3.5.0", False),
+        ("nonsense", False),
+        (None, False),
+    )
+    for release, on in releases:
         monkeypatch.setattr(_relaunch, "_triton_release", lambda release=release: release)
         assert _relaunch.enabled() is on, release
         assert _relaunch.status().startswith("on" if on else "off"), release
-        assert release in _relaunch.status()
+        assert (release or "not installed") in _relaunch.status()
+        assert _relaunch.status(interpreting=True).startswith("off (Triton's CPU interpreter"), release
     monkeypatch.setattr(_relaunch, "_triton_release", lambda: "3.6.0")
     for off in ("0", "false", "No", " off "):
         monkeypatch.setenv(_relaunch.ENV, off)
         assert not _relaunch.enabled(), off
         assert _relaunch.status().startswith("off"), off
+    monkeypatch.setenv(_relaunch.ENV, "2")  # not a switch value: the version decides
+    assert _relaunch.enabled()
     monkeypatch.setattr(_relaunch, "_triton_release", lambda: "4.0.0")
-    monkeypatch.setenv(_relaunch.ENV, "1")
-    assert _relaunch.enabled()  # forced on an unverified release, and info says so
-    assert "outside the verified" in _relaunch.status()
+    assert not _relaunch.enabled()
+    for value in ("1", "true", "On"):
+        monkeypatch.setenv(_relaunch.ENV, value)
+        assert _relaunch.enabled(), value  # forced on an unverified release, and info says so
+        assert "not within the verified" in _relaunch.status(), value

@@ -89,6 +89,14 @@ def test_triton_autotune_times_once_then_reuses_the_disk_cache(tmp_path: Path, m
     launched.clear()
     choice = autotune.tune("k1", [1, 2, 3], launch, lambda c: {"c": c}, bench=bench)
     assert (choice.config, choice.source) == (2, "cache") and launched == [2]
+    choice = autotune.tune("k1", [1, 2, 3, 4], launch, lambda c: {"c": c}, bench=bench)  # a new candidate: timed again
+    assert (choice.config, choice.source) == (4, "tuned")
+    choice = autotune.tune("k1", [1, 2, 3, 4], launch, lambda c: {"c": c}, bench=bench)
+    assert (choice.config, choice.source) == (4, "cache")
+    store = autotune.cache()  # an entry from before the list was recorded: valid while its times cover the list
+    store.put("old", {"config": {"c": 2}, "ms": {'{"c": 1}': 2.0, '{"c": 2}': 1.0}})
+    assert autotune.tune("old", [1, 2], launch, lambda c: {"c": c}, bench=bench).source == "cache"
+    assert autotune.tune("old", [1, 2, 4], launch, lambda c: {"c": c}, bench=bench).source == "tuned"
     monkeypatch.setenv("ATTNCORE_TRITON_AUTOTUNE", "0")
     choice = autotune.tune("k2", [3, 1], launch, lambda c: {"c": c}, bench=bench)
     assert (choice.config, choice.source) == (1, "default")

@@ -211,4 +211,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &backward, "attention backward; returns the kernel family that ran ('tc' or 'simt')");
   m.def("prepare", &prepare, "the backward's delta = rowsum(grad_out * out) - grad_lse and base-2 LSE, into delta and lse2");
   m.def("tc_compiled_for_device", &attncore::tc_compiled_for_device, "whether the running code has tensor-core kernel bodies (built for sm_80+)");
+  m.def("last_backward_variant", [] { return std::string(attncore::bwd_tc_variant()); },
+        "how the last tensor-core backward computed dK and dV: 'one', 'split', 'paired' ('none' before any)");
 }

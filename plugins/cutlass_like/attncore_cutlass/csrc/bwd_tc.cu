@@ -37,11 +37,11 @@
 // (warp w < 4 computes S^T, P^T and dV of 16 keys and hands P^T to warp w + 4 through shared memory, which
 // computes dP^T, dS^T and dK of the same keys; Q and dO read and S computed once per step instead of
 // twice; 204032 / 212736 bytes), and the dQ kernel with warp w computing P and warp w + 4 dP of 16 queries,
-// swapped through shared memory, each accumulating half of dQ's columns (207872 / 220160 bytes): +50-60%
+// swapped through shared memory, each accumulating half of dQ's columns (207872 / 220160 bytes): +49-55%
 // over the 4-warp kernels on the H200. ptxas (sm_90, the integer split and chained small products of
 // mma.cuh): fp32 spills 20 bytes at D = 64 (dkdv; 8 in dq), 12 in the D = 128 dkdv kernel, 20 in the
 // D = 256 dK launch; the other fp32 kernels do not, except the paired D = 128 ones (48 bytes in dK/dV, 20 in
-// dQ), held to 128 registers so that two of them fit a multiprocessor (ATTNCORE_CUTLASS_FP32_BWD_PAIRS=128).
+// dQ), held to 128 registers so that two of them fit a multiprocessor (ATTNCORE_CUTLASS_FP32_BWD_PAIRS=128,256).
 #include <cstdlib>
 #include <string>
 
@@ -555,7 +555,7 @@ enum class Dkdv { kOne, kSplit, kPair };
 // none; unset: "256"), else the 4-warp kernels (D = 256: dK and dV in two launches). At D = 256 every 4-warp
 // kernel fits one CTA per multiprocessor (shared memory), 4 warps per SM, and the two dK/dV launches each
 // recompute S = K Q^T and read Q and dO; the paired kernels run 8 warps per SM, compute S once per step and
-// split the dQ accumulator: +50-60% on the H200 (2026-12-01, benchmarks/RESULTS.md). At D = 128 two paired
+// split the dQ accumulator: +49-55% on the H200 (2026-12-01, benchmarks/RESULTS.md). At D = 128 two paired
 // CTAs fit (16 warps per SM, at 128 registers with some spills), measured 1-3% slower than the 4-warp
 // kernel, so not paired by default. Read at every backward call.
 template <int D>
@@ -569,6 +569,8 @@ bool fp32_bwd_pairs() {
   list += ',';
   return list.find(D == 128 ? ",128," : ",256,") != std::string::npos;
 }
+
+const char* g_variant = "none";  // bwd_tc_variant()
 
 // D: padded head dim; BM: queries per dkdv step; BNQ: keys per dq step; kMode: how the dK/dV launches go.
 template <typename T, int D, int BM, int BNQ, Dkdv kMode>
@@ -587,6 +589,7 @@ cudaError_t launch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
     if (!allow_smem(bwd_dkdv_tc_kernel<T, D, BM, true, false>, smem_v)) return cudaSuccess;
   }
   *launched = true;
+  g_variant = kPair ? "paired" : kSplit ? "split" : "one";
   if (p.num_seqs <= 0 || p.G * p.H <= 0) return cudaSuccess;
   if (p.max_k > 0) {
     dim3 grid((p.max_k + kBN - 1) / kBN, p.num_seqs, p.G * p.H);
@@ -631,6 +634,8 @@ cudaError_t dispatch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
 }
 
 }  // namespace
+
+const char* bwd_tc_variant() { return g_variant; }
 
 cudaError_t bwd_tc(const BwdParams& p, DType dt, cudaStream_t stream, bool* launched) {
   *launched = false;

@@ -40,6 +40,10 @@ cudaError_t bwd_prep(const PrepParams& pp, DType dt, cudaStream_t stream);
 // this call (head dim, shared memory); the caller then runs the portable kernel.
 cudaError_t fwd_tc(const Params& p, DType dt, cudaStream_t stream, bool* launched);
 cudaError_t bwd_tc(const BwdParams& p, DType dt, cudaStream_t stream, bool* launched);
+// How the last bwd_tc call that launched computed dK and dV: "one" launch of 4-warp CTAs, "split" (dV, then
+// dK), or "paired" 8-warp CTAs (the fp32 D = 128/256 kernels of ATTNCORE_CUTLASS_FP32_BWD_PAIRS); "none"
+// before any. For tests and diagnostics (a process-wide record, not per thread).
+const char* bwd_tc_variant();
 
 // Whether the code the driver picked for this device (SASS or JIT from PTX) has tensor-core bodies,
 // i.e. was compiled for sm_80 or newer (an sm_75 build run on a newer GPU has none).
