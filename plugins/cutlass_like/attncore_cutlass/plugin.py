@@ -55,13 +55,21 @@ PAIRS_ENV = "ATTNCORE_CUTLASS_FP32_BWD_PAIRS"
 WARPS_ENV = "ATTNCORE_CUTLASS_FWD_WARPS"
 
 
-def kernel_choices(env: Mapping[str, str]) -> str:
-    """The kernel variants the environment selects, as the launchers read it (csrc/bwd_tc.cu's
-    ``fp32_bwd_pairs``: padded head dims, comma-separated, spaces ignored, unset = "256"; csrc/fwd_tc.cu's
-    ``forced_warps``: 4 or 8, anything else ignored)."""
+def fp32_paired_head_dims(env: Mapping[str, str]) -> tuple[int, ...]:
+    """The padded head dims whose fp32 backward runs paired 8-warp CTAs, as csrc/bwd_tc.cu's
+    ``fp32_bwd_pairs`` reads ``ATTNCORE_CUTLASS_FP32_BWD_PAIRS``: comma-separated, spaces ignored, exact
+    entries 128 and 256 only; unset = "256"."""
     raw = env.get(PAIRS_ENV)
-    dims = [d for d in (raw if raw is not None else "256").replace(" ", "").split(",") if d in ("128", "256")]
-    pairs = f"paired 8-warp CTAs at padded head dim {' and '.join(dims)}" if dims else "4-warp CTAs only"
+    entries = (raw if raw is not None else "256").replace(" ", "").split(",")
+    return tuple(d for d in (128, 256) if str(d) in entries)
+
+
+def kernel_choices(env: Mapping[str, str]) -> str:
+    """The kernel variants the environment selects, as the launchers read it (:func:`fp32_paired_head_dims`;
+    csrc/fwd_tc.cu's ``forced_warps``: 4 or 8, anything else ignored)."""
+    raw = env.get(PAIRS_ENV)
+    dims = fp32_paired_head_dims(env)
+    pairs = f"paired 8-warp CTAs at padded head dim {' and '.join(map(str, dims))}" if dims else "4-warp CTAs only"
     origin = "default" if raw is None else f"{PAIRS_ENV}={raw!r}"
     warps = _atoi(env.get(WARPS_ENV, ""))
     fwd = f"{warps} warps ({WARPS_ENV})" if warps in (4, 8) else "4 warps, 8 for fp32 at head dim 256 (default)"

@@ -17,6 +17,7 @@ import attncore.inputs
 from attncore.inputs import Inputs
 from attncore_cutlass import _launch, matrix, negotiation
 from attncore_cutlass.ops import CutlassBwOp, CutlassFwOp
+from attncore_cutlass.plugin import PAIRS_ENV, fp32_paired_head_dims
 from attncore_reference import testing
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -66,11 +67,10 @@ BACKWARD_SMEM = {
 }
 #: The same for the paired 8-warp fp32 kernels (ATTNCORE_CUTLASS_FP32_BWD_PAIRS lists the padded head dims; unset: 256).
 PAIRED_BACKWARD_SMEM = {128: (109568, 121856), 256: (207872, 220160)}
-PAIRS_ENV = "ATTNCORE_CUTLASS_FP32_BWD_PAIRS"
 
 
 def _backward_smem(fp32: bool, padded: int, bias: bool) -> int:
-    paired = fp32 and str(padded) in os.environ.get(PAIRS_ENV, "256").replace(" ", "").split(",")  # unset: D = 256 paired
+    paired = fp32 and padded in fp32_paired_head_dims(os.environ)
     return (PAIRED_BACKWARD_SMEM[padded] if paired else BACKWARD_SMEM[(fp32, padded)])[int(bias)]
 
 
@@ -146,7 +146,7 @@ def test_fp32_paired_backward(kd: int, kv: int, pairs: str, bias_kind: str, monk
     assert _launch.last_family("backward") == _expected_family("tc", torch.float32, head_dim=max(kd, kv), bias=bias_kind == "tensor")
     padded = 128 if max(kd, kv) <= 128 else 256
     if _launch.last_family("backward") == "tc":  # which dK/dV kernels ran: the switch is honoured
-        paired = str(padded) in pairs.replace(" ", "").split(",")
+        paired = padded in fp32_paired_head_dims({PAIRS_ENV: pairs})
         assert _launch.last_backward_variant() == ("paired" if paired else "one" if padded == 128 else "split")
 
 

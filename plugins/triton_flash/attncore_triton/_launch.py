@@ -21,7 +21,7 @@ from attncore.geometry import Anchor, BlockLayout, Paging
 from attncore.inputs import Inputs
 
 from . import autotune
-from ._relaunch import Relauncher
+from ._relaunch import Relauncher, _triton_release
 from ._relaunch import enabled as relaunch_enabled
 
 __all__ = [
@@ -314,14 +314,8 @@ def _capability(device: torch.device) -> tuple[int, int]:
     return _cuda_facts(_device_index(device))[0]
 
 
-@functools.lru_cache(maxsize=1)
 def _triton_version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("triton")
-    except metadata.PackageNotFoundError:  # pragma: no cover - triton is imported by now
-        return "?"
+    return _triton_release() or "?"  # (never "?" in practice: triton is imported by now)
 
 
 def tma_supported() -> bool:

@@ -27,7 +27,6 @@ Triton's own path.
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import operator
 import os
 from collections.abc import Sequence
@@ -36,6 +35,8 @@ from typing import Any, Callable, NamedTuple, Optional
 import torch
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
+
+from attncore.requirements import installed_version
 
 __all__ = ["ENV", "VERIFIED", "Relauncher", "enabled", "status"]
 
@@ -54,10 +55,8 @@ _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 @functools.lru_cache(maxsize=1)
 def _triton_release() -> Optional[str]:
-    try:
-        return importlib.metadata.version("triton")
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    """The installed Triton's version (``None`` when not installed), read once."""
+    return installed_version("triton")
 
 
 def _verified(release: Optional[str]) -> bool:
@@ -67,27 +66,31 @@ def _verified(release: Optional[str]) -> bool:
         return False
 
 
+def _switch() -> tuple[str, Optional[bool]]:
+    """``ATTNCORE_TRITON_RELAUNCH`` as read (lower case, stripped) and what it forces: True, False or nothing."""
+    env = os.environ.get(ENV, "").strip().lower()
+    return env, True if env in _ON else False if env in _OFF else None
+
+
 def enabled() -> bool:
     """Whether :class:`Relauncher` objects created now reuse binaries: ``ATTNCORE_TRITON_RELAUNCH`` 0 or 1
     decides; unset (or any other value), the installed Triton must be in :data:`VERIFIED`."""
-    env = os.environ.get(ENV, "").strip().lower()
-    if env in _OFF or env in _ON:
-        return env in _ON
-    return _verified(_triton_release())
+    forced = _switch()[1]
+    return forced if forced is not None else _verified(_triton_release())
 
 
 def status(interpreting: bool = False) -> str:
     """One line for ``info``: whether reuse is on for kernels launched from now on, and why (each kernel's
     setting is fixed when it is first launched; ``interpreting``: under Triton's CPU interpreter, which
     compiles nothing, every launch goes through Triton)."""
-    env = os.environ.get(ENV, "").strip().lower()
+    env, forced = _switch()
     release = _triton_release()
     triton = f"triton {release}" if release is not None else "triton not installed"
     if interpreting:
         return f"off (Triton's CPU interpreter: nothing compiled to reuse; {triton})"
-    if env in _OFF:
+    if forced is False:
         return f"off ({ENV}={env}; {triton})"
-    if env in _ON:
+    if forced:
         return f"on ({ENV}={env}; {triton}{'' if _verified(release) else f', not within the verified {_VERIFIED_TEXT}'})"
     if _verified(release):
         return f"on (compiled kernels reused without re-binding arguments; {triton}, within the verified {_VERIFIED_TEXT}; {ENV}=0 turns it off)"
