@@ -9,12 +9,19 @@ printed for every cell. The extension is built (or found) before timing starts.
 
     python benchmarks/bench_cutlass.py --out results.md
     python benchmarks/bench_cutlass.py --dtypes fp32 --seqlens 512,1024
+    python benchmarks/bench_cutlass.py --dtypes fp32 --dirs bwd --deterministic
+
+``--deterministic`` times everything under ``torch.use_deterministic_algorithms(True)`` (cuBLAS given the
+workspace setting that mode requires): the fp32 backward then computes dQ in its own kernel instead of
+adding it atomically, and SDPA's efficient backward takes its reproducible path too (with warn-only it
+would only warn and stay non-deterministic).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -22,7 +29,7 @@ from typing import Any, Optional
 
 import torch
 
-sys.path.insert(0, __import__("os").path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(__file__))
 from bench_triton import SEQLENS, TOKENS, WIDTH, grid, render, varlen  # the shared grid lives beside this file
 
 HALF_BACKENDS = ("cutlass", "efficient", "flash", "cudnn")
@@ -40,6 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--out", default=None, help="write the markdown tables here")
     ap.add_argument("--json", default=None, help="write raw numbers here")
     ap.add_argument("--date", default=time.strftime("%Y-%m-%d"))
+    ap.add_argument("--deterministic", action="store_true", help="torch's deterministic mode on, for both sides")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_cutlass needs a CUDA GPU", file=sys.stderr)
@@ -48,6 +56,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     major, minor = torch.cuda.get_device_capability()
     _launch.extension((int(major), int(minor)))  # build or load before anything is timed
+    if args.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # the math backend's matmuls, reproducibly
+        torch.use_deterministic_algorithms(True)
     dtypes = [d for d in args.dtypes.split(",") if d]
     heads = [int(x) for x in args.heads.split(",") if x]
     dirs = [d for d in args.dirs.split(",") if d]
@@ -56,7 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     header = (
         f"## attncore-cutlass vs SDPA, {dev}, {args.date}\n\n"
         f"torch {torch.__version__}, CUDA {torch.version.cuda}, sources {build.source_hash()}; B*M = {TOKENS}, H*K = {WIDTH}; "
-        f"do_bench medians (warmup 10 ms, rep 40 ms)."
+        f"do_bench medians (warmup 10 ms, rep 40 ms)." + (" torch.use_deterministic_algorithms(True) for both sides." if args.deterministic else "")
     )
     print(header, flush=True)
     texts: list[str] = []

@@ -24,7 +24,7 @@ from attncore.inputs import Inputs
 
 from . import build, negotiation
 
-__all__ = ["backward", "extension", "forget_modules", "forward", "last_backward_variant", "last_family", "portable_kernels"]
+__all__ = ["backward", "extension", "forget_modules", "forward", "last_backward_dq", "last_backward_variant", "last_family", "portable_kernels"]
 
 LOG2E = 1.4426950408889634
 _BIG = 1 << 30
@@ -58,6 +58,14 @@ def last_backward_variant() -> Optional[str]:
     (dV, then dK), ``"paired"`` 8-warp CTAs; ``None`` when the last backward ran no tensor-core kernel (or
     the binary predates the report)."""
     return _LAST.get("backward_variant")
+
+
+def last_backward_dq() -> Optional[str]:
+    """How the last tensor-core backward computed dQ: ``"kernel"`` (its own launch, a fixed summation order:
+    bitwise reproducible) or ``"atomic"`` (the fp32 dK/dV CTAs add their shares into dQ: one product and one
+    launch fewer, last bits vary from run to run; not taken while ``torch.use_deterministic_algorithms``
+    is on); ``None`` when the last backward ran no tensor-core kernel."""
+    return _LAST.get("backward_dq")
 
 
 def extension(capability: Optional[tuple[int, int]]) -> ModuleType:
@@ -260,7 +268,10 @@ def backward(
     call = _describe(inputs)
     seqs = call.seqs
     rows = mk if seqs is None else seqs.write_rows
-    dq = _empty((b, mq, g, h, kd), q.dtype, dev)
+    # unless torch asks for reproducible results, the fp32 tensor-core kernels add dQ atomically into zeros
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    zero_dq = q.dtype == torch.float32 and not deterministic
+    dq = torch.zeros((b, mq, g, h, kd), dtype=q.dtype, device=dev) if zero_dq else _empty((b, mq, g, h, kd), q.dtype, dev)
     if seqs is None:
         dk = _empty((b, rows, g, h, kd), q.dtype, dev)
         dv = _empty((b, rows, g, h, kv), q.dtype, dev)
@@ -280,6 +291,7 @@ def backward(
             t.zero_()
         _LAST["backward"] = "none"
         _LAST.pop("backward_variant", None)
+        _LAST.pop("backward_dq", None)
         return dq, dk, dv, _in_bias_dtype(dbias, inputs)
     ext = ext if ext is not None else extension(inputs.features.device.capability)
     delta, lse2 = _row_stats(ext, grad_out, out, lse, grad_lse, do)
@@ -290,16 +302,17 @@ def backward(
         piece = torch.zeros((n, g, h, mq, mk), dtype=bias.dtype, device=dev) if summed and bias is not None else cut(dbias)
         family = ext.backward(
             cut(q), cut(k), cut(v), cut(bias), cut(do), cut(lse2), cut(delta), cut(dq), cut(dk), cut(dv), piece, *seq_args,
-            n, call.max_q, call.max_k, call.band_lo, call.band_hi, call.bottom_right, inputs.scale, vec, tc,
+            n, call.max_q, call.max_k, call.band_lo, call.band_hi, call.bottom_right, inputs.scale, vec, tc, deterministic,
         )  # fmt: skip
         if summed and dbias is not None and piece is not None:
             dbias += piece.sum(0, keepdim=True, dtype=torch.float32)  # no fp32 copy of the piece
     _LAST["backward"] = family
-    report = getattr(ext, "last_backward_variant", None)
-    if family == "tc" and report is not None:
-        _LAST["backward_variant"] = str(report())
-    else:
-        _LAST.pop("backward_variant", None)
+    for key, name in (("backward_variant", "last_backward_variant"), ("backward_dq", "last_backward_dq")):
+        report = getattr(ext, name, None)
+        if family == "tc" and report is not None:
+            _LAST[key] = str(report())
+        else:
+            _LAST.pop(key, None)
     if seqs is not None and not seqs.direct:
         dk, dv = _sum_overlaps(seqs, dk, dv, mk)
     return dq, dk, dv, _in_bias_dtype(dbias, inputs)

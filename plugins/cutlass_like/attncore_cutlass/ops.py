@@ -36,7 +36,7 @@ CAPABILITIES = Capabilities(
     custom_scale=True,
     lse=True,
     tensor_bias_grad=True,
-    deterministic=True,  # no atomics: dK/dV per key tile, dQ per query tile
+    deterministic=True,  # under torch.use_deterministic_algorithms: dK/dV per key tile, dQ per query tile (fp32 adds dQ atomically only outside it)
     min_compute_capability=(6, 0),
 )
 

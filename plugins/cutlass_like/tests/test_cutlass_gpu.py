@@ -131,23 +131,29 @@ def test_head_dims_and_odd_lengths(kd: int, kv: int, dtype: torch.dtype, fam: st
     [(80, 80, "128"), (128, 96, "128, 256"), (256, 256, "256"), (200, 108, "256"), (32, 128, "128"), (16, 256, "256"), (200, 108, "")],
 )
 @pytest.mark.parametrize("bias_kind", ["causal", "tensor"])
-def test_fp32_paired_backward(kd: int, kv: int, pairs: str, bias_kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("determ", [False, True], ids=["atomic-dq", "deterministic"])
+def test_fp32_paired_backward(kd: int, kv: int, pairs: str, bias_kind: str, determ: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """The paired 8-warp fp32 backward kernels (dK/dV with a P^T hand-off, dQ with P and dP swapped and the
     columns split), chosen per call by ATTNCORE_CUTLASS_FP32_BWD_PAIRS ("" runs the 4-warp D = 256 kernels
     instead): odd lengths, Kv != K (K below half the padded width: the second dQ half writes nothing), a
-    causal mask that cuts tiles or a tensor bias with its gradient."""
+    causal mask that cuts tiles or a tensor bias with its gradient. Outside torch's deterministic mode the
+    one and paired dK/dV launches add dQ atomically (slices of 32 columns, some past K) instead of the dQ
+    kernel."""
     monkeypatch.setenv(PAIRS_ENV, pairs)
-    q, k, v = _qkv(2, 333, 517, 3, kd, kv, torch.float32, seed=kd * 7 + kv)
-    bias: testing.Bias = attncore.LowerTriangularFromBottomRightMask()
-    if bias_kind == "tensor":
-        gen = torch.Generator().manual_seed(kd)
-        bias = testing.randn(2, 3, 333, 517, gen=gen, dtype=torch.float32).to(CUDA).requires_grad_(True)
-    testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
-    assert _launch.last_family("backward") == _expected_family("tc", torch.float32, head_dim=max(kd, kv), bias=bias_kind == "tensor")
-    padded = 128 if max(kd, kv) <= 128 else 256
-    if _launch.last_family("backward") == "tc":  # which dK/dV kernels ran: the switch is honoured
-        paired = padded in fp32_paired_head_dims({PAIRS_ENV: pairs})
-        assert _launch.last_backward_variant() == ("paired" if paired else "one" if padded == 128 else "split")
+    with testing.deterministic_algorithms(determ):
+        q, k, v = _qkv(2, 333, 517, 3, kd, kv, torch.float32, seed=kd * 7 + kv)
+        bias: testing.Bias = attncore.LowerTriangularFromBottomRightMask()
+        if bias_kind == "tensor":
+            gen = torch.Generator().manual_seed(kd)
+            bias = testing.randn(2, 3, 333, 517, gen=gen, dtype=torch.float32).to(CUDA).requires_grad_(True)
+        testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
+        assert _launch.last_family("backward") == _expected_family("tc", torch.float32, head_dim=max(kd, kv), bias=bias_kind == "tensor")
+        padded = 128 if max(kd, kv) <= 128 else 256
+        if _launch.last_family("backward") == "tc":  # which dK/dV kernels ran: the switch is honoured
+            paired = padded in fp32_paired_head_dims({PAIRS_ENV: pairs})
+            variant = "paired" if paired else "one" if padded == 128 else "split"
+            assert _launch.last_backward_variant() == variant
+            assert _launch.last_backward_dq() == ("kernel" if determ or variant == "split" else "atomic")
 
 
 @pytest.mark.parametrize("dtype", [*HALF, torch.float32], ids=str)
@@ -198,16 +204,23 @@ def test_float32_output_from_half_inputs() -> None:
     assert (out.double() - want).abs().max().item() < 1e-2
 
 
-@pytest.mark.parametrize("fam", ["tc", "simt"])
-def test_backward_is_deterministic(fam: str) -> None:
-    q, k, v = _qkv(2, 300, 300, 4, 64, 64, torch.bfloat16, seed=9)
+@pytest.mark.parametrize(
+    ("fam", "dtype", "kd"),
+    [("tc", torch.bfloat16, 64), ("simt", torch.bfloat16, 64), ("tc", torch.float32, 64), ("tc", torch.float32, 128), ("tc", torch.float32, 256)],
+)
+def test_backward_is_deterministic(fam: str, dtype: torch.dtype, kd: int) -> None:
+    """Bitwise-equal gradients from two calls; fp32 (whose dQ is added atomically otherwise) under torch's
+    deterministic mode, which makes it run the dQ kernel."""
+    q, k, v = _qkv(2, 300, 300, 4, kd, kd, dtype, seed=9)
     inputs = Inputs.create(q, k, v, attncore.LowerTriangularMask())
-    with family(fam):
+    with family(fam), testing.deterministic_algorithms(dtype == torch.float32):
         res = CutlassFwOp.apply(inputs, needs_lse=True, dropout_seed=0)
         assert res.lse is not None
         go = torch.randn_like(res.out)
         first = CutlassBwOp.apply(inputs, go, res.out, res.lse, dropout_seed=0)
         second = CutlassBwOp.apply(inputs, go, res.out, res.lse, dropout_seed=0)
+    if fam == "tc" and _launch.last_family("backward") == "tc":
+        assert _launch.last_backward_dq() == "kernel"
     for a, b in zip(first[:3], second[:3], strict=True):
         assert torch.equal(a, b)
 

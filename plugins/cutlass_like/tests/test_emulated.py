@@ -175,29 +175,42 @@ def test_tensor_core_forward_fast_tiles(bias: attncore.AttentionBias | None, dty
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("kd", "pairs", "variant"),
-    [(16, "", "one"), (80, "", "one"), (200, "", "split"), (80, "128", "paired"), (200, "128,256", "paired"), (200, None, "paired")],
+    ("kd", "pairs", "determ", "variant", "dq"),
+    [
+        (16, "", False, "one", "atomic"),
+        (16, "", True, "one", "kernel"),
+        (80, "", False, "one", "atomic"),
+        (80, "", True, "one", "kernel"),
+        (200, "", False, "split", "kernel"),
+        (80, "128", False, "paired", "atomic"),
+        (200, "128,256", True, "paired", "kernel"),
+        (200, None, False, "paired", "atomic"),
+    ],
 )
-def test_fp32_backward_on_tensor_cores_at_every_tile_width(kd: int, pairs: Optional[str], variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fp32_backward_on_tensor_cores_at_every_tile_width(
+    kd: int, pairs: Optional[str], determ: bool, variant: str, dq: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The fp32 backward configurations (head dims padded to 64, 128 and 256: 64-query / 64-key steps
     in one dK/dV launch; 16 / 16 in one launch; 16 / 16 with dK and dV in two launches; and where
     ``ATTNCORE_CUTLASS_FP32_BWD_PAIRS`` lists the padded head dim, paired 8-warp CTAs: one dK/dV launch whose
     dV warps hand P^T to their dK partners, dQ CTAs whose warp pairs swap P and dP and split dQ's columns),
     with Kv != K, under a causal mask that cuts tiles, then with a tensor bias and its gradient (staged per
-    tile pair next to the operand tiles)."""
+    tile pair next to the operand tiles). Except for the split launches, the dK/dV CTAs add dQ atomically
+    (at padded 64 with 32-query steps) unless torch's deterministic mode is on; then the dQ kernel runs."""
     if pairs is None:  # the default: paired at D = 256
         monkeypatch.delenv("ATTNCORE_CUTLASS_FP32_BWD_PAIRS", raising=False)
     else:
         monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_BWD_PAIRS", pairs)
-    gen = torch.Generator().manual_seed(kd)
-    q = testing.randn(1, 70, 1, kd, gen=gen, dtype=torch.float32)
-    k = testing.randn(1, 90, 1, kd, gen=gen, dtype=torch.float32)
-    v = testing.randn(1, 90, 1, kd // 2 + 8, gen=gen, dtype=torch.float32)
-    testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, attncore.LowerTriangularFromBottomRightMask())
-    assert (_launch.last_family("backward"), _launch.last_backward_variant()) == ("tc", variant)
-    bias = testing.randn(1, 1, 70, 90, gen=gen, dtype=torch.float32).requires_grad_(True)
-    testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
-    assert (_launch.last_family("backward"), _launch.last_backward_variant()) == ("tc", variant)
+    with testing.deterministic_algorithms(determ):
+        gen = torch.Generator().manual_seed(kd)
+        q = testing.randn(1, 70, 1, kd, gen=gen, dtype=torch.float32)
+        k = testing.randn(1, 90, 1, kd, gen=gen, dtype=torch.float32)
+        v = testing.randn(1, 90, 1, kd // 2 + 8, gen=gen, dtype=torch.float32)
+        testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, attncore.LowerTriangularFromBottomRightMask())
+        assert (_launch.last_family("backward"), _launch.last_backward_variant(), _launch.last_backward_dq()) == ("tc", variant, dq)
+        bias = testing.randn(1, 1, 70, 90, gen=gen, dtype=torch.float32).requires_grad_(True)
+        testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
+        assert (_launch.last_family("backward"), _launch.last_backward_variant(), _launch.last_backward_dq()) == ("tc", variant, dq)
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from attncore.device import DeviceInfo
 from attncore.inputs import Inputs
 from attncore_cutlass import _launch, build, negotiation
 from attncore_cutlass.ops import CutlassBwOp, CutlassFwOp
+from attncore_reference import testing
 
 SOURCES = build.source_hash()
 NVCC13 = frozenset({"75", "80", "86", "87", "89", "90", "100", "120"})
@@ -352,3 +353,44 @@ def test_info_names_the_kernel_variants_the_environment_selects(env: dict[str, s
     text = kernel_choices(env)
     backward, forward = text.split("; tensor-core forward: ")
     assert expected[0] in backward and expected[1] in forward, text
+
+
+@pytest.mark.parametrize("determ", [False, True])
+def test_info_says_how_the_fp32_backward_computes_dq(determ: bool) -> None:
+    """kernel_choices follows torch's deterministic setting, which the launcher reads at every backward:
+    atomic dQ by default, its own kernel when deterministic."""
+    from attncore_cutlass.plugin import kernel_choices
+
+    with testing.deterministic_algorithms(determ):
+        dq = kernel_choices({}).split("fp32 backward dQ: ")[1].split(";")[0]
+    assert dq.startswith("its own kernel" if determ else "added atomically"), dq
+
+
+def test_the_backward_passes_torchs_deterministic_setting_and_zeroes_fp32_dq(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The launcher hands the kernels torch's deterministic setting (last argument) and, when the fp32
+    kernels may add dQ atomically, a zero-filled dq; in deterministic mode or for half inputs dq is poisoned."""
+
+    class Capture:
+        def __init__(self) -> None:
+            self.seen: list[tuple[bool, bool]] = []
+
+        def prepare(self, *args: object) -> None:
+            pass
+
+        def backward(self, *args: object) -> str:
+            dq, deterministic = args[7], args[-1]
+            assert isinstance(dq, torch.Tensor) and isinstance(deterministic, bool)
+            self.seen.append((deterministic, bool((dq == 0).all())))
+            return "tc"
+
+    monkeypatch.setattr(_launch, "POISON", True)
+    seen = []
+    for dtype, determ in ((torch.float32, False), (torch.float32, True), (torch.bfloat16, False)):
+        q = torch.randn(1, 20, 2, 16, dtype=dtype)
+        inputs = Inputs.create(q, q, q, None)
+        out, lse = torch.randn(1, 20, 1, 2, 16, dtype=dtype), torch.randn(1, 1, 2, 20)
+        cap = Capture()
+        with testing.deterministic_algorithms(determ):
+            _launch.backward(inputs, torch.randn_like(out), out, lse, None, ext=cap)  # type: ignore[arg-type]  # a stand-in module
+        seen += cap.seen
+    assert seen == [(False, True), (True, False), (False, False)]

@@ -10,12 +10,16 @@ For this plugin's tests and for other backends' authors:
 * :func:`compare_forward` / :func:`compare_backward`: an operator against :class:`ExactFwOp` /
   :class:`ExactBwOp` run on the same values in float64, within :func:`tolerance`: twice what torch's own
   ``scaled_dot_product_attention`` gets in that dtype, plus about one rounding of the largest value.
+* :func:`deterministic_algorithms`: torch's deterministic mode for a block (backends that read it pick
+  reproducible kernels), restored afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
@@ -377,3 +381,15 @@ def compare_backward(
         assert_close(got.dbias, want_d, tolerance(q.dtype, summed * max(errs.values()), want_d), "dbias")
     else:
         assert got.dbias is None
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(on: bool) -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(on)`` inside the block (warn-only, so that torch's own ops in the
+    reference do not refuse), both settings restored afterwards."""
+    before, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)

@@ -131,7 +131,8 @@ std::string backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                      const at::Tensor& lse2, const at::Tensor& delta, const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv,
                      const std::optional<at::Tensor>& dbias, const std::optional<at::Tensor>& seq_q, const std::optional<at::Tensor>& seq_k,
                      const std::optional<at::Tensor>& seq_klen, const std::optional<at::Tensor>& seq_kw, int64_t num_seqs, int64_t max_q,
-                     int64_t max_k, int64_t band_lo, int64_t band_hi, bool bottom_right, double scale, bool vec, bool allow_tc) {
+                     int64_t max_k, int64_t band_lo, int64_t band_hi, bool bottom_right, double scale, bool vec, bool allow_tc,
+                     bool deterministic) {
   ATTNCORE_DEVICE_GUARD(q);
   BwdParams bp{};
   bp.f = make_params(q, k, v, bias, dq, std::nullopt, seq_q, seq_k, seq_klen, num_seqs, max_q, max_k, band_lo, band_hi, bottom_right, scale, vec);
@@ -158,6 +159,7 @@ std::string backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     bp.dbias_f32 = dbias->scalar_type() == at::kFloat && q.scalar_type() != at::kFloat ? 1 : 0;
   }
   bp.seq_kw = opt_int_ptr(seq_kw);
+  bp.deterministic = deterministic ? 1 : 0;  // else fp32 kernels may add into dq, which must then hold zeros
   if (bp.f.num_seqs == 0 || bp.f.G * bp.f.H == 0) return "none";
   const DType dt = dtype_of(q);
   cudaStream_t stream = ATTNCORE_STREAM();
@@ -208,9 +210,12 @@ void prepare(const at::Tensor& dout, const at::Tensor& out, const at::Tensor& ls
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "attncore-cutlass CUDA kernels (see attncore_cutlass._launch for the Python side)";
   m.def("forward", &forward, "attention forward; returns the kernel family that ran ('tc' or 'simt')");
-  m.def("backward", &backward, "attention backward; returns the kernel family that ran ('tc' or 'simt')");
+  m.def("backward", &backward,
+        "attention backward; returns the kernel family that ran ('tc' or 'simt'); unless deterministic, dq must hold zeros");
   m.def("prepare", &prepare, "the backward's delta = rowsum(grad_out * out) - grad_lse and base-2 LSE, into delta and lse2");
   m.def("tc_compiled_for_device", &attncore::tc_compiled_for_device, "whether the running code has tensor-core kernel bodies (built for sm_80+)");
   m.def("last_backward_variant", [] { return std::string(attncore::bwd_tc_variant()); },
         "how the last tensor-core backward computed dK and dV: 'one', 'split', 'paired' ('none' before any)");
+  m.def("last_backward_dq", [] { return std::string(attncore::bwd_tc_dq()); },
+        "how the last tensor-core backward computed dQ: 'kernel' (fixed order) or 'atomic' ('none' before any)");
 }

@@ -2,7 +2,8 @@
 // as 3xTF32 with m16n8k8 (each operand split into two tf32 parts, fp32 accuracy; mma.cuh).
 //
 // Same semantics as bwd_simt.cu (probabilities recomputed from the forward's base-2 LSE; two kernels,
-// no atomics, deterministic), FlashAttention-2 style:
+// no atomics, deterministic), FlashAttention-2 style, except that fp32 by default adds dQ atomically from
+// the dK/dV CTAs (see kDQ below; torch.use_deterministic_algorithms restores the two-kernel order):
 //   dkdv: one CTA of 4 warps owns 64 keys of one (sequence, group, head); each warp owns 16 of them and
 //         keeps its dK and dV tiles (16 x D, fp32) in registers. The query tiles that can see the keys
 //         stream through shared memory (cp.async, double buffered, with their lse2 / delta). Per warp:
@@ -42,6 +43,14 @@
 // mma.cuh): fp32 spills 20 bytes at D = 64 (dkdv; 8 in dq), 12 in the D = 128 dkdv kernel, 20 in the
 // D = 256 dK launch; the other fp32 kernels do not, except the paired D = 128 ones (48 bytes in dK/dV, 20 in
 // dQ), held to 128 registers so that two of them fit a multiprocessor (ATTNCORE_CUTLASS_FP32_BWD_PAIRS=128,256).
+// fp32 atomic dQ (kDQ; unless BwdParams::deterministic): the dQ kernel recomputes S and dP, so the two-kernel
+// backward runs 7 products where 5 suffice (ncu, H200, D = 128 M = 4096: 2.82 G tensor instructions against
+// SDPA efficient's 2.01 G). With kDQ each dK/dV step also puts dS into shared memory ([BM][72] floats) and
+// all warps compute dS K for the step's BM queries, each a 32-column slice (16 at D = 64), added to the
+// pre-zeroed dq with float2 atomics (sm_90; scalar on sm_80); no dQ launch. D = 64 takes 32-query steps
+// then (two CTAs per multiprocessor with the dS tile: 79 KiB), 128 the one launch (106 KiB, two CTAs),
+// 256 the paired launch (208 KiB); the split D = 256 launches keep the dQ kernel. ptxas (sm_90): 28, 28 and
+// 16 bytes of spills. H200: fp32 backward 1.01-1.21x SDPA efficient on all 24 cells (was 0.77-0.93x).
 #include <cstdlib>
 #include <string>
 
@@ -58,6 +67,9 @@ constexpr int kBMq = 64;   // queries per dq CTA (16 per warp)
 // Bias tiles (float, base 2) are padded so that the fragment-order reads avoid bank conflicts.
 constexpr int kLdbKV = kBN + 4;  // dkdv: [query][key], read down a column (keys vary fastest across lanes)
 constexpr int kLdbQPad = 8;      // dq: [query][key], read as float2 along a row
+// dS tile of a dK/dV CTA that also adds dQ (kDQ): [query][key] floats, written by the dK warps and read as
+// float2 along a row as the A operand of dS K (pitch 72: the 16 lanes of a half-warp hit distinct banks)
+constexpr int kLdS = kBN + 8;
 
 // Operand tile pitch (elements): 16 bytes of padding, so the rows one fragment load touches fall in
 // distinct banks (ldmatrix rows for 2-byte types; the scalar (gr, tq) loads of the tf32 products).
@@ -86,11 +98,11 @@ __host__ __device__ constexpr int pair_ctas() {
 }
 
 // dkdv: K [kBN][LD], V [kBN][LD] (when dK is computed), Q and dO [2][BM][LD], lse2 and delta [2][BM],
-// the P^T hand-off of paired CTAs, then with a bias [2][BM][kBN + 4] floats.
-template <typename T, int D, int BM, bool kDK, bool kPair = false>
+// the P^T hand-off of paired CTAs, the dS tile when the CTA adds dQ, then with a bias [2][BM][kBN + 4] floats.
+template <typename T, int D, int BM, bool kDK, bool kPair = false, bool kDQ = false>
 constexpr int dkdv_smem_bytes(bool bias) {
   return ((kDK ? 2 : 1) * kBN + 4 * BM) * pitch<T, D>() * static_cast<int>(sizeof(T)) + 4 * BM * 4 + (kPair ? pair_floats<BM>() * 4 : 0) +
-         (bias ? 2 * BM * kLdbKV * 4 : 0);
+         (kDQ ? BM * kLdS * 4 : 0) + (bias ? 2 * BM * kLdbKV * 4 : 0);
 }
 
 // dq: Q and dO [kBMq][LD], K and V [2][BN][LD], the P and dP hand-offs of paired CTAs, then with a bias
@@ -153,11 +165,14 @@ __device__ __forceinline__ auto& pick(A& a, B& b) {
 
 // One CTA: keys [n0, n0 + kBN) of sequence blockIdx.y, head blockIdx.z. kDV / kDK: which gradients
 // this launch computes (dbias goes with dK, which needs dS). kPair (with both): 8 warps, each computing
-// one of the two gradients for 16 keys (see pair_floats), one accumulator per warp.
-template <typename T, int D, int BM, bool kDV, bool kDK, bool kPair = false>
+// one of the two gradients for 16 keys (see pair_floats), one accumulator per warp. kDQ (fp32, with dK):
+// each step also adds this CTA's share of dQ, dS K over its keys, to dq (pre-zeroed) with atomics, and
+// the dQ kernel does not run.
+template <typename T, int D, int BM, bool kDV, bool kDK, bool kPair = false, bool kDQ = false>
 __global__ void __launch_bounds__(kPair ? 2 * kThreads : kThreads, kPair ? pair_ctas<D>() : 0) bwd_dkdv_tc_kernel(BwdParams bp) {
 #if ATTNCORE_TC
   static_assert(!kPair || (kDV && kDK), "a paired CTA computes both gradients");
+  static_assert(!kDQ || (kDK && sizeof(T) == 4 && BM % 16 == 0), "atomic dQ: fp32, with dK");
   constexpr int NT = kPair ? 2 * kThreads : kThreads;
   constexpr bool kF32 = sizeof(T) == 4;  // 3xTF32 products
   constexpr int LD = pitch<T, D>();
@@ -174,7 +189,8 @@ __global__ void __launch_bounds__(kPair ? 2 * kThreads : kThreads, kPair ? pair_
   float* lse_s = reinterpret_cast<float*>(dOs + 2 * BM * LD);  // [2][BM]
   float* dl_s = lse_s + 2 * BM;                                // [2][BM]
   float* pair_s = dl_s + 2 * BM;                               // [4][BM / 8 * 4][32], only when kPair
-  float* bias_s = pair_s + (kPair ? pair_floats<BM>() : 0);    // [2][BM][LDB], only with a bias
+  float* ds_s = pair_s + (kPair ? pair_floats<BM>() : 0);      // [BM][kLdS] dS, only when kDQ
+  float* bias_s = ds_s + (kDQ ? BM * kLdS : 0);                // [2][BM][LDB], only with a bias
 
   const Params& p = bp.f;
   const int tid = threadIdx.x, lane = tid % 32;
@@ -338,6 +354,42 @@ __global__ void __launch_bounds__(kPair ? 2 * kThreads : kThreads, kPair ? pair_
           tc::tf32_frag_rows<D, BM, LD, kKG>(dk, dp, Qb, gr, tq);
         } else {
           tc::h16_frag_rows<T, D, BM, LD>(dk, dp, sQb + to);
+        }
+      }
+    }
+
+    // dQ[m0 + .., :] += scale dS K over this CTA's keys: the dK warps put dS^T into ds_s as dS [query][key];
+    // then every warp takes D / warps columns of the BM x D product (A: dS rows by float2, in the C-fragment
+    // order tf32_frag_rows reads; B: the K tile) and adds them to dq atomically.
+    if constexpr (kDQ) {
+      constexpr int kWarps = NT / 32, DW = D / kWarps;
+      static_assert(D % (8 * kWarps) == 0, "dQ column slices");
+      if (does_dk) {
+#pragma unroll
+        for (int nt = 0; nt < BM / 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) ds_s[(nt * 8 + 2 * tq + (e & 1)) * kLdS + jw + (e >= 2 ? 8 : 0)] = dp[nt][e];
+        }
+      }
+      __syncthreads();  // dS complete; read before the next step's first barrier
+      const int c0 = tid / 32 * DW;  // this warp's dQ columns
+#pragma unroll
+      for (int r0 = 0; r0 < BM; r0 += 16) {
+        float acc[DW / 8][4];
+#pragma unroll
+        for (int i = 0; i < DW / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+#pragma unroll
+        for (int kc = 0; kc < BN / 8; ++kc) {  // 8 keys at a time: four dS values per thread live
+          const float2 lo = *reinterpret_cast<const float2*>(ds_s + (r0 + gr) * kLdS + kc * 8 + 2 * tq);
+          const float2 hi = *reinterpret_cast<const float2*>(ds_s + (r0 + gr + 8) * kLdS + kc * 8 + 2 * tq);
+          const float a[1][4] = {{lo.x, lo.y, hi.x, hi.y}};
+          tc::tf32_frag_rows<DW, 8, LD, 1>(acc, a, Ks + kc * 8 * LD + c0, gr, tq);
+        }
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+          const int i = m0 + r0 + gr + hr * 8;
+          if (i >= m_hi || c0 >= p.K) continue;
+          tc::add_row<DW>(row_ptr_mut<float>(bp.dq, bp.dq_s, sq.b, sq.q0 + i, g, h) + c0, p.K - c0, acc, hr, tq, p.scale);
         }
       }
     }
@@ -571,25 +623,29 @@ bool fp32_bwd_pairs() {
 }
 
 const char* g_variant = "none";  // bwd_tc_variant()
+const char* g_dq = "none";       // bwd_tc_dq()
 
-// D: padded head dim; BM: queries per dkdv step; BNQ: keys per dq step; kMode: how the dK/dV launches go.
-template <typename T, int D, int BM, int BNQ, Dkdv kMode>
+// D: padded head dim; BM: queries per dkdv step; BNQ: keys per dq step; kMode: how the dK/dV launches go;
+// kDQ: the dK/dV CTAs add dQ atomically (dq pre-zeroed) and the dQ kernel does not run.
+template <typename T, int D, int BM, int BNQ, Dkdv kMode, bool kDQ = false>
 cudaError_t launch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
   constexpr bool kSplit = kMode == Dkdv::kSplit, kPair = kMode == Dkdv::kPair;
+  static_assert(!kDQ || !kSplit, "atomic dQ needs dS and dK's CTA");
   const Params& p = bp.f;
   const bool bias = p.bias != nullptr;
   const int smem_dq = dq_smem_bytes<T, D, BNQ, kPair>(bias);
-  const int smem_k = dkdv_smem_bytes<T, D, BM, true, kPair>(bias);  // dK (and dV unless kSplit)
-  const int smem_v = dkdv_smem_bytes<T, D, BM, false>(bias);         // dV only
+  const int smem_k = dkdv_smem_bytes<T, D, BM, true, kPair, kDQ>(bias);  // dK (and dV unless kSplit)
+  const int smem_v = dkdv_smem_bytes<T, D, BM, false>(bias);              // dV only
   auto kdq = bwd_dq_tc_kernel<T, D, BNQ, kPair>;
-  auto kk = bwd_dkdv_tc_kernel<T, D, BM, !kSplit, true, kPair>;
+  auto kk = bwd_dkdv_tc_kernel<T, D, BM, !kSplit, true, kPair, kDQ>;
   // *launched stays false when shared memory does not fit: the portable kernels run
-  if (!allow_smem(kdq, smem_dq) || !allow_smem(kk, smem_k)) return cudaSuccess;
+  if ((!kDQ && !allow_smem(kdq, smem_dq)) || !allow_smem(kk, smem_k)) return cudaSuccess;
   if constexpr (kSplit) {
     if (!allow_smem(bwd_dkdv_tc_kernel<T, D, BM, true, false>, smem_v)) return cudaSuccess;
   }
   *launched = true;
   g_variant = kPair ? "paired" : kSplit ? "split" : "one";
+  g_dq = kDQ ? "atomic" : "kernel";
   if (p.num_seqs <= 0 || p.G * p.H <= 0) return cudaSuccess;
   if (p.max_k > 0) {
     dim3 grid((p.max_k + kBN - 1) / kBN, p.num_seqs, p.G * p.H);
@@ -603,7 +659,7 @@ cudaError_t launch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
-  if (p.max_q > 0) {
+  if (!kDQ && p.max_q > 0) {
     dim3 grid((p.max_q + kBMq - 1) / kBMq, p.num_seqs, p.G * p.H);
     ATTNCORE_LAUNCH(kdq, grid, kPair ? 2 * kThreads : kThreads, smem_dq, stream, bp);
     return cudaGetLastError();
@@ -616,17 +672,44 @@ cudaError_t dispatch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
   const int d = max(bp.f.K, bp.f.Kv);
   // fp32: narrower steps at D >= 128 (twice the bytes per tile; the split operands take registers)
   constexpr bool kF32 = sizeof(T) == 4;
-  if (d <= 64) return launch<T, 64, 64, 64, Dkdv::kOne>(bp, stream, launched);
   if constexpr (kF32) {
+    // atomic dQ unless the caller asks for a reproducible order (then, or where its shared memory does not
+    // fit, the dQ kernel); at D = 64 with 32-query steps, which keep two CTAs per multiprocessor with the
+    // dS tile
+    const bool atomic = !bp.deterministic;
+    if (d <= 64) {
+      if (atomic) {
+        const cudaError_t err = launch<T, 64, 32, 64, Dkdv::kOne, true>(bp, stream, launched);
+        if (err != cudaSuccess || *launched) return err;
+      }
+      return launch<T, 64, 64, 64, Dkdv::kOne>(bp, stream, launched);
+    }
     if (d <= 128) {
-      if (fp32_bwd_pairs<128>()) return launch<T, 128, 16, 16, Dkdv::kPair>(bp, stream, launched);
+      if (fp32_bwd_pairs<128>()) {
+        if (atomic) {
+          const cudaError_t err = launch<T, 128, 16, 16, Dkdv::kPair, true>(bp, stream, launched);
+          if (err != cudaSuccess || *launched) return err;
+        }
+        return launch<T, 128, 16, 16, Dkdv::kPair>(bp, stream, launched);
+      }
+      if (atomic) {
+        const cudaError_t err = launch<T, 128, 16, 16, Dkdv::kOne, true>(bp, stream, launched);
+        if (err != cudaSuccess || *launched) return err;
+      }
       return launch<T, 128, 16, 16, Dkdv::kOne>(bp, stream, launched);
     }
     if (d <= 256) {
-      if (fp32_bwd_pairs<256>()) return launch<T, 256, 16, 16, Dkdv::kPair>(bp, stream, launched);
+      if (fp32_bwd_pairs<256>()) {
+        if (atomic) {
+          const cudaError_t err = launch<T, 256, 16, 16, Dkdv::kPair, true>(bp, stream, launched);
+          if (err != cudaSuccess || *launched) return err;
+        }
+        return launch<T, 256, 16, 16, Dkdv::kPair>(bp, stream, launched);
+      }
       return launch<T, 256, 16, 16, Dkdv::kSplit>(bp, stream, launched);
     }
   } else {
+    if (d <= 64) return launch<T, 64, 64, 64, Dkdv::kOne>(bp, stream, launched);
     if (d <= 128) return launch<T, 128, 64, 64, Dkdv::kOne>(bp, stream, launched);
     if (d <= 256) return launch<T, 256, 32, 32, Dkdv::kSplit>(bp, stream, launched);
   }
@@ -636,6 +719,7 @@ cudaError_t dispatch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
 }  // namespace
 
 const char* bwd_tc_variant() { return g_variant; }
+const char* bwd_tc_dq() { return g_dq; }
 
 cudaError_t bwd_tc(const BwdParams& p, DType dt, cudaStream_t stream, bool* launched) {
   *launched = false;

@@ -9,6 +9,9 @@
 #pragma once
 
 #include <cstring>
+#ifdef ATTNCORE_EMULATE
+#include <atomic>
+#endif
 
 #include "common.cuh"
 #include "kernels.h"
@@ -511,6 +514,35 @@ __device__ __forceinline__ void store_row(U* row, int ncols, const float (&acc)[
       if (col < ncols) row[col] = from_float<U>(a);
       if (col + 1 < ncols) row[col + 1] = from_float<U>(b);
     }
+  }
+}
+
+// The same row added atomically into float memory (another CTA may add to it at the same time): float2
+// atomics on sm_90 where the address allows, else one float at a time. The sum's order, and so its last
+// bits, depend on timing.
+template <int D>
+__device__ __forceinline__ void add_row(float* row, int ncols, const float (&acc)[D / 8][4], int hr, int tq, float mul) {
+  const bool paired = (reinterpret_cast<uintptr_t>(row) & 7) == 0;
+#pragma unroll
+  for (int dt = 0; dt < D / 8; ++dt) {
+    const int col = dt * 8 + 2 * tq;
+    const float a = acc[dt][2 * hr] * mul, b = acc[dt][2 * hr + 1] * mul;
+#if defined(ATTNCORE_EMULATE)
+    (void)paired;
+    if (col < ncols) std::atomic_ref<float>(row[col]).fetch_add(a);
+    if (col + 1 < ncols) std::atomic_ref<float>(row[col + 1]).fetch_add(b);
+#else
+#if __CUDA_ARCH__ >= 900
+    if (paired && col + 1 < ncols) {
+      atomicAdd(reinterpret_cast<float2*>(row + col), make_float2(a, b));
+      continue;
+    }
+#else
+    (void)paired;
+#endif
+    if (col < ncols) atomicAdd(row + col, a);
+    if (col + 1 < ncols) atomicAdd(row + col + 1, b);
+#endif
   }
 }
 

@@ -54,6 +54,7 @@ struct BwdParams {
   int64_t do_s[4];
   int64_t dq_s[4], dk_s[4], dv_s[4];
   const int* seq_kw;   // first dK/dV row of each sequence (== seq_k when rows are direct)
+  int deterministic;   // 0: kernels may add dQ atomically (fp32 tensor-core kernels), 1: bitwise-reproducible order
 };
 
 // The backward's row statistics, from the forward's output and LSE (one pass, before the backward kernels):
