@@ -69,6 +69,7 @@ def test_explanation_snapshot(isolated_registry: None) -> None:
             "  requires_grad               True",
             "  partial (LSE output)        False",
             "  shared kv heads (stride 0)  False",
+            "  deterministic (torch mode)  False",
             "forward: chose reference.chunked",
             "  operator           prio  verdict      why",
             "  reference.decode     20  rejected     queries Mq: found more than 16; supported: <= 16",

@@ -269,6 +269,39 @@ def test_device_reasons_snapshot(device: DeviceInfo, relax: frozenset[str], expe
     assert [str(r) for r in got] == expected
 
 
+def test_a_non_deterministic_backward_is_rejected_in_torchs_deterministic_mode(fakes: None) -> None:
+    """torch.use_deterministic_algorithms(True) at the call: backward ops that declare deterministic=False
+    are rejected with the reason and the fix, and the dispatcher takes the next one; outside the mode the
+    faster one wins. The setting is part of the dispatch key (no stale cached choice)."""
+    registry.register(fake_bw("racy.bw", 30, bias=EVERY_BIAS, deterministic=False))
+    before, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        for on, chosen in ((False, "racy.bw"), (True, "mid.bw"), (False, "racy.bw")):
+            torch.use_deterministic_algorithms(on)
+            q, k, v = qkv(torch.float32, grad=True)
+            exp = dispatch.explain(q, k, v)
+            assert exp.backward is not None and exp.backward.chosen is not None and exp.backward.chosen.NAME == chosen
+            racy = next(c for c in exp.backward.candidates if c.op == "racy.bw")
+            reasons = [str(r) for r in racy.reasons]
+            assert reasons == (
+                [
+                    "determinism: found torch.use_deterministic_algorithms(True); supported: a backward whose results may vary "
+                    "run to run (atomic adds); fix: torch.use_deterministic_algorithms(False) to allow it"
+                ]
+                if on
+                else []
+            )
+            out = attncore.memory_efficient_attention(q, k, v)
+            torch.autograd.backward(out.sum())
+            assert q.grad is not None and q.grad.flatten()[0].item() == (20 if on else 30)
+        # the forward is never affected
+        torch.use_deterministic_algorithms(True)
+        q, k, v = qkv(torch.float32)
+        assert dispatch.explain(q, k, v).forward.chosen is not None
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
+
+
 def test_shape_and_flag_reasons_snapshot() -> None:
     inp = features(dtype=torch.float32, head_dim=260, value_dim=100, dropout=True, device=DeviceInfo("cuda", (9, 0)))
     caps = Capabilities(devices=frozenset({"cuda"}), dtypes=frozenset({torch.float16}), max_head_dim=256, head_dim_multiple=8, different_value_dim=False)

@@ -65,6 +65,11 @@ class Capabilities:
 
     ``max_compute_capability`` is a cap, not a hard limit: the dispatch policy can relax it per call
     (``attncore.dispatch.policy(relax=["max_compute_capability"])``).
+
+    ``deterministic``: the backward gives bitwise-equal results on equal inputs whenever
+    ``torch.use_deterministic_algorithms(True)`` is on (an op may take faster, non-reproducible paths
+    while it is off). Backward ops that declare False are rejected while that mode is on, as torch
+    refuses its own non-deterministic kernels then.
     """
 
     devices: frozenset[str]
@@ -142,4 +147,13 @@ def check_capabilities(
         out.append(Reason("LSE output", "needed (partial attention or training)", "output only"))
     if direction == "backward" and f.bias_requires_grad and not caps.tensor_bias_grad:
         out.append(Reason("attn_bias gradient", "bias tensor requires grad", "no gradient for the bias"))
+    if direction == "backward" and f.deterministic and not caps.deterministic:
+        out.append(
+            Reason(
+                "determinism",
+                "torch.use_deterministic_algorithms(True)",
+                "a backward whose results may vary run to run (atomic adds)",
+                "torch.use_deterministic_algorithms(False) to allow it",
+            )
+        )
     return out

@@ -227,6 +227,7 @@ def input_facts(inputs: Inputs) -> dict[str, Any]:
         "requires_grad": f.requires_grad,
         "partial (LSE output)": f.is_partial,
         "shared kv heads (stride 0)": f.shared_kv_heads,
+        "deterministic (torch mode)": f.deterministic,
     }
 
 
