@@ -272,7 +272,8 @@ def test_device_reasons_snapshot(device: DeviceInfo, relax: frozenset[str], expe
 def test_a_non_deterministic_backward_is_rejected_in_torchs_deterministic_mode(fakes: None) -> None:
     """torch.use_deterministic_algorithms(True) at the call: backward ops that declare deterministic=False
     are rejected with the reason and the fix, and the dispatcher takes the next one; outside the mode the
-    faster one wins. The setting is part of the dispatch key (no stale cached choice)."""
+    faster one wins. The setting is part of the dispatch key (no stale cached choice); switched on after
+    the forward, it still governs the backward; warn_only does not reject; forward ops are not affected."""
     registry.register(fake_bw("racy.bw", 30, bias=EVERY_BIAS, deterministic=False))
     before, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     try:
@@ -294,10 +295,24 @@ def test_a_non_deterministic_backward_is_rejected_in_torchs_deterministic_mode(f
             out = attncore.memory_efficient_attention(q, k, v)
             torch.autograd.backward(out.sum())
             assert q.grad is not None and q.grad.flatten()[0].item() == (20 if on else 30)
-        # the forward is never affected
+        # switched on between the forward and the backward: the backward chosen under the mode runs
+        torch.use_deterministic_algorithms(False)
+        q, k, v = qkv(torch.float32, grad=True)
+        out = attncore.memory_efficient_attention(q, k, v)
+        torch.use_deterministic_algorithms(True)
+        torch.autograd.backward(out.sum())
+        assert q.grad is not None and q.grad.flatten()[0].item() == 20
+        # warn_only: torch only warns about its own such kernels, so the faster backward stays
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        q, k, v = qkv(torch.float32, grad=True)
+        exp = dispatch.explain(q, k, v)
+        assert exp.backward is not None and exp.backward.chosen is not None and exp.backward.chosen.NAME == "racy.bw"
+        # forward ops are never rejected for it
+        registry.register(fake_fw("racy.fw", 40, bias=EVERY_BIAS, deterministic=False))
         torch.use_deterministic_algorithms(True)
         q, k, v = qkv(torch.float32)
-        assert dispatch.explain(q, k, v).forward.chosen is not None
+        fw_op = dispatch.explain(q, k, v).forward.chosen
+        assert fw_op is not None and fw_op.NAME == "racy.fw"
     finally:
         torch.use_deterministic_algorithms(before, warn_only=warn_only)
 

@@ -52,6 +52,11 @@ def _bw_op(inputs: Inputs, op: OpArg, fw: type[AttentionFwOpBase]) -> type[Atten
     return select(inputs, "backward", op=op, fw_rng=fw.CAPABILITIES.dropout_rng).chosen  # type: ignore[return-value]  # backward selections hold backward ops
 
 
+def _strict_determinism() -> bool:
+    """torch.use_deterministic_algorithms(True) without warn_only (as CallFeatures.deterministic reads it)."""
+    return torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+
+
 _NO_TENSOR = torch.empty(0)  # stands in for the tensors ctx must not hold (they are in saved_tensors)
 
 
@@ -72,6 +77,15 @@ class _Attention(torch.autograd.Function):
             bw = _bw_op(inputs, op, fw)
         except NotSupportedError as exc:
             bw_error = exc
+        # torch's deterministic mode may be switched on between this forward and its backward: the choice
+        # under it is made now too (same policy), where the op chosen above does not declare determinism
+        bw_strict: Optional[type[AttentionBwOpBase]] = bw
+        bw_strict_error: Optional[NotSupportedError] = bw_error
+        if bw is not None and not bw.CAPABILITIES.deterministic and not inputs.features.deterministic:
+            try:
+                bw_strict = _bw_op(inputs._replace(features=inputs.features._replace(deterministic=True)), op, fw)
+            except NotSupportedError as exc:
+                bw_strict, bw_strict_error = None, exc
         seed = _seed(inputs.p)
         res = fw.apply(inputs, needs_lse=True, dropout_seed=seed)
         assert res.lse is not None  # operators must honour needs_lse=True
@@ -87,6 +101,7 @@ class _Attention(torch.autograd.Function):
         )
         ctx.has_bias = bias_tensor is not None
         ctx.op, ctx.fw, ctx.bw, ctx.bw_error, ctx.seed = op, fw, bw, bw_error, seed
+        ctx.bw_strict, ctx.bw_strict_error = bw_strict, bw_strict_error
         ctx.save_for_backward(query, key, value, bias_tensor, Inputs._to5(res.out), res.lse)  # canonical out for backward ops
         ctx.set_materialize_grads(False)
         return inputs.from5(res.out), inputs.lse_from5(res.lse)
@@ -97,9 +112,10 @@ class _Attention(torch.autograd.Function):
         inputs: Inputs = ctx.inputs._replace(query=query, key=key, value=value)
         if ctx.has_bias and inputs.geometry is not None:
             inputs = inputs._replace(geometry=dataclasses.replace(inputs.geometry, tensor=bias_tensor))
-        if ctx.bw_error is not None:
-            raise ctx.bw_error
-        bw = ctx.bw
+        bw, bw_error = (ctx.bw_strict, ctx.bw_strict_error) if _strict_determinism() else (ctx.bw, ctx.bw_error)
+        if bw_error is not None:
+            raise bw_error
+        assert bw is not None  # a selection holds an op or an error
         g5 = torch.zeros_like(out5) if grad_out is None else Inputs._to5(grad_out)
         gl5 = None if grad_lse is None else inputs.lse_to5(grad_lse)
         grads = bw.apply(inputs, g5, out5, lse5, dropout_seed=ctx.seed, grad_lse=gl5)

@@ -68,8 +68,9 @@ class Capabilities:
 
     ``deterministic``: the backward gives bitwise-equal results on equal inputs whenever
     ``torch.use_deterministic_algorithms(True)`` is on (an op may take faster, non-reproducible paths
-    while it is off). Backward ops that declare False are rejected while that mode is on, as torch
-    refuses its own non-deterministic kernels then.
+    while it is off). Backward ops that declare False are rejected while that mode is on (not with
+    ``warn_only=True``, under which torch itself only warns and runs its non-deterministic kernels), also
+    when it was switched on between the forward and the backward.
     """
 
     devices: frozenset[str]

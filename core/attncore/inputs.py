@@ -40,7 +40,7 @@ class CallFeatures(NamedTuple):
     bias_requires_grad: bool
     is_partial: bool
     shared_kv_heads: bool
-    deterministic: bool = False  # torch.use_deterministic_algorithms was on at the call
+    deterministic: bool = False  # torch.use_deterministic_algorithms(True) was on at the call (not warn_only)
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -250,7 +250,7 @@ class Inputs(NamedTuple):
             bias_grad and torch.is_grad_enabled(),
             is_partial,
             shared,
-            torch.are_deterministic_algorithms_enabled(),
+            torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled(),
         )
         return cls(query, key, value, attn_bias, float(p), float(scale), output_dtype, geometry, features, mq, mk)
 

@@ -79,7 +79,10 @@ def kernel_choices(env: Mapping[str, str]) -> str:
     dq = (
         "its own kernel (torch.use_deterministic_algorithms is on: bitwise reproducible)"
         if torch.are_deterministic_algorithms_enabled()
-        else "added atomically by the dK/dV CTAs (last bits vary run to run; torch.use_deterministic_algorithms(True) for its own kernel)"
+        else (
+            "added atomically by the tensor-core dK/dV CTAs (last bits vary run to run; not in the split D = 256 launches "
+            "or the portable kernels; torch.use_deterministic_algorithms(True) for its own kernel)"
+        )
     )
     return (
         f"fp32 backward: {pairs} ({origin}; where the shared memory allows, sm_90, else the portable kernels); "

@@ -67,11 +67,16 @@ BACKWARD_SMEM = {
 }
 #: The same for the paired 8-warp fp32 kernels (ATTNCORE_CUTLASS_FP32_BWD_PAIRS lists the padded head dims; unset: 256).
 PAIRED_BACKWARD_SMEM = {128: (109568, 121856), 256: (207872, 220160)}
+#: fp32 dK/dV kernels that add dQ atomically (outside torch's deterministic mode; no dQ kernel), by padded
+#: head dim and pairing; the split D = 256 launches have none. Where these do not fit, the kernels above run.
+ATOMIC_DQ_SMEM = {(64, False): (79360, 96768), (128, False): (106240, 114944), (128, True): (110336, 119040), (256, True): (208640, 217344)}
 
 
 def _backward_smem(fp32: bool, padded: int, bias: bool) -> int:
     paired = fp32 and padded in fp32_paired_head_dims(os.environ)
-    return (PAIRED_BACKWARD_SMEM[padded] if paired else BACKWARD_SMEM[(fp32, padded)])[int(bias)]
+    need = (PAIRED_BACKWARD_SMEM[padded] if paired else BACKWARD_SMEM[(fp32, padded)])[int(bias)]
+    atomic = ATOMIC_DQ_SMEM.get((padded, paired)) if fp32 and not torch.are_deterministic_algorithms_enabled() else None
+    return need if atomic is None else min(need, atomic[int(bias)])
 
 
 def _expected_family(name: str, dtype: torch.dtype, direction: str = "backward", head_dim: int = 64, bias: bool = False) -> str:
@@ -137,8 +142,8 @@ def test_fp32_paired_backward(kd: int, kv: int, pairs: str, bias_kind: str, dete
     columns split), chosen per call by ATTNCORE_CUTLASS_FP32_BWD_PAIRS ("" runs the 4-warp D = 256 kernels
     instead): odd lengths, Kv != K (K below half the padded width: the second dQ half writes nothing), a
     causal mask that cuts tiles or a tensor bias with its gradient. Outside torch's deterministic mode the
-    one and paired dK/dV launches add dQ atomically (slices of 32 columns, some past K) instead of the dQ
-    kernel."""
+    one and paired dK/dV launches add dQ atomically (a column slice per warp, 32 or 16 wide, some past K)
+    instead of the dQ kernel."""
     monkeypatch.setenv(PAIRS_ENV, pairs)
     with testing.deterministic_algorithms(determ):
         q, k, v = _qkv(2, 333, 517, 3, kd, kv, torch.float32, seed=kd * 7 + kv)

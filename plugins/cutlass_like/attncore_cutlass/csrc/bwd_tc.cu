@@ -46,11 +46,12 @@
 // fp32 atomic dQ (kDQ; unless BwdParams::deterministic): the dQ kernel recomputes S and dP, so the two-kernel
 // backward runs 7 products where 5 suffice (ncu, H200, D = 128 M = 4096: 2.82 G tensor instructions against
 // SDPA efficient's 2.01 G). With kDQ each dK/dV step also puts dS into shared memory ([BM][72] floats) and
-// all warps compute dS K for the step's BM queries, each a 32-column slice (16 at D = 64), added to the
-// pre-zeroed dq with float2 atomics (sm_90; scalar on sm_80); no dQ launch. D = 64 takes 32-query steps
-// then (two CTAs per multiprocessor with the dS tile: 79 KiB), 128 the one launch (106 KiB, two CTAs),
-// 256 the paired launch (208 KiB); the split D = 256 launches keep the dQ kernel. ptxas (sm_90): 28, 28 and
-// 16 bytes of spills. H200: fp32 backward 1.01-1.21x SDPA efficient on all 24 cells (was 0.77-0.93x).
+// all warps compute dS K for the step's BM queries, each a D / warps column slice (32; 16 at D = 64 and in
+// paired D = 128 CTAs), added to the pre-zeroed dq with float2 atomics (sm_90; scalar on sm_80); no dQ
+// launch. D = 64 takes 32-query steps then (79360 bytes with the dS tile: two CTAs per multiprocessor on
+// sm_90, and the tensor cores now fit sm_86/89 there), 128 the one launch (106240 bytes, two CTAs), 256 the
+// paired launch (208640); the split D = 256 launches keep the dQ kernel. ptxas (sm_90): 28, 28 and 16 bytes
+// of spills. H200: fp32 backward 1.01-1.21x SDPA efficient on all 24 cells (was 0.77-0.93x).
 #include <cstdlib>
 #include <string>
 
