@@ -24,7 +24,17 @@ from attncore.inputs import Inputs
 
 from . import build, negotiation
 
-__all__ = ["backward", "extension", "forget_modules", "forward", "last_backward_dq", "last_backward_variant", "last_family", "portable_kernels"]
+__all__ = [
+    "backward",
+    "extension",
+    "forget_modules",
+    "forward",
+    "last_backward_dq",
+    "last_backward_variant",
+    "last_family",
+    "last_forward_variant",
+    "portable_kernels",
+]
 
 LOG2E = 1.4426950408889634
 _BIG = 1 << 30
@@ -58,6 +68,13 @@ def last_backward_variant() -> Optional[str]:
     (dV, then dK), ``"paired"`` 8-warp CTAs; ``None`` when the last backward ran no tensor-core kernel (or
     the binary predates the report)."""
     return _LAST.get("backward_variant")
+
+
+def last_forward_variant() -> Optional[str]:
+    """The tile configuration of the last tensor-core forward, e.g. ``"D=128 keys=32 stages=2 warps=4"``
+    (padded head dim, keys per tile, pipeline stages, warps per CTA); ``None`` when it ran no tensor-core
+    kernel."""
+    return _LAST.get("forward_variant")
 
 
 def last_backward_dq() -> Optional[str]:
@@ -250,6 +267,7 @@ def forward(inputs: Inputs, *, needs_lse: bool, ext: Optional[ModuleType] = None
             call.bottom_right, inputs.scale, vec, tc,
         )  # fmt: skip
     _LAST["forward"] = family
+    _record_variants(ext, family, ("forward_variant", "last_forward_variant"))
     return (out if out.dtype == out_dtype else out.to(out_dtype)), lse
 
 
@@ -307,15 +325,21 @@ def backward(
         if summed and dbias is not None and piece is not None:
             dbias += piece.sum(0, keepdim=True, dtype=torch.float32)  # no fp32 copy of the piece
     _LAST["backward"] = family
-    for key, name in (("backward_variant", "last_backward_variant"), ("backward_dq", "last_backward_dq")):
+    _record_variants(ext, family, ("backward_variant", "last_backward_variant"), ("backward_dq", "last_backward_dq"))
+    if seqs is not None and not seqs.direct:
+        dk, dv = _sum_overlaps(seqs, dk, dv, mk)
+    return dq, dk, dv, _in_bias_dtype(dbias, inputs)
+
+
+def _record_variants(ext: ModuleType, family: str, *reports: tuple[str, str]) -> None:
+    """After a call: each ``(key, binding)`` report of the tensor-core kernels into ``_LAST`` (cleared when
+    they did not run, or the binary predates the report)."""
+    for key, name in reports:
         report = getattr(ext, name, None)
         if family == "tc" and report is not None:
             _LAST[key] = str(report())
         else:
             _LAST.pop(key, None)
-    if seqs is not None and not seqs.direct:
-        dk, dv = _sum_overlaps(seqs, dk, dv, mk)
-    return dq, dk, dv, _in_bias_dtype(dbias, inputs)
 
 
 def _row_stats(

@@ -53,6 +53,7 @@ def build_info() -> dict[str, str]:
 
 PAIRS_ENV = "ATTNCORE_CUTLASS_FP32_BWD_PAIRS"
 WARPS_ENV = "ATTNCORE_CUTLASS_FWD_WARPS"
+KEYS_ENV = "ATTNCORE_CUTLASS_FP32_FWD_KEYS"
 
 
 def fp32_paired_head_dims(env: Mapping[str, str]) -> tuple[int, ...]:
@@ -66,14 +67,15 @@ def fp32_paired_head_dims(env: Mapping[str, str]) -> tuple[int, ...]:
 
 def kernel_choices(env: Mapping[str, str]) -> str:
     """The kernel variants the environment selects, as the launchers read it (:func:`fp32_paired_head_dims`;
-    csrc/fwd_tc.cu's ``forced_warps``: 4 or 8, anything else ignored), and how the fp32 backward computes dQ
-    under torch's deterministic setting now (read per call by the launcher)."""
+    csrc/fwd_tc.cu's ``forced_warps``: 4 or 8, anything else ignored; ``fp32_fwd_keys_128``: 16, else 32), and
+    how the fp32 backward computes dQ under torch's deterministic setting now (read per call by the launcher)."""
     raw = env.get(PAIRS_ENV)
     dims = fp32_paired_head_dims(env)
     pairs = f"paired 8-warp CTAs at padded head dim {' and '.join(map(str, dims))}" if dims else "4-warp CTAs only"
     origin = "default" if raw is None else f"{PAIRS_ENV}={raw!r}"
     warps = _atoi(env.get(WARPS_ENV, ""))
     fwd = f"{warps} warps ({WARPS_ENV})" if warps in (4, 8) else "4 warps, 8 for fp32 at head dim 256 (default)"
+    keys = f"16 ({KEYS_ENV}, read at every forward)" if _atoi(env.get(KEYS_ENV, "")) == 16 else "32 (default)"
     import torch  # the plugin module itself loads without torch (info on a broken install)
 
     dq = (
@@ -87,7 +89,8 @@ def kernel_choices(env: Mapping[str, str]) -> str:
     return (
         f"fp32 backward: {pairs} ({origin}; where the shared memory allows, sm_90, else the portable kernels); "
         f"fp32 backward dQ: {dq}; "
-        f"tensor-core forward: {fwd} (the process keeps the value its first forward saw)"
+        f"tensor-core forward: {fwd} (the process keeps the value its first forward saw), "
+        f"fp32 key tiles at padded head dim 128: {keys}"
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Optional
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ import attncore.inputs
 from attncore.inputs import Inputs
 from attncore_cutlass import _launch, matrix, negotiation
 from attncore_cutlass.ops import CutlassBwOp, CutlassFwOp
-from attncore_cutlass.plugin import PAIRS_ENV, fp32_paired_head_dims
+from attncore_cutlass.plugin import KEYS_ENV, PAIRS_ENV, fp32_paired_head_dims
 from attncore_reference import testing
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -159,6 +160,27 @@ def test_fp32_paired_backward(kd: int, kv: int, pairs: str, bias_kind: str, dete
             variant = "paired" if paired else "one" if padded == 128 else "split"
             assert _launch.last_backward_variant() == variant
             assert _launch.last_backward_dq() == ("kernel" if determ or variant == "split" else "atomic")
+
+
+@pytest.mark.parametrize(("kd", "kv"), [(128, 128), (100, 72), (72, 128)])
+@pytest.mark.parametrize("keys", [None, "16"])
+@pytest.mark.parametrize("bias_kind", ["causal", "tensor"])
+def test_fp32_forward_key_tiles(kd: int, kv: int, keys: Optional[str], bias_kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fp32 forward at padded head dim 128 in 32-key (default) and 16-key tiles
+    (ATTNCORE_CUTLASS_FP32_FWD_KEYS=16): odd lengths, Kv != K, a causal mask or a tensor bias; the launcher
+    reports the tile configuration that ran."""
+    if keys is None:
+        monkeypatch.delenv(KEYS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(KEYS_ENV, keys)
+    q, k, v = _qkv(2, 333, 517, 3, kd, kv, torch.float32, seed=kd + kv)
+    bias: testing.Bias = attncore.LowerTriangularFromBottomRightMask()
+    if bias_kind == "tensor":
+        bias = testing.randn(2, 3, 333, 517, gen=torch.Generator().manual_seed(kv), dtype=torch.float32).to(CUDA)
+    testing.compare_forward(CutlassFwOp, q, k, v, bias)
+    if _launch.last_family("forward") == "tc":
+        variant = _launch.last_forward_variant()
+        assert variant is not None and variant.startswith(f"D=128 keys={keys or 32} "), variant
 
 
 @pytest.mark.parametrize("dtype", [*HALF, torch.float32], ids=str)

@@ -174,6 +174,26 @@ def test_tensor_core_forward_fast_tiles(bias: attncore.AttentionBias | None, dty
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("keys", "variant"), [(None, "D=128 keys=32 stages=2 warps=4"), ("16", "D=128 keys=16 stages=2 warps=4")])
+def test_fp32_forward_key_tiles_at_head_dim_128(keys: Optional[str], variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fp32 forward at padded head dim 128 in 32-key tiles (default) and 16-key tiles
+    (ATTNCORE_CUTLASS_FP32_FWD_KEYS=16): whole tiles inside a causal band next to cut ones, a partial last
+    query tile, Kv != K, then with a tensor bias; the launcher reports the configuration that ran."""
+    if keys is None:
+        monkeypatch.delenv("ATTNCORE_CUTLASS_FP32_FWD_KEYS", raising=False)
+    else:
+        monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_FWD_KEYS", keys)
+    gen = torch.Generator().manual_seed(37)
+    q = testing.randn(1, 150, 1, 100, gen=gen, dtype=torch.float32)
+    k = testing.randn(1, 200, 1, 100, gen=gen, dtype=torch.float32)
+    v = testing.randn(1, 200, 1, 72, gen=gen, dtype=torch.float32)
+    testing.compare_forward(CutlassFwOp, q, k, v, attncore.LowerTriangularFromBottomRightMask())
+    assert (_launch.last_family("forward"), _launch.last_forward_variant()) == ("tc", variant)
+    testing.compare_forward(CutlassFwOp, q, k, v, testing.randn(1, 1, 150, 200, gen=gen, dtype=torch.float32))
+    assert (_launch.last_family("forward"), _launch.last_forward_variant()) == ("tc", variant)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("kd", "pairs", "determ", "variant", "dq"),
     [

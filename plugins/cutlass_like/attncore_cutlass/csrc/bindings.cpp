@@ -216,6 +216,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("tc_compiled_for_device", &attncore::tc_compiled_for_device, "whether the running code has tensor-core kernel bodies (built for sm_80+)");
   m.def("last_backward_variant", [] { return std::string(attncore::bwd_tc_variant()); },
         "how the last tensor-core backward computed dK and dV: 'one', 'split', 'paired' ('none' before any)");
+  m.def("last_forward_variant", [] { return std::string(attncore::fwd_tc_variant()); },
+        "the tile configuration of the last tensor-core forward ('D=128 keys=32 stages=2 warps=4'; 'none' before any)");
   m.def("last_backward_dq", [] { return std::string(attncore::bwd_tc_dq()); },
         "how the last tensor-core backward computed dQ: 'kernel' (fixed order) or 'atomic' ('none' before any)");
 }

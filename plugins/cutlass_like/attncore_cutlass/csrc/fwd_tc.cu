@@ -15,6 +15,7 @@
 #include "mma.cuh"
 
 #include <cstdlib>
+#include <string>
 #include <type_traits>
 
 namespace attncore {
@@ -212,12 +213,15 @@ __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
 #endif
 }
 
+std::string g_fwd_variant = "none";  // fwd_tc_variant()
+
 template <typename T, int D, int BN, int STAGES, int W>
 bool launch(const Params& p, cudaStream_t stream) {
   constexpr int kBM = rows_of<W>();
   constexpr int smem = fwd_smem_bytes<T, D, BN, STAGES, W>();
   auto kern = fwd_tc_kernel<T, D, BN, STAGES, W>;
   if (!allow_smem(kern, smem)) return false;
+  g_fwd_variant = "D=" + std::to_string(D) + " keys=" + std::to_string(BN) + " stages=" + std::to_string(STAGES) + " warps=" + std::to_string(W);
   dim3 grid((p.max_q + kBM - 1) / kBM, p.num_seqs, p.G * p.H);
   ATTNCORE_LAUNCH(kern, grid, threads_of<W>(), smem, stream, p);
   return true;
@@ -257,6 +261,17 @@ cudaError_t launch_any(const Params& p, cudaStream_t stream, bool* launched) {
   return *launched ? cudaGetLastError() : cudaSuccess;
 }
 
+// fp32 at padded D = 128: keys per tile, 32 (default) or 16 (ATTNCORE_CUTLASS_FP32_FWD_KEYS=16, read at every
+// forward; other values ignored). 16-key tiles take 67584 bytes of shared memory and 132 registers (ptxas,
+// sm_90) against 101376 and 168, so three 4-warp CTAs fit a multiprocessor instead of two (12 warps: Nsight
+// Compute shows the 32-key kernel waiting on fixed-latency dependencies, 1.44 of its 3.65 cycles per
+// issued instruction, with 2 warps per scheduler), for twice the tile steps (barriers, rescales). Not yet
+// timed: an opt-in for the A/B run.
+inline int fp32_fwd_keys_128() {
+  const char* env = std::getenv("ATTNCORE_CUTLASS_FP32_FWD_KEYS");
+  return env != nullptr && std::atoi(env) == 16 ? 16 : 32;
+}
+
 template <typename T>
 cudaError_t dispatch(const Params& p, cudaStream_t stream, bool* launched) {
   const int d = max(p.K, p.Kv);
@@ -264,12 +279,17 @@ cudaError_t dispatch(const Params& p, cudaStream_t stream, bool* launched) {
   // D = 256 instances spill 4-8 bytes, the D <= 128 ones none)
   constexpr bool kF32 = std::is_same<T, float>::value;
   if (d <= 64) return launch_any<T, 64, 64>(p, stream, launched);
+  if constexpr (kF32) {
+    if (d <= 128 && fp32_fwd_keys_128() == 16) return launch_any<T, 128, 16>(p, stream, launched);
+  }
   if (d <= 128) return launch_any<T, 128, kF32 ? 32 : 64>(p, stream, launched);
   if (d <= 256) return launch_any<T, 256, kF32 ? 16 : 32>(p, stream, launched);
   return cudaSuccess;
 }
 
 }  // namespace
+
+const char* fwd_tc_variant() { return g_fwd_variant.c_str(); }
 
 cudaError_t fwd_tc(const Params& p, DType dt, cudaStream_t stream, bool* launched) {
   *launched = false;

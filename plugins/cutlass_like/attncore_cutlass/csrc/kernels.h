@@ -44,6 +44,9 @@ cudaError_t bwd_tc(const BwdParams& p, DType dt, cudaStream_t stream, bool* laun
 // dK), or "paired" 8-warp CTAs (the fp32 D = 128/256 kernels of ATTNCORE_CUTLASS_FP32_BWD_PAIRS); "none"
 // before any. For tests and diagnostics (a process-wide record, not per thread).
 const char* bwd_tc_variant();
+// The tile configuration of the last fwd_tc call that launched ("D=128 keys=32 stages=2 warps=4"; "none"
+// before any): padded head dim, keys per tile, pipeline stages, warps per CTA. For tests and A/B runs.
+const char* fwd_tc_variant();
 // How it computed dQ: "kernel" (its own launch, a fixed summation order) or "atomic" (the fp32 dK/dV CTAs add
 // their shares to the pre-zeroed dq, unless BwdParams::deterministic); "none" before any.
 const char* bwd_tc_dq();
