@@ -65,17 +65,28 @@ def fp32_paired_head_dims(env: Mapping[str, str]) -> tuple[int, ...]:
     return tuple(d for d in (128, 256) if str(d) in entries)
 
 
+def fp32_forward_key_tiles(env: Mapping[str, str]) -> dict[int, int]:
+    """Keys per tile of the fp32 tensor-core forward by padded head dim, as csrc/fwd_tc.cu's
+    ``fp32_fwd_keys`` reads ``ATTNCORE_CUTLASS_FP32_FWD_KEYS``: comma-separated ``head_dim=keys`` entries,
+    spaces ignored; ``128=16`` and ``256=32`` recognized (opt-ins), else 32 at 128 and 16 at 256."""
+    entries = env.get(KEYS_ENV, "").replace(" ", "").split(",")
+    return {128: 16 if "128=16" in entries else 32, 256: 32 if "256=32" in entries else 16}
+
+
 def kernel_choices(env: Mapping[str, str]) -> str:
     """The kernel variants the environment selects, as the launchers read it (:func:`fp32_paired_head_dims`;
-    csrc/fwd_tc.cu's ``forced_warps``: 4 or 8, anything else ignored; ``fp32_fwd_keys_128``: 16, else 32), and
-    how the fp32 backward computes dQ under torch's deterministic setting now (read per call by the launcher)."""
+    csrc/fwd_tc.cu's ``forced_warps``: 4 or 8, anything else ignored; :func:`fp32_forward_key_tiles`), and how
+    the fp32 backward computes dQ under torch's deterministic setting now (read per call by the launcher)."""
     raw = env.get(PAIRS_ENV)
     dims = fp32_paired_head_dims(env)
     pairs = f"paired 8-warp CTAs at padded head dim {' and '.join(map(str, dims))}" if dims else "4-warp CTAs only"
     origin = "default" if raw is None else f"{PAIRS_ENV}={raw!r}"
     warps = _atoi(env.get(WARPS_ENV, ""))
     fwd = f"{warps} warps ({WARPS_ENV})" if warps in (4, 8) else "4 warps, 8 for fp32 at head dim 256 (default)"
-    keys = f"16 ({KEYS_ENV}, read at every forward)" if _atoi(env.get(KEYS_ENV, "")) == 16 else "32 (default)"
+    tiles = fp32_forward_key_tiles(env)
+    keys = ", ".join(
+        f"{dim}: {tiles[dim]}{' (' + KEYS_ENV + ')' if tiles[dim] != default else ' (default)'}" for dim, default in ((128, 32), (256, 16))
+    )
     import torch  # the plugin module itself loads without torch (info on a broken install)
 
     dq = (
@@ -90,7 +101,7 @@ def kernel_choices(env: Mapping[str, str]) -> str:
         f"fp32 backward: {pairs} ({origin}; where the shared memory allows, sm_90, else the portable kernels); "
         f"fp32 backward dQ: {dq}; "
         f"tensor-core forward: {fwd} (the process keeps the value its first forward saw), "
-        f"fp32 key tiles at padded head dim 128: {keys}"
+        f"fp32 key tiles by padded head dim, {keys} (read at every forward; 256: with 8 warps)"
     )
 
 

@@ -174,19 +174,28 @@ def test_tensor_core_forward_fast_tiles(bias: attncore.AttentionBias | None, dty
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("keys", "variant"), [(None, "D=128 keys=32 stages=2 warps=4"), ("16", "D=128 keys=16 stages=2 warps=4")])
-def test_fp32_forward_key_tiles_at_head_dim_128(keys: Optional[str], variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fp32 forward at padded head dim 128 in 32-key tiles (default) and 16-key tiles
-    (ATTNCORE_CUTLASS_FP32_FWD_KEYS=16): whole tiles inside a causal band next to cut ones, a partial last
-    query tile, Kv != K, then with a tensor bias; the launcher reports the configuration that ran."""
+@pytest.mark.parametrize(
+    ("kd", "keys", "variant"),
+    [
+        (100, None, "D=128 keys=32 stages=2 warps=4"),
+        (100, "128=16", "D=128 keys=16 stages=2 warps=4"),
+        (200, None, "D=256 keys=16 stages=2 warps=8"),
+        (200, "256=32", "D=256 keys=32 stages=split-kv warps=8"),
+    ],
+)
+def test_fp32_forward_key_tiles(kd: int, keys: Optional[str], variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fp32 forward's key tiles (ATTNCORE_CUTLASS_FP32_FWD_KEYS): at padded head dim 128, 32 keys (default)
+    or 16; at 256, 16 (default) or 32 with K and V loaded into a buffer each, interleaved with the products.
+    Whole tiles inside a causal band next to cut ones, a partial last query tile, Kv != K, then with a tensor
+    bias; the launcher reports the configuration that ran."""
     if keys is None:
         monkeypatch.delenv("ATTNCORE_CUTLASS_FP32_FWD_KEYS", raising=False)
     else:
         monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_FWD_KEYS", keys)
     gen = torch.Generator().manual_seed(37)
-    q = testing.randn(1, 150, 1, 100, gen=gen, dtype=torch.float32)
-    k = testing.randn(1, 200, 1, 100, gen=gen, dtype=torch.float32)
-    v = testing.randn(1, 200, 1, 72, gen=gen, dtype=torch.float32)
+    q = testing.randn(1, 150, 1, kd, gen=gen, dtype=torch.float32)
+    k = testing.randn(1, 200, 1, kd, gen=gen, dtype=torch.float32)
+    v = testing.randn(1, 200, 1, kd - 28, gen=gen, dtype=torch.float32)
     testing.compare_forward(CutlassFwOp, q, k, v, attncore.LowerTriangularFromBottomRightMask())
     assert (_launch.last_family("forward"), _launch.last_forward_variant()) == ("tc", variant)
     testing.compare_forward(CutlassFwOp, q, k, v, testing.randn(1, 1, 150, 200, gen=gen, dtype=torch.float32))

@@ -101,7 +101,10 @@ __device__ __forceinline__ void online_softmax(const Params& p, const Seq& sq, i
   }
 }
 
-template <typename T, int D, int BN, int STAGES, int W>
+// kSplitKV (with STAGES = 1): K and V in a buffer each, their loads interleaved with the products: K of
+// the next tile loads during P V, V of the next tile during Q K^T and the softmax (four barriers a tile).
+// The shared memory of one stage, the overlap of two, for wider key tiles where two stages do not fit.
+template <typename T, int D, int BN, int STAGES, int W, bool kSplitKV = false>
 __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
   constexpr int kThreads = threads_of<W>();
   constexpr int kBM = rows_of<W>();
@@ -124,14 +127,26 @@ __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
   key_range(p, sq, m0, m1, &n_lo, &n_hi);
   const bool vec = p.vec != 0;
 
+  static_assert(!kSplitKV || STAGES == 1, "split K/V loads use one buffer each");
+  auto load_k = [&](int n0, int stage) {
+    tc::load_rows<T, BN, D, LD, kThreads>(KVs + stage * 2 * BN * LD, p.k, p.k_s, sq.b, sq.k0 + n0, g, h, n_hi - n0, p.K, vec);
+  };
+  auto load_v = [&](int n0, int stage) {
+    tc::load_rows<T, BN, D, LD, kThreads>(KVs + (stage * 2 + 1) * BN * LD, p.v, p.v_s, sq.b, sq.k0 + n0, g, h, n_hi - n0, p.Kv, vec);
+  };
   auto load_kv = [&](int n0, int stage) {
-    T* Ks = KVs + stage * 2 * BN * LD;
-    tc::load_rows<T, BN, D, LD, kThreads>(Ks, p.k, p.k_s, sq.b, sq.k0 + n0, g, h, n_hi - n0, p.K, vec);
-    tc::load_rows<T, BN, D, LD, kThreads>(Ks + BN * LD, p.v, p.v_s, sq.b, sq.k0 + n0, g, h, n_hi - n0, p.Kv, vec);
+    load_k(n0, stage);
+    load_v(n0, stage);
   };
 
   tc::load_rows<T, kBM, D, LD, kThreads>(Qs, p.q, p.q_s, sq.b, sq.q0 + m0, g, h, sq.qlen - m0, p.K, vec);
-  if (n_lo < n_hi) load_kv(n_lo, 0);
+  if constexpr (kSplitKV) {  // two groups: Q and K, then V
+    if (n_lo < n_hi) load_k(n_lo, 0);
+    tc::cp_async_commit();
+    if (n_lo < n_hi) load_v(n_lo, 0);
+  } else {
+    if (n_lo < n_hi) load_kv(n_lo, 0);
+  }
   tc::cp_async_commit();
 
   float o[D / 8][4];
@@ -147,12 +162,16 @@ __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
   int stage = 0;
   for (int n0 = n_lo; n0 < n_hi; n0 += BN, stage ^= 1) {
     const bool more = n0 + BN < n_hi;
-    if (STAGES == 2 && more) load_kv(n0 + BN, stage ^ 1);  // the other stage was released by the last iteration's barrier
-    tc::cp_async_commit();
-    if (STAGES == 2 && more) {
-      tc::cp_async_wait<1>();
+    if constexpr (kSplitKV) {
+      tc::cp_async_wait<1>();  // K of tile n0 (and Q); its V may still be in flight
     } else {
-      tc::cp_async_wait<0>();
+      if (STAGES == 2 && more) load_kv(n0 + BN, stage ^ 1);  // the other stage was released by the last iteration's barrier
+      tc::cp_async_commit();
+      if (STAGES == 2 && more) {
+        tc::cp_async_wait<1>();
+      } else {
+        tc::cp_async_wait<0>();
+      }
     }
     __syncthreads();  // tile n0 (and Q) in place for every warp
     const int st = STAGES == 2 ? stage : 0;
@@ -182,13 +201,25 @@ __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
     } else {
       online_softmax<true, T, BN, D>(p, sq, g, h, m0 + warp * 16 + gr, n0 + 2 * tq, s, o, m_r, l_r);
     }
+    if constexpr (kSplitKV) {
+      __syncthreads();  // every warp is done with K: the next tile's K loads during P V
+      if (more) load_k(n0 + BN, 0);
+      tc::cp_async_commit();
+      tc::cp_async_wait<1>();  // V of tile n0
+      __syncthreads();
+    }
     if constexpr (kF32) {
       tc::tf32_frag_rows<D, BN, LD>(o, s, Vs, gr, tq);
     } else {
       tc::h16_frag_rows<T, D, BN, LD>(o, s, tc::smem_addr(Vs) + v_off);
     }
     __syncthreads();  // every warp is done with this stage before it is refilled
-    if (STAGES == 1 && more) load_kv(n0 + BN, 0);
+    if constexpr (kSplitKV) {
+      if (more) load_v(n0 + BN, 0);  // during the next tile's Q K^T and softmax
+      tc::cp_async_commit();
+    } else {
+      if (STAGES == 1 && more) load_kv(n0 + BN, 0);
+    }
   }
   tc::cp_async_wait<0>();
 
@@ -215,13 +246,14 @@ __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
 
 std::string g_fwd_variant = "none";  // fwd_tc_variant()
 
-template <typename T, int D, int BN, int STAGES, int W>
+template <typename T, int D, int BN, int STAGES, int W, bool kSplitKV = false>
 bool launch(const Params& p, cudaStream_t stream) {
   constexpr int kBM = rows_of<W>();
   constexpr int smem = fwd_smem_bytes<T, D, BN, STAGES, W>();
-  auto kern = fwd_tc_kernel<T, D, BN, STAGES, W>;
+  auto kern = fwd_tc_kernel<T, D, BN, STAGES, W, kSplitKV>;
   if (!allow_smem(kern, smem)) return false;
-  g_fwd_variant = "D=" + std::to_string(D) + " keys=" + std::to_string(BN) + " stages=" + std::to_string(STAGES) + " warps=" + std::to_string(W);
+  g_fwd_variant = "D=" + std::to_string(D) + " keys=" + std::to_string(BN) + " stages=" + (kSplitKV ? std::string("split-kv") : std::to_string(STAGES)) +
+                  " warps=" + std::to_string(W);
   dim3 grid((p.max_q + kBM - 1) / kBM, p.num_seqs, p.G * p.H);
   ATTNCORE_LAUNCH(kern, grid, threads_of<W>(), smem, stream, p);
   return true;
@@ -261,15 +293,25 @@ cudaError_t launch_any(const Params& p, cudaStream_t stream, bool* launched) {
   return *launched ? cudaGetLastError() : cudaSuccess;
 }
 
-// fp32 at padded D = 128: keys per tile, 32 (default) or 16 (ATTNCORE_CUTLASS_FP32_FWD_KEYS=16, read at every
-// forward; other values ignored). 16-key tiles take 67584 bytes of shared memory and 132 registers (ptxas,
-// sm_90) against 101376 and 168, so three 4-warp CTAs fit a multiprocessor instead of two (12 warps: Nsight
-// Compute shows the 32-key kernel waiting on fixed-latency dependencies, 1.44 of its 3.65 cycles per
-// issued instruction, with 2 warps per scheduler), for twice the tile steps (barriers, rescales). Not yet
-// timed: an opt-in for the A/B run.
-inline int fp32_fwd_keys_128() {
+// fp32 key tiles, opt-ins for A/B runs, not yet timed (ATTNCORE_CUTLASS_FP32_FWD_KEYS, read at every forward:
+// comma-separated "head_dim=keys" entries, spaces ignored; "128=16" and "256=32" are recognized):
+//   128=16: 16-key tiles instead of 32: 67584 bytes of shared memory and 132 registers (ptxas, sm_90)
+//     against 101376 and 168, so three 4-warp CTAs fit a multiprocessor instead of two (12 warps: Nsight
+//     Compute shows the 32-key kernel waiting on fixed-latency dependencies, 1.44 of its 3.65 cycles per
+//     issued instruction, with 2 warps per scheduler), for twice the tile steps (barriers, rescales).
+//   256=32: 32-key tiles instead of 16, K and V loads interleaved (kSplitKV, the same 199680 bytes): each
+//     tf32 split of a Q fragment serves 4 key columns instead of 2 and the output is rescaled half as often
+//     (about 10% fewer instructions per mma by count; the kernel issues 8.4 per mma against SDPA
+//     efficient's 7.4), against 32-36 bytes of spills (4 now) and a pipeline with four barriers a tile.
+inline bool fp32_fwd_keys(const char* entry) {
   const char* env = std::getenv("ATTNCORE_CUTLASS_FP32_FWD_KEYS");
-  return env != nullptr && std::atoi(env) == 16 ? 16 : 32;
+  if (env == nullptr) return false;
+  std::string list = ",";
+  for (const char* c = env; *c != '\0'; ++c) {
+    if (*c != ' ') list += *c;
+  }
+  list += ',';
+  return list.find(std::string(",") + entry + ",") != std::string::npos;
 }
 
 template <typename T>
@@ -280,7 +322,11 @@ cudaError_t dispatch(const Params& p, cudaStream_t stream, bool* launched) {
   constexpr bool kF32 = std::is_same<T, float>::value;
   if (d <= 64) return launch_any<T, 64, 64>(p, stream, launched);
   if constexpr (kF32) {
-    if (d <= 128 && fp32_fwd_keys_128() == 16) return launch_any<T, 128, 16>(p, stream, launched);
+    if (d <= 128 && fp32_fwd_keys("128=16")) return launch_any<T, 128, 16>(p, stream, launched);
+    if (d > 128 && d <= 256 && warps_for<T, 256>() == 8 && fp32_fwd_keys("256=32")) {
+      *launched = launch<T, 256, 32, 1, 8, true>(p, stream);
+      if (*launched) return cudaGetLastError();
+    }
   }
   if (d <= 128) return launch_any<T, 128, kF32 ? 32 : 64>(p, stream, launched);
   if (d <= 256) return launch_any<T, 256, kF32 ? 16 : 32>(p, stream, launched);
