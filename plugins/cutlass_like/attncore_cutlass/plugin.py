@@ -84,6 +84,8 @@ def kernel_choices(env: Mapping[str, str]) -> str:
     warps = _atoi(env.get(WARPS_ENV, ""))
     fwd = f"{warps} warps ({WARPS_ENV})" if warps in (4, 8) else "4 warps, 8 for fp32 at head dim 256 (default)"
     tiles = fp32_forward_key_tiles(env)
+    if warps == 4 and tiles[256] == 32:  # the 256 opt-in runs 8-warp CTAs only
+        tiles[256] = 16
     keys = ", ".join(
         f"{dim}: {tiles[dim]}{' (' + KEYS_ENV + ')' if tiles[dim] != default else ' (default)'}" for dim, default in ((128, 32), (256, 16))
     )

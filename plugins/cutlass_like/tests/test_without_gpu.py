@@ -346,6 +346,7 @@ def test_a_broadcast_bias_of_another_dtype_is_converted_without_its_copies() -> 
         ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": " 128 = 16"}, ("(default;", "128: 16 (ATTNCORE_CUTLASS_FP32_FWD_KEYS), 256: 16 (default)")),
         ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "256=32,128=16"}, ("(default;", "128: 16 (ATTNCORE_CUTLASS_FP32_FWD_KEYS), 256: 32 (ATTNCORE")),
         ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "16,128=64,256=16"}, ("(default;", "128: 32 (default), 256: 16 (default)")),
+        ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "256=32", "ATTNCORE_CUTLASS_FWD_WARPS": "4"}, ("(default;", "256: 16 (default)")),  # 8 warps only
     ],
 )
 def test_info_names_the_kernel_variants_the_environment_selects(env: dict[str, str], expected: tuple[str, str]) -> None:

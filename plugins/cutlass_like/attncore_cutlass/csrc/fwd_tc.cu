@@ -4,7 +4,8 @@
 // One CTA of 4 warps (8 for fp32 at D = 256; warps_for) owns 64 (128) queries of one (sequence,
 // group, head); each warp owns 16 of them and keeps its output tile in registers (and, for fp16/bf16
 // with D <= 128, its Q fragments). Keys stream through shared memory in tiles of BN with a two-stage
-// cp.async pipeline: tile n + 1 (K and V) loads while tile n is multiplied. Scores stay in registers and
+// cp.async pipeline: tile n + 1 (K and V) loads while tile n is multiplied (or, opt-in for fp32 at D = 256,
+// kSplitKV: one buffer each for K and V, the next K loading during P V and the next V during Q K^T). Scores stay in registers and
 // become the A operand of P V directly (see mma.cuh, and tc::tf32_frag_rows for fp32). Head dims are padded
 // with zeros to D (64, 128 or 256). Tiles inside the band with no bias take an unmasked path (the scale
 // folded into one FMA before exp2); tiles on a band edge or a sequence end, or with a bias, test each
@@ -244,7 +245,14 @@ __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
 #endif
 }
 
-std::string g_fwd_variant = "none";  // fwd_tc_variant()
+const char* g_fwd_variant = "none";  // fwd_tc_variant(): a name built once per kernel instance
+
+template <int D, int BN, int STAGES, int W, bool kSplitKV>
+const char* variant_name() {
+  static const std::string name = "D=" + std::to_string(D) + " keys=" + std::to_string(BN) +
+                                  " stages=" + (kSplitKV ? std::string("split-kv") : std::to_string(STAGES)) + " warps=" + std::to_string(W);
+  return name.c_str();
+}
 
 template <typename T, int D, int BN, int STAGES, int W, bool kSplitKV = false>
 bool launch(const Params& p, cudaStream_t stream) {
@@ -252,8 +260,7 @@ bool launch(const Params& p, cudaStream_t stream) {
   constexpr int smem = fwd_smem_bytes<T, D, BN, STAGES, W>();
   auto kern = fwd_tc_kernel<T, D, BN, STAGES, W, kSplitKV>;
   if (!allow_smem(kern, smem)) return false;
-  g_fwd_variant = "D=" + std::to_string(D) + " keys=" + std::to_string(BN) + " stages=" + (kSplitKV ? std::string("split-kv") : std::to_string(STAGES)) +
-                  " warps=" + std::to_string(W);
+  g_fwd_variant = variant_name<D, BN, STAGES, W, kSplitKV>();
   dim3 grid((p.max_q + kBM - 1) / kBM, p.num_seqs, p.G * p.H);
   ATTNCORE_LAUNCH(kern, grid, threads_of<W>(), smem, stream, p);
   return true;
@@ -302,7 +309,9 @@ cudaError_t launch_any(const Params& p, cudaStream_t stream, bool* launched) {
 //   256=32: 32-key tiles instead of 16, K and V loads interleaved (kSplitKV, the same 199680 bytes): each
 //     tf32 split of a Q fragment serves 4 key columns instead of 2 and the output is rescaled half as often
 //     (about 10% fewer instructions per mma by count; the kernel issues 8.4 per mma against SDPA
-//     efficient's 7.4), against 32-36 bytes of spills (4 now) and a pipeline with four barriers a tile.
+//     efficient's 7.4), against spills (ptxas of CUDA 13.0, sm_90: 24 bytes stored, 80 loaded; the 16-key
+//     two-stage kernel 4 and 4) and a pipeline with four barriers a tile. Only with 8-warp CTAs (the
+//     default at D = 256; ATTNCORE_CUTLASS_FWD_WARPS=4 leaves 16-key tiles).
 inline bool fp32_fwd_keys(const char* entry) {
   const char* env = std::getenv("ATTNCORE_CUTLASS_FP32_FWD_KEYS");
   if (env == nullptr) return false;
@@ -335,7 +344,7 @@ cudaError_t dispatch(const Params& p, cudaStream_t stream, bool* launched) {
 
 }  // namespace
 
-const char* fwd_tc_variant() { return g_fwd_variant.c_str(); }
+const char* fwd_tc_variant() { return g_fwd_variant; }
 
 cudaError_t fwd_tc(const Params& p, DType dt, cudaStream_t stream, bool* launched) {
   *launched = false;
