@@ -18,7 +18,7 @@ from attncore._compile import compiled_attention
 from attncore.attn_bias import AttentionBias
 from attncore.dispatch import OpArg, select
 from attncore.errors import NotSupportedError
-from attncore.inputs import Inputs
+from attncore.inputs import Inputs, strict_determinism
 from attncore.ops import AttentionBwOpBase, AttentionFwOpBase
 
 __all__ = [
@@ -50,11 +50,6 @@ def _fw_op(inputs: Inputs, op: OpArg) -> type[AttentionFwOpBase]:
 
 def _bw_op(inputs: Inputs, op: OpArg, fw: type[AttentionFwOpBase]) -> type[AttentionBwOpBase]:
     return select(inputs, "backward", op=op, fw_rng=fw.CAPABILITIES.dropout_rng).chosen  # type: ignore[return-value]  # backward selections hold backward ops
-
-
-def _strict_determinism() -> bool:
-    """torch.use_deterministic_algorithms(True) without warn_only (as CallFeatures.deterministic reads it)."""
-    return torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
 
 
 _NO_TENSOR = torch.empty(0)  # stands in for the tensors ctx must not hold (they are in saved_tensors)
@@ -112,7 +107,7 @@ class _Attention(torch.autograd.Function):
         inputs: Inputs = ctx.inputs._replace(query=query, key=key, value=value)
         if ctx.has_bias and inputs.geometry is not None:
             inputs = inputs._replace(geometry=dataclasses.replace(inputs.geometry, tensor=bias_tensor))
-        bw, bw_error = (ctx.bw_strict, ctx.bw_strict_error) if _strict_determinism() else (ctx.bw, ctx.bw_error)
+        bw, bw_error = (ctx.bw_strict, ctx.bw_strict_error) if strict_determinism() else (ctx.bw, ctx.bw_error)
         if bw_error is not None:
             raise bw_error
         assert bw is not None  # a selection holds an op or an error

@@ -43,6 +43,11 @@ class CallFeatures(NamedTuple):
     deterministic: bool = False  # torch.use_deterministic_algorithms(True) was on at the call (not warn_only)
 
 
+def strict_determinism() -> bool:
+    """``torch.use_deterministic_algorithms(True)`` is on, not ``warn_only`` (:attr:`CallFeatures.deterministic`)."""
+    return torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+
+
 def _shape(t: torch.Tensor) -> str:
     return str(tuple(t.shape))
 
@@ -250,7 +255,7 @@ class Inputs(NamedTuple):
             bias_grad and torch.is_grad_enabled(),
             is_partial,
             shared,
-            torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled(),
+            strict_determinism(),
         )
         return cls(query, key, value, attn_bias, float(p), float(scale), output_dtype, geometry, features, mq, mk)
 

@@ -56,12 +56,17 @@ WARPS_ENV = "ATTNCORE_CUTLASS_FWD_WARPS"
 KEYS_ENV = "ATTNCORE_CUTLASS_FP32_FWD_KEYS"
 
 
+def _env_list(env: Mapping[str, str], name: str, unset: str) -> list[str]:
+    """A comma-separated switch as csrc/kernels.h's ``env_list_has`` reads it: spaces ignored, ``unset`` when
+    the variable is not set."""
+    return env.get(name, unset).replace(" ", "").split(",")
+
+
 def fp32_paired_head_dims(env: Mapping[str, str]) -> tuple[int, ...]:
     """The padded head dims whose fp32 backward runs paired 8-warp CTAs, as csrc/bwd_tc.cu's
     ``fp32_bwd_pairs`` reads ``ATTNCORE_CUTLASS_FP32_BWD_PAIRS``: comma-separated, spaces ignored, exact
     entries 128 and 256 only; unset = "256"."""
-    raw = env.get(PAIRS_ENV)
-    entries = (raw if raw is not None else "256").replace(" ", "").split(",")
+    entries = _env_list(env, PAIRS_ENV, "256")
     return tuple(d for d in (128, 256) if str(d) in entries)
 
 
@@ -69,7 +74,7 @@ def fp32_forward_key_tiles(env: Mapping[str, str]) -> dict[int, int]:
     """Keys per tile of the fp32 tensor-core forward by padded head dim, as csrc/fwd_tc.cu's
     ``fp32_fwd_keys`` reads ``ATTNCORE_CUTLASS_FP32_FWD_KEYS``: comma-separated ``head_dim=keys`` entries,
     spaces ignored; ``128=16`` and ``256=32`` recognized (opt-ins), else 32 at 128 and 16 at 256."""
-    entries = env.get(KEYS_ENV, "").replace(" ", "").split(",")
+    entries = _env_list(env, KEYS_ENV, "")
     return {128: 16 if "128=16" in entries else 32, 256: 32 if "256=32" in entries else 16}
 
 

@@ -52,9 +52,6 @@
 // sm_90, and the tensor cores now fit sm_86/89 there), 128 the one launch (106240 bytes, two CTAs), 256 the
 // paired launch (208640); the split D = 256 launches keep the dQ kernel. ptxas (sm_90): 28, 28 and 16 bytes
 // of spills. H200: fp32 backward 1.01-1.21x SDPA efficient on all 24 cells (was 0.77-0.93x).
-#include <cstdlib>
-#include <string>
-
 #include "kernels.h"
 #include "mma.cuh"
 
@@ -613,14 +610,7 @@ enum class Dkdv { kOne, kSplit, kPair };
 // kernel, so not paired by default. Read at every backward call.
 template <int D>
 bool fp32_bwd_pairs() {
-  const char* env = std::getenv("ATTNCORE_CUTLASS_FP32_BWD_PAIRS");
-  if (env == nullptr) env = "256";
-  std::string list = ",";  // comma-separated head dims, spaces ignored
-  for (const char* c = env; *c != '\0'; ++c) {
-    if (*c != ' ') list += *c;
-  }
-  list += ',';
-  return list.find(D == 128 ? ",128," : ",256,") != std::string::npos;
+  return env_list_has("ATTNCORE_CUTLASS_FP32_BWD_PAIRS", "256", D == 128 ? "128" : "256");
 }
 
 const char* g_variant = "none";  // bwd_tc_variant()
@@ -668,45 +658,32 @@ cudaError_t launch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
   return cudaSuccess;
 }
 
+// fp32: the atomic-dQ launch (kDQ, BMA queries per dK/dV step) unless the caller asks for a reproducible
+// order; then, or where its shared memory does not fit, the same dK/dV mode (BM queries per step) with the
+// dQ kernel.
+template <typename T, int D, int BMA, int BM, int BNQ, Dkdv kMode>
+cudaError_t launch_fp32(const BwdParams& bp, cudaStream_t stream, bool* launched) {
+  if (!bp.deterministic) {
+    const cudaError_t err = launch<T, D, BMA, BNQ, kMode, true>(bp, stream, launched);
+    if (err != cudaSuccess || *launched) return err;
+  }
+  return launch<T, D, BM, BNQ, kMode>(bp, stream, launched);
+}
+
 template <typename T>
 cudaError_t dispatch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
   const int d = max(bp.f.K, bp.f.Kv);
-  // fp32: narrower steps at D >= 128 (twice the bytes per tile; the split operands take registers)
+  // fp32: narrower steps at D >= 128 (twice the bytes per tile; the split operands take registers); atomic
+  // dQ at D = 64 with 32-query steps, which keep two CTAs per multiprocessor with the dS tile
   constexpr bool kF32 = sizeof(T) == 4;
   if constexpr (kF32) {
-    // atomic dQ unless the caller asks for a reproducible order (then, or where its shared memory does not
-    // fit, the dQ kernel); at D = 64 with 32-query steps, which keep two CTAs per multiprocessor with the
-    // dS tile
-    const bool atomic = !bp.deterministic;
-    if (d <= 64) {
-      if (atomic) {
-        const cudaError_t err = launch<T, 64, 32, 64, Dkdv::kOne, true>(bp, stream, launched);
-        if (err != cudaSuccess || *launched) return err;
-      }
-      return launch<T, 64, 64, 64, Dkdv::kOne>(bp, stream, launched);
-    }
+    if (d <= 64) return launch_fp32<T, 64, 32, 64, 64, Dkdv::kOne>(bp, stream, launched);
     if (d <= 128) {
-      if (fp32_bwd_pairs<128>()) {
-        if (atomic) {
-          const cudaError_t err = launch<T, 128, 16, 16, Dkdv::kPair, true>(bp, stream, launched);
-          if (err != cudaSuccess || *launched) return err;
-        }
-        return launch<T, 128, 16, 16, Dkdv::kPair>(bp, stream, launched);
-      }
-      if (atomic) {
-        const cudaError_t err = launch<T, 128, 16, 16, Dkdv::kOne, true>(bp, stream, launched);
-        if (err != cudaSuccess || *launched) return err;
-      }
-      return launch<T, 128, 16, 16, Dkdv::kOne>(bp, stream, launched);
+      if (fp32_bwd_pairs<128>()) return launch_fp32<T, 128, 16, 16, 16, Dkdv::kPair>(bp, stream, launched);
+      return launch_fp32<T, 128, 16, 16, 16, Dkdv::kOne>(bp, stream, launched);
     }
     if (d <= 256) {
-      if (fp32_bwd_pairs<256>()) {
-        if (atomic) {
-          const cudaError_t err = launch<T, 256, 16, 16, Dkdv::kPair, true>(bp, stream, launched);
-          if (err != cudaSuccess || *launched) return err;
-        }
-        return launch<T, 256, 16, 16, Dkdv::kPair>(bp, stream, launched);
-      }
+      if (fp32_bwd_pairs<256>()) return launch_fp32<T, 256, 16, 16, 16, Dkdv::kPair>(bp, stream, launched);
       return launch<T, 256, 16, 16, Dkdv::kSplit>(bp, stream, launched);
     }
   } else {

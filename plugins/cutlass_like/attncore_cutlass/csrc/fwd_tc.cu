@@ -312,16 +312,7 @@ cudaError_t launch_any(const Params& p, cudaStream_t stream, bool* launched) {
 //     efficient's 7.4), against spills (ptxas of CUDA 13.0, sm_90: 24 bytes stored, 80 loaded; the 16-key
 //     two-stage kernel 4 and 4) and a pipeline with four barriers a tile. Only with 8-warp CTAs (the
 //     default at D = 256; ATTNCORE_CUTLASS_FWD_WARPS=4 leaves 16-key tiles).
-inline bool fp32_fwd_keys(const char* entry) {
-  const char* env = std::getenv("ATTNCORE_CUTLASS_FP32_FWD_KEYS");
-  if (env == nullptr) return false;
-  std::string list = ",";
-  for (const char* c = env; *c != '\0'; ++c) {
-    if (*c != ' ') list += *c;
-  }
-  list += ',';
-  return list.find(std::string(",") + entry + ",") != std::string::npos;
-}
+inline bool fp32_fwd_keys(const char* entry) { return env_list_has("ATTNCORE_CUTLASS_FP32_FWD_KEYS", "", entry); }
 
 template <typename T>
 cudaError_t dispatch(const Params& p, cudaStream_t stream, bool* launched) {

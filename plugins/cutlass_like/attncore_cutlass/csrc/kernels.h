@@ -3,6 +3,9 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "params.h"
 
 // A kernel launch; under ATTNCORE_EMULATE (the CPU emulation, emulate.h) the kernel runs on host threads.
@@ -54,6 +57,18 @@ const char* bwd_tc_dq();
 // Whether the code the driver picked for this device (SASS or JIT from PTX) has tensor-core bodies,
 // i.e. was compiled for sm_80 or newer (an sm_75 build run on a newer GPU has none).
 bool tc_compiled_for_device();
+
+// Whether the comma-separated list in environment variable `name` (spaces ignored; `unset` when the variable
+// is not set) holds `entry` exactly. The launchers' switches read it at every call.
+inline bool env_list_has(const char* name, const char* unset, const char* entry) {
+  const char* env = std::getenv(name);
+  std::string list = ",";
+  for (const char* c = env != nullptr ? env : unset; *c != '\0'; ++c) {
+    if (*c != ' ') list += *c;
+  }
+  list += ',';
+  return list.find(std::string(",") + entry + ",") != std::string::npos;
+}
 
 // Opt a kernel into more than 48 KiB of dynamic shared memory once per process; false if the device has less.
 template <typename K>
