@@ -5,8 +5,9 @@
 # tf32 compiles and runs plugins/cutlass_like/tools/tf32_check.cu (the 3xTF32 split and products on this
 # GPU, seconds, no torch). Results go to $OUT (default /tmp/attncore-cutlass): tf32.log, build.log, tests.log, matrix.log, bench.log,
 # results.md, results.json. TEST_K narrows the tests (pytest -k), MATRIX_ARGS is passed to gpu_matrix's pytest.
-# fwd-ab (not part of all) times the fp32 forward at K = 128 and 256 with the default key tiles, then with
-# ATTNCORE_CUTLASS_FP32_FWD_KEYS=128=16,256=32 (the opt-ins): fwd_default.md and fwd_keys.md.
+# fwd-ab (not part of all) times the fp32 forward at K = 128 and 256 under each ATTNCORE_CUTLASS_FP32_FWD_KEYS
+# setting in FWD_AB (space-separated; "unset" leaves it unset, "none" sets it empty; default "unset none
+# 128=16"): fwd_<setting>.md, after printing the tile configuration each setting runs (fwd_variants.log).
 set -o pipefail
 modes=(); while [ $# -gt 0 ] && [ "$1" != "--" ]; do modes+=("$1"); shift; done; [ "$1" = "--" ] && shift
 [ ${#modes[@]} -eq 0 ] && modes=(all)
@@ -35,9 +36,10 @@ if want matrix; then
   python3 -m nox -s gpu_matrix -- $par ${MATRIX_ARGS:-} 2>&1 | tee "$OUT/matrix.log" || status=1
 fi
 if [[ " ${modes[*]} " == *" fwd-ab "* ]]; then
-  for keys in "" "128=16,256=32"; do
-    name=$([ -z "$keys" ] && echo default || echo keys)
-    ATTNCORE_CUTLASS_FP32_FWD_KEYS="$keys" python3 -c "
+  for name in ${FWD_AB:-unset none 128=16}; do
+    keys=$([ "$name" = none ] || echo "$name")
+    setenv() { if [ "$name" = unset ]; then env -u ATTNCORE_CUTLASS_FP32_FWD_KEYS "$@"; else ATTNCORE_CUTLASS_FP32_FWD_KEYS="$keys" "$@"; fi; }
+    setenv python3 -c "
 import torch
 from attncore_cutlass import _launch
 from attncore_cutlass.ops import CutlassFwOp
@@ -45,9 +47,9 @@ from attncore.inputs import Inputs
 for kd in (128, 256):
     q = torch.randn(1, 256, 2, kd, device='cuda')
     CutlassFwOp.apply(Inputs.create(q, q, q, None), needs_lse=False, dropout_seed=0)
-    print('fwd-ab', repr('$keys'), 'K =', kd, ':', _launch.last_family('forward'), _launch.last_forward_variant())
+    print('fwd-ab', '$name', 'K =', kd, ':', _launch.last_family('forward'), _launch.last_forward_variant())
 " 2>&1 | tee -a "$OUT/fwd_variants.log"
-    ATTNCORE_CUTLASS_FP32_FWD_KEYS="$keys" python3 benchmarks/bench_cutlass.py --dtypes fp32 --dirs fwd --heads 128,256 \
+    setenv python3 benchmarks/bench_cutlass.py --dtypes fp32 --dirs fwd --heads 128,256 \
       --out "$OUT/fwd_$name.md" --json "$OUT/fwd_$name.json" "$@" 2>&1 | tee "$OUT/fwd_$name.log" || status=1
   done
 fi

@@ -73,8 +73,8 @@ def fp32_paired_head_dims(env: Mapping[str, str]) -> tuple[int, ...]:
 def fp32_forward_key_tiles(env: Mapping[str, str]) -> dict[int, int]:
     """Keys per tile of the fp32 tensor-core forward by padded head dim, as csrc/fwd_tc.cu's
     ``fp32_fwd_keys`` reads ``ATTNCORE_CUTLASS_FP32_FWD_KEYS``: comma-separated ``head_dim=keys`` entries,
-    spaces ignored; ``128=16`` and ``256=32`` recognized (opt-ins), else 32 at 128 and 16 at 256."""
-    entries = _env_list(env, KEYS_ENV, "")
+    spaces ignored; ``128=16`` and ``256=32`` recognized, else 32 at 128 and 16 at 256; unset = "256=32"."""
+    entries = _env_list(env, KEYS_ENV, "256=32")
     return {128: 16 if "128=16" in entries else 32, 256: 32 if "256=32" in entries else 16}
 
 
@@ -89,11 +89,10 @@ def kernel_choices(env: Mapping[str, str]) -> str:
     warps = _atoi(env.get(WARPS_ENV, ""))
     fwd = f"{warps} warps ({WARPS_ENV})" if warps in (4, 8) else "4 warps, 8 for fp32 at head dim 256 (default)"
     tiles = fp32_forward_key_tiles(env)
-    if warps == 4 and tiles[256] == 32:  # the 256 opt-in runs 8-warp CTAs only
-        tiles[256] = 16
-    keys = ", ".join(
-        f"{dim}: {tiles[dim]}{' (' + KEYS_ENV + ')' if tiles[dim] != default else ' (default)'}" for dim, default in ((128, 32), (256, 16))
-    )
+    origins = {dim: "default" if KEYS_ENV not in env else f"{KEYS_ENV}={env[KEYS_ENV]!r}" for dim in tiles}
+    if warps == 4 and tiles[256] == 32:  # 32-key tiles at 256 run 8-warp CTAs only
+        tiles[256], origins[256] = 16, f"{WARPS_ENV}=4: 32-key tiles need 8 warps"
+    keys = ", ".join(f"{dim}: {tiles[dim]} ({origins[dim]})" for dim in (128, 256))
     import torch  # the plugin module itself loads without torch (info on a broken install)
 
     dq = (

@@ -179,13 +179,13 @@ def test_tensor_core_forward_fast_tiles(bias: attncore.AttentionBias | None, dty
     [
         (100, None, "D=128 keys=32 stages=2 warps=4"),
         (100, "128=16", "D=128 keys=16 stages=2 warps=4"),
-        (198, None, "D=256 keys=16 stages=2 warps=8"),
-        (198, "256=32", "D=256 keys=32 stages=split-kv warps=8"),
+        (198, None, "D=256 keys=32 stages=split-kv warps=8"),
+        (198, "", "D=256 keys=16 stages=2 warps=8"),
     ],
 )
 def test_fp32_forward_key_tiles(kd: int, keys: Optional[str], variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fp32 forward's key tiles (ATTNCORE_CUTLASS_FP32_FWD_KEYS): at padded head dim 128, 32 keys (default)
-    or 16; at 256, 16 (default) or 32 with K and V loaded into a buffer each, interleaved with the products.
+    or 16; at 256, 32 (default) with K and V loaded into a buffer each, interleaved with the products, or 16.
     Whole tiles inside a causal band next to cut ones, a partial last query tile, Kv != K (at 256, rows not
     16-byte aligned: element loads), then with a tensor bias, then keys that fit one tile; the launcher
     reports the configuration that ran. (The emulation runs cp.async synchronously: a missing barrier of

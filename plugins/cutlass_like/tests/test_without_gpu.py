@@ -343,15 +343,19 @@ def test_a_broadcast_bias_of_another_dtype_is_converted_without_its_copies() -> 
         ({"ATTNCORE_CUTLASS_FWD_WARPS": "4294967304"}, ("(default;", "8 warps (ATTNCORE_CUTLASS_FWD_WARPS)")),  # wraps to 8
         ({"ATTNCORE_CUTLASS_FWD_WARPS": "\u0968"}, ("(default;", "4 warps, 8 for fp32")),  # not an ASCII digit
         ({"ATTNCORE_CUTLASS_FWD_WARPS": "\x1c8"}, ("(default;", "4 warps, 8 for fp32")),  # not C whitespace
-        ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": " 128 = 16"}, ("(default;", "128: 16 (ATTNCORE_CUTLASS_FP32_FWD_KEYS), 256: 16 (default)")),
-        ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "256=32,128=16"}, ("(default;", "128: 16 (ATTNCORE_CUTLASS_FP32_FWD_KEYS), 256: 32 (ATTNCORE")),
-        ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "16,128=64,256=16"}, ("(default;", "128: 32 (default), 256: 16 (default)")),
-        ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "256=32", "ATTNCORE_CUTLASS_FWD_WARPS": "4"}, ("(default;", "256: 16 (default)")),  # 8 warps only
+        ({}, ("(default;", "128: 32 (default), 256: 32 (default)")),
+        ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": ""}, ("(default;", "128: 32 (ATTNCORE_CUTLASS_FP32_FWD_KEYS=''), 256: 16 (ATTNCORE_CUTLASS_FP32_FWD_KEYS='')")),
+        ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": " 128 = 16"}, ("(default;", "128: 16 (ATTNCORE_CUTLASS_FP32_FWD_KEYS=' 128 = 16'), 256: 16 (ATTNCORE")),
+        ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "256=32,128=16"}, ("(default;", "128: 16 (ATTNCORE_CUTLASS_FP32_FWD_KEYS='256=32,128=16'), 256: 32 (ATTNCORE")),
+        ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "16,128=64,256=16"}, ("(default;", "128: 32 (ATTNCORE_CUTLASS_FP32_FWD_KEYS='16,128=64,256=16'), 256: 16 (")),
+        ({"ATTNCORE_CUTLASS_FWD_WARPS": "4"}, ("(default;", "128: 32 (default), 256: 16 (ATTNCORE_CUTLASS_FWD_WARPS=4: 32-key tiles need 8 warps)")),
+        ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "256=32", "ATTNCORE_CUTLASS_FWD_WARPS": "8"}, ("(default;", "256: 32 (ATTNCORE_CUTLASS_FP32_FWD_KEYS='256=32')")),
     ],
 )
 def test_info_names_the_kernel_variants_the_environment_selects(env: dict[str, str], expected: tuple[str, str]) -> None:
     """``info`` reads the selection switches as the launchers do: pairs by padded head dim (unset: 256; the
-    list holds exact entries, so 1280 is not 128), forward warps 4 or 8 only."""
+    list holds exact entries, so 1280 is not 128), forward warps 4 or 8 only, fp32 key tiles by padded head
+    dim (unset: 32 at both; 32 at 256 with 8 warps only)."""
     from attncore_cutlass.plugin import kernel_choices
 
     text = kernel_choices(env)

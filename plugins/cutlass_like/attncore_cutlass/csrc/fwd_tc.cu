@@ -300,19 +300,19 @@ cudaError_t launch_any(const Params& p, cudaStream_t stream, bool* launched) {
   return *launched ? cudaGetLastError() : cudaSuccess;
 }
 
-// fp32 key tiles, opt-ins for A/B runs, not yet timed (ATTNCORE_CUTLASS_FP32_FWD_KEYS, read at every forward:
-// comma-separated "head_dim=keys" entries, spaces ignored; "128=16" and "256=32" are recognized):
-//   128=16: 16-key tiles instead of 32: 67584 bytes of shared memory and 132 registers (ptxas, sm_90)
-//     against 101376 and 168, so three 4-warp CTAs fit a multiprocessor instead of two (12 warps: Nsight
-//     Compute shows the 32-key kernel waiting on fixed-latency dependencies, 1.44 of its 3.65 cycles per
-//     issued instruction, with 2 warps per scheduler), for twice the tile steps (barriers, rescales).
-//   256=32: 32-key tiles instead of 16, K and V loads interleaved (kSplitKV, the same 199680 bytes): each
-//     tf32 split of a Q fragment serves 4 key columns instead of 2 and the output is rescaled half as often
-//     (about 10% fewer instructions per mma by count; the kernel issues 8.4 per mma against SDPA
-//     efficient's 7.4), against spills (ptxas of CUDA 13.0, sm_90: 24 bytes stored, 80 loaded; the 16-key
-//     two-stage kernel 4 and 4) and a pipeline with four barriers a tile. Only with 8-warp CTAs (the
-//     default at D = 256; ATTNCORE_CUTLASS_FWD_WARPS=4 leaves 16-key tiles).
-inline bool fp32_fwd_keys(const char* entry) { return env_list_has("ATTNCORE_CUTLASS_FP32_FWD_KEYS", "", entry); }
+// fp32 key tiles (ATTNCORE_CUTLASS_FP32_FWD_KEYS, read at every forward: comma-separated "head_dim=keys"
+// entries, spaces ignored; "128=16" and "256=32" are recognized; unset = "256=32"):
+//   256=32 (default): 32-key tiles instead of 16, K and V loads interleaved (kSplitKV, the same 199680
+//     bytes): each tf32 split of a Q fragment serves 4 key columns instead of 2 and the output is rescaled
+//     half as often (about 10% fewer instructions per mma by count), against spills (ptxas of CUDA 13.0,
+//     sm_90: 24 bytes stored, 80 loaded; the 16-key two-stage kernel 4 and 4) and a pipeline with four
+//     barriers a tile. H200, 2026-12-01: +8-12% on all 8 cells of the fp32 forward grid at K = 256 (0.88-1.06x
+//     SDPA efficient against 0.80-0.96x). Only with 8-warp CTAs (the default at D = 256;
+//     ATTNCORE_CUTLASS_FWD_WARPS=4 leaves 16-key tiles); "" (or a list without it) selects the 16-key tiles.
+//   128=16 (opt-in): 16-key tiles instead of 32: 67584 bytes of shared memory and 132 registers (ptxas,
+//     sm_90) against 101376 and 168, so three 4-warp CTAs fit a multiprocessor instead of two, for twice the
+//     tile steps (barriers, rescales). H200, 2026-12-01: 2-5% slower than the 32-key tiles on all 8 cells.
+inline bool fp32_fwd_keys(const char* entry) { return env_list_has("ATTNCORE_CUTLASS_FP32_FWD_KEYS", "256=32", entry); }
 
 template <typename T>
 cudaError_t dispatch(const Params& p, cudaStream_t stream, bool* launched) {
