@@ -5,9 +5,10 @@
 # tf32 compiles and runs plugins/cutlass_like/tools/tf32_check.cu (the 3xTF32 split and products on this
 # GPU, seconds, no torch). Results go to $OUT (default /tmp/attncore-cutlass): tf32.log, build.log, tests.log, matrix.log, bench.log,
 # results.md, results.json. TEST_K narrows the tests (pytest -k), MATRIX_ARGS is passed to gpu_matrix's pytest.
-# fwd-ab (not part of all) times the fp32 forward at K = 128 and 256 under each ATTNCORE_CUTLASS_FP32_FWD_KEYS
-# setting in FWD_AB (space-separated; "unset" leaves it unset, "none" sets it empty; default "unset none
-# 128=16"): fwd_<setting>.md, after printing the tile configuration each setting runs (fwd_variants.log).
+# fwd-ab (not part of all) times the fp32 forward at K = 64, 128 and 256 under each
+# ATTNCORE_CUTLASS_FP32_FWD_KEYS setting in FWD_AB (space-separated; "unset" leaves it unset, "none" sets it
+# empty; default "unset none 128=16"): fwd_<setting>.md, after printing the tile configuration each setting
+# runs without a mask and under a causal one (fwd_variants.log).
 set -o pipefail
 modes=(); while [ $# -gt 0 ] && [ "$1" != "--" ]; do modes+=("$1"); shift; done; [ "$1" = "--" ] && shift
 [ ${#modes[@]} -eq 0 ] && modes=(all)
@@ -43,13 +44,15 @@ if [[ " ${modes[*]} " == *" fwd-ab "* ]]; then
 import torch
 from attncore_cutlass import _launch
 from attncore_cutlass.ops import CutlassFwOp
+from attncore import LowerTriangularMask
 from attncore.inputs import Inputs
-for kd in (128, 256):
+for kd in (64, 128, 256):
     q = torch.randn(1, 256, 2, kd, device='cuda')
-    CutlassFwOp.apply(Inputs.create(q, q, q, None), needs_lse=False, dropout_seed=0)
-    print('fwd-ab', '$name', 'K =', kd, ':', _launch.last_family('forward'), _launch.last_forward_variant())
+    for bias in (None, LowerTriangularMask()):
+        CutlassFwOp.apply(Inputs.create(q, q, q, bias), needs_lse=False, dropout_seed=0)
+        print('fwd-ab', '$name', 'K =', kd, type(bias).__name__, ':', _launch.last_family('forward'), _launch.last_forward_variant())
 " 2>&1 | tee -a "$OUT/fwd_variants.log"
-    setenv python3 benchmarks/bench_cutlass.py --dtypes fp32 --dirs fwd --heads 128,256 \
+    setenv python3 benchmarks/bench_cutlass.py --dtypes fp32 --dirs fwd --heads 64,128,256 \
       --out "$OUT/fwd_$name.md" --json "$OUT/fwd_$name.json" "$@" 2>&1 | tee "$OUT/fwd_$name.log" || status=1
   done
 fi

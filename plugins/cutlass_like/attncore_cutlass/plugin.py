@@ -70,12 +70,27 @@ def fp32_paired_head_dims(env: Mapping[str, str]) -> tuple[int, ...]:
     return tuple(d for d in (128, 256) if str(d) in entries)
 
 
-def fp32_forward_key_tiles(env: Mapping[str, str]) -> dict[int, int]:
-    """Keys per tile of the fp32 tensor-core forward by padded head dim, as csrc/fwd_tc.cu's
+def fp32_forward_key_tiles(env: Mapping[str, str], banded: bool = False) -> dict[int, tuple[int, str]]:
+    """Keys per tile of the fp32 tensor-core forward by padded head dim, and why, as csrc/fwd_tc.cu's
     ``fp32_fwd_keys`` reads ``ATTNCORE_CUTLASS_FP32_FWD_KEYS``: comma-separated ``head_dim=keys`` entries,
-    spaces ignored; ``128=16`` and ``256=32`` recognized, else 32 at 128 and 16 at 256; unset = "256=32"."""
-    entries = _env_list(env, KEYS_ENV, "256=32")
-    return {128: 16 if "128=16" in entries else 32, 256: 32 if "256=32" in entries else 16}
+    spaces ignored; ``64=128``, ``128=16`` and ``256=32`` recognized, else 64 at 64, 32 at 128 and 16 at 256;
+    unset = "64=128,256=32". 128 keys at 64 only for calls without a causal or local band (``banded``); the
+    forward's warps (``ATTNCORE_CUTLASS_FWD_WARPS``) veto a choice: 128 keys at 64 need 4, 32 at 256 need 8."""
+    entries = _env_list(env, KEYS_ENV, "64=128,256=32")
+    tiles = {
+        64: 128 if "64=128" in entries else 64,
+        128: 16 if "128=16" in entries else 32,
+        256: 32 if "256=32" in entries else 16,
+    }
+    origin = "default" if KEYS_ENV not in env else f"{KEYS_ENV}={env[KEYS_ENV]!r}"
+    chosen = {dim: (keys, origin) for dim, keys in tiles.items()}
+    if tiles[64] == 128 and banded:
+        chosen[64] = (64, "under a causal or local mask")
+    warps = _atoi(env.get(WARPS_ENV, ""))
+    for dim, wide, usual, needs in ((64, 128, 64, 4), (256, 32, 16, 8)):
+        if tiles[dim] == wide and warps in (4, 8) and warps != needs:
+            chosen[dim] = (usual, f"{WARPS_ENV}={warps}: {wide}-key tiles need {needs} warps")
+    return chosen
 
 
 def kernel_choices(env: Mapping[str, str]) -> str:
@@ -88,11 +103,12 @@ def kernel_choices(env: Mapping[str, str]) -> str:
     origin = "default" if raw is None else f"{PAIRS_ENV}={raw!r}"
     warps = _atoi(env.get(WARPS_ENV, ""))
     fwd = f"{warps} warps ({WARPS_ENV})" if warps in (4, 8) else "4 warps, 8 for fp32 at head dim 256 (default)"
-    tiles = fp32_forward_key_tiles(env)
-    origins = {dim: "default" if KEYS_ENV not in env else f"{KEYS_ENV}={env[KEYS_ENV]!r}" for dim in tiles}
-    if warps == 4 and tiles[256] == 32:  # 32-key tiles at 256 run 8-warp CTAs only
-        tiles[256], origins[256] = 16, f"{WARPS_ENV}=4: 32-key tiles need 8 warps"
-    keys = ", ".join(f"{dim}: {tiles[dim]} ({origins[dim]})" for dim in (128, 256))
+    banded = fp32_forward_key_tiles(env, banded=True)
+    tiles = []
+    for dim, (n, why) in fp32_forward_key_tiles(env).items():
+        under = banded[dim][0]
+        tiles.append(f"{dim}: {n} ({why}; {under} under a causal or local mask)" if under != n else f"{dim}: {n} ({why})")
+    keys = ", ".join(tiles)
     import torch  # the plugin module itself loads without torch (info on a broken install)
 
     dq = (
@@ -107,7 +123,7 @@ def kernel_choices(env: Mapping[str, str]) -> str:
         f"fp32 backward: {pairs} ({origin}; where the shared memory allows, sm_90, else the portable kernels); "
         f"fp32 backward dQ: {dq}; "
         f"tensor-core forward: {fwd} (the process keeps the value its first forward saw), "
-        f"fp32 key tiles by padded head dim, {keys} (read at every forward; 256: with 8 warps)"
+        f"fp32 key tiles by padded head dim, {keys} (read at every forward)"
     )
 
 

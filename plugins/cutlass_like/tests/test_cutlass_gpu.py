@@ -162,12 +162,12 @@ def test_fp32_paired_backward(kd: int, kv: int, pairs: str, bias_kind: str, dete
             assert _launch.last_backward_dq() == ("kernel" if determ or variant == "split" else "atomic")
 
 
-@pytest.mark.parametrize(("kd", "kv"), [(128, 128), (100, 72), (72, 128), (256, 256), (198, 136), (136, 256)])
+@pytest.mark.parametrize(("kd", "kv"), [(64, 64), (40, 56), (128, 128), (100, 72), (72, 128), (256, 256), (198, 136), (136, 256)])
 @pytest.mark.parametrize("keys", [None, "", "128=16"])
 @pytest.mark.parametrize("bias_kind", ["causal", "tensor"])
 def test_fp32_forward_key_tiles(kd: int, kv: int, keys: Optional[str], bias_kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fp32 forward's key tiles (ATTNCORE_CUTLASS_FP32_FWD_KEYS): 32 (default) or 16 at padded head dim
-    128, 32 with split K/V loads (default) or 16 at 256; odd lengths, Kv != K, a causal mask or a tensor
+    """The fp32 forward's key tiles (ATTNCORE_CUTLASS_FP32_FWD_KEYS): at padded head dim 64, 128 with split
+    K/V loads without a band mask (default) or 64; 32 (default) or 16 at 128; 32 split (default) or 16 at 256; odd lengths, Kv != K, a causal mask or a tensor
     bias (198 columns: rows not 16-byte aligned, the element loads); then keys that fit one tile and keys
     that no query sees; the launcher reports the tile configuration that ran."""
     if keys is None:
@@ -179,10 +179,9 @@ def test_fp32_forward_key_tiles(kd: int, kv: int, keys: Optional[str], bias_kind
     if bias_kind == "tensor":
         bias = testing.randn(2, 3, 333, 517, gen=torch.Generator().manual_seed(kv), dtype=torch.float32).to(CUDA)
     testing.compare_forward(CutlassFwOp, q, k, v, bias)
-    padded = 128 if max(kd, kv) <= 128 else 256
-    want = fp32_forward_key_tiles({} if keys is None else {KEYS_ENV: keys})[padded]
-    if padded == 256 and os.environ.get(WARPS_ENV, "").strip() == "4":  # 32-key tiles at 256 run 8-warp CTAs only
-        want = 16
+    padded = next(d for d in (64, 128, 256) if max(kd, kv) <= d)
+    env = {name: os.environ[name] for name in (WARPS_ENV,) if name in os.environ}  # the process's warps
+    want = fp32_forward_key_tiles({**env, **({} if keys is None else {KEYS_ENV: keys})}, banded=bias_kind == "causal")[padded][0]
     if _launch.last_family("forward") == "tc":
         variant = _launch.last_forward_variant()
         assert variant is not None and variant.startswith(f"D={padded} keys={want} "), variant

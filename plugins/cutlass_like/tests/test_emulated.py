@@ -175,17 +175,21 @@ def test_tensor_core_forward_fast_tiles(bias: attncore.AttentionBias | None, dty
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("kd", "keys", "variant"),
+    ("kd", "keys", "variant", "banded"),
     [
-        (100, None, "D=128 keys=32 stages=2 warps=4"),
-        (100, "128=16", "D=128 keys=16 stages=2 warps=4"),
-        (198, None, "D=256 keys=32 stages=split-kv warps=8"),
-        (198, "", "D=256 keys=16 stages=2 warps=8"),
+        (100, None, "D=128 keys=32 stages=2 warps=4", None),
+        (100, "128=16", "D=128 keys=16 stages=2 warps=4", None),
+        (40, None, "D=64 keys=128 stages=split-kv warps=4", "D=64 keys=64 stages=2 warps=4"),
+        (40, "", "D=64 keys=64 stages=2 warps=4", None),
+        (198, None, "D=256 keys=32 stages=split-kv warps=8", None),
+        (198, "", "D=256 keys=16 stages=2 warps=8", None),
     ],
 )
-def test_fp32_forward_key_tiles(kd: int, keys: Optional[str], variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fp32 forward's key tiles (ATTNCORE_CUTLASS_FP32_FWD_KEYS): at padded head dim 128, 32 keys (default)
-    or 16; at 256, 32 (default) with K and V loaded into a buffer each, interleaved with the products, or 16.
+def test_fp32_forward_key_tiles(kd: int, keys: Optional[str], variant: str, banded: Optional[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fp32 forward's key tiles (ATTNCORE_CUTLASS_FP32_FWD_KEYS): at padded head dim 64, 128 keys with K
+    and V loaded into a buffer each, interleaved with the products (split K/V), for calls without a band
+    mask (default; ``banded``: the causal call's configuration) or 64; at 128, 32 keys (default) or 16; at
+    256, 32 split (default) or 16.
     Whole tiles inside a causal band next to cut ones, a partial last query tile, Kv != K (at 256, rows not
     16-byte aligned: element loads), then with a tensor bias, then keys that fit one tile; the launcher
     reports the configuration that ran. (The emulation runs cp.async synchronously: a missing barrier of
@@ -199,7 +203,7 @@ def test_fp32_forward_key_tiles(kd: int, keys: Optional[str], variant: str, monk
     k = testing.randn(1, 200, 1, kd, gen=gen, dtype=torch.float32)
     v = testing.randn(1, 200, 1, kd - 28, gen=gen, dtype=torch.float32)
     testing.compare_forward(CutlassFwOp, q, k, v, attncore.LowerTriangularFromBottomRightMask())
-    assert (_launch.last_family("forward"), _launch.last_forward_variant()) == ("tc", variant)
+    assert (_launch.last_family("forward"), _launch.last_forward_variant()) == ("tc", banded or variant)
     testing.compare_forward(CutlassFwOp, q, k, v, testing.randn(1, 1, 150, 200, gen=gen, dtype=torch.float32))
     assert (_launch.last_family("forward"), _launch.last_forward_variant()) == ("tc", variant)
     testing.compare_forward(CutlassFwOp, q, k[:, :20], v[:, :20], None)

@@ -332,6 +332,9 @@ def test_a_broadcast_bias_of_another_dtype_is_converted_without_its_copies() -> 
     assert torch.equal(got, inputs.bias5.float())
 
 
+KEYS = "ATTNCORE_CUTLASS_FP32_FWD_KEYS"
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
@@ -343,19 +346,25 @@ def test_a_broadcast_bias_of_another_dtype_is_converted_without_its_copies() -> 
         ({"ATTNCORE_CUTLASS_FWD_WARPS": "4294967304"}, ("(default;", "8 warps (ATTNCORE_CUTLASS_FWD_WARPS)")),  # wraps to 8
         ({"ATTNCORE_CUTLASS_FWD_WARPS": "\u0968"}, ("(default;", "4 warps, 8 for fp32")),  # not an ASCII digit
         ({"ATTNCORE_CUTLASS_FWD_WARPS": "\x1c8"}, ("(default;", "4 warps, 8 for fp32")),  # not C whitespace
-        ({}, ("(default;", "128: 32 (default), 256: 32 (default)")),
-        ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": ""}, ("(default;", "128: 32 (ATTNCORE_CUTLASS_FP32_FWD_KEYS=''), 256: 16 (ATTNCORE_CUTLASS_FP32_FWD_KEYS='')")),
+        ({KEYS: ""}, ("(default;", f"64: 64 ({KEYS}=''), 128: 32 ({KEYS}=''), 256: 16 ({KEYS}='')")),
         ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": " 128 = 16"}, ("(default;", "128: 16 (ATTNCORE_CUTLASS_FP32_FWD_KEYS=' 128 = 16'), 256: 16 (ATTNCORE")),
         ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "256=32,128=16"}, ("(default;", "128: 16 (ATTNCORE_CUTLASS_FP32_FWD_KEYS='256=32,128=16'), 256: 32 (ATTNCORE")),
-        ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "16,128=64,256=16"}, ("(default;", "128: 32 (ATTNCORE_CUTLASS_FP32_FWD_KEYS='16,128=64,256=16'), 256: 16 (")),
+        ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "16,128=8,256=16"}, ("(default;", "128: 32 (ATTNCORE_CUTLASS_FP32_FWD_KEYS='16,128=8,256=16'), 256: 16 (")),
         ({"ATTNCORE_CUTLASS_FWD_WARPS": "4"}, ("(default;", "128: 32 (default), 256: 16 (ATTNCORE_CUTLASS_FWD_WARPS=4: 32-key tiles need 8 warps)")),
         ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "256=32", "ATTNCORE_CUTLASS_FWD_WARPS": "8"}, ("(default;", "256: 32 (ATTNCORE_CUTLASS_FP32_FWD_KEYS='256=32')")),
+        ({}, ("(default;", "64: 128 (default; 64 under a causal or local mask), 128: 32 (default), 256: 32 (default)")),
+        ({KEYS: "64=128"}, ("(default;", f"64: 128 ({KEYS}='64=128'; 64 under a causal or local mask), 128: 32 (")),
+        ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "128=64,256=32"}, ("(default;", "64: 64 (ATTNCORE_CUTLASS_FP32_FWD_KEYS='128=64,256=32'), 128: 32 (")),
+        (
+            {"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "64=128,256=32", "ATTNCORE_CUTLASS_FWD_WARPS": "8"},
+            ("(default;", f"64: 64 (ATTNCORE_CUTLASS_FWD_WARPS=8: 128-key tiles need 4 warps), 128: 32 ({KEYS}='64=128,256=32'), 256: 32 ("),
+        ),
     ],
 )
 def test_info_names_the_kernel_variants_the_environment_selects(env: dict[str, str], expected: tuple[str, str]) -> None:
     """``info`` reads the selection switches as the launchers do: pairs by padded head dim (unset: 256; the
     list holds exact entries, so 1280 is not 128), forward warps 4 or 8 only, fp32 key tiles by padded head
-    dim (unset: 32 at both; 32 at 256 with 8 warps only)."""
+    dim (unset: 128 at 64 without a band mask, else 64; 32 at 128; 32 at 256 with 8 warps only)."""
     from attncore_cutlass.plugin import kernel_choices
 
     text = kernel_choices(env)

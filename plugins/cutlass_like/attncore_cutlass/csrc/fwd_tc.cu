@@ -4,9 +4,10 @@
 // One CTA of 4 warps (8 for fp32 at D = 256; warps_for) owns 64 (128) queries of one (sequence,
 // group, head); each warp owns 16 of them and keeps its output tile in registers (and, for fp16/bf16
 // with D <= 128, its Q fragments). Keys stream through shared memory in tiles of BN with a two-stage
-// cp.async pipeline: tile n + 1 (K and V) loads while tile n is multiplied (or, opt-in for fp32 at D = 256,
-// kSplitKV: one buffer each for K and V, the next K loading during P V and the next V during Q K^T). Scores stay in registers and
-// become the A operand of P V directly (see mma.cuh, and tc::tf32_frag_rows for fp32). Head dims are padded
+// cp.async pipeline: tile n + 1 (K and V) loads while tile n is multiplied (or, for fp32 at D = 256, and at
+// D = 64 without a band mask, kSplitKV: one buffer each for K and V, twice the keys in the same shared
+// memory, the next K loading during P V and the next V during Q K^T). Scores stay in registers and become the A operand
+// of P V directly (see mma.cuh, and tc::tf32_frag_rows for fp32). Head dims are padded
 // with zeros to D (64, 128 or 256). Tiles inside the band with no bias take an unmasked path (the scale
 // folded into one FMA before exp2); tiles on a band edge or a sequence end, or with a bias, test each
 // score against its row's key interval. Query tiles are scheduled last-first, so under a causal mask
@@ -301,18 +302,25 @@ cudaError_t launch_any(const Params& p, cudaStream_t stream, bool* launched) {
 }
 
 // fp32 key tiles (ATTNCORE_CUTLASS_FP32_FWD_KEYS, read at every forward: comma-separated "head_dim=keys"
-// entries, spaces ignored; "128=16" and "256=32" are recognized; unset = "256=32"):
+// entries, spaces ignored; "64=128", "128=16" and "256=32" are recognized; unset = "64=128,256=32"; ""
+// selects 64, 32 and 16 keys). Measured on an H200 (benchmarks/RESULTS.md, 2026-12-01):
 //   256=32 (default): 32-key tiles instead of 16, K and V loads interleaved (kSplitKV, the same 199680
 //     bytes): each tf32 split of a Q fragment serves 4 key columns instead of 2 and the output is rescaled
 //     half as often (about 10% fewer instructions per mma by count), against spills (ptxas of CUDA 13.0,
 //     sm_90: 24 bytes stored, 80 loaded; the 16-key two-stage kernel 4 and 4) and a pipeline with four
-//     barriers a tile. H200, 2026-12-01: +8-12% on all 8 cells of the fp32 forward grid at K = 256 (0.88-1.06x
-//     SDPA efficient against 0.80-0.96x). Only with 8-warp CTAs (the default at D = 256;
-//     ATTNCORE_CUTLASS_FWD_WARPS=4 leaves 16-key tiles); "" (or a list without it) selects the 16-key tiles.
+//     barriers a tile. +8-11% on all 8 cells of the fp32 forward grid at K = 256 (0.88-1.06x SDPA
+//     efficient against 0.80-0.96x). Only with 8-warp CTAs (the default at D = 256;
+//     ATTNCORE_CUTLASS_FWD_WARPS=4 leaves 16-key tiles).
+//   64=128 (default): 128-key split K/V tiles at D = 64 in the shared memory of the two-stage 64-key tiles
+//     (87040 bytes: two CTAs per multiprocessor), 183 registers against 146, no spills (sm_90), for calls
+//     without a causal or local band: +6-7% on the 4 non-causal cells (1.18-1.19x SDPA efficient). Under a
+//     causal mask it lost 1-22% (each 64-query tile's last key tile is mostly masked, and the short rows
+//     have few tiles), so banded calls keep 64-key tiles. 4-warp CTAs only.
 //   128=16 (opt-in): 16-key tiles instead of 32: 67584 bytes of shared memory and 132 registers (ptxas,
 //     sm_90) against 101376 and 168, so three 4-warp CTAs fit a multiprocessor instead of two, for twice the
-//     tile steps (barriers, rescales). H200, 2026-12-01: 2-5% slower than the 32-key tiles on all 8 cells.
-inline bool fp32_fwd_keys(const char* entry) { return env_list_has("ATTNCORE_CUTLASS_FP32_FWD_KEYS", "256=32", entry); }
+//     tile steps (barriers, rescales): 2-5% slower than the 32-key tiles on all 8 cells. (64-key split K/V
+//     tiles at D = 128, 185 registers, two CTAs: 5-8% slower on all 8; not kept.)
+inline bool fp32_fwd_keys(const char* entry) { return env_list_has("ATTNCORE_CUTLASS_FP32_FWD_KEYS", "64=128,256=32", entry); }
 
 template <typename T>
 cudaError_t dispatch(const Params& p, cudaStream_t stream, bool* launched) {
@@ -320,6 +328,13 @@ cudaError_t dispatch(const Params& p, cudaStream_t stream, bool* launched) {
   // fp32: narrower key tiles, since the split operands take registers (ptxas, sm_90: the chosen 8-warp
   // D = 256 instances spill 4-8 bytes, the D <= 128 ones none)
   constexpr bool kF32 = std::is_same<T, float>::value;
+  if constexpr (kF32) {  // split K/V tiles of 128 keys in the shared memory of two 64-key stages, unbanded calls
+    const bool banded = p.band_lo > -kBig || p.band_hi < kBig;
+    if (d <= 64 && !banded && warps_for<T, 64>() == 4 && fp32_fwd_keys("64=128")) {
+      *launched = launch<T, 64, 128, 1, 4, true>(p, stream);
+      if (*launched) return cudaGetLastError();
+    }
+  }
   if (d <= 64) return launch_any<T, 64, 64>(p, stream, launched);
   if constexpr (kF32) {
     if (d <= 128 && fp32_fwd_keys("128=16")) return launch_any<T, 128, 16>(p, stream, launched);
