@@ -1,14 +1,15 @@
 #!/bin/bash
 # attncore-cutlass on a GPU machine, from the repository root: the tf32 check, build, GPU tests, gpu_matrix,
 # benchmark.
-#   benchmarks/gpu_cutlass.sh [tf32|build|tests|matrix|bench|fwd-ab|all]... [-- bench_cutlass.py arguments...]
+#   benchmarks/gpu_cutlass.sh [tf32|build|tests|matrix|bench|fwd-ab|masks-ab|all]... [-- bench_cutlass.py arguments...]
 # tf32 compiles and runs plugins/cutlass_like/tools/tf32_check.cu (the 3xTF32 split and products on this
 # GPU, seconds, no torch). Results go to $OUT (default /tmp/attncore-cutlass): tf32.log, build.log, tests.log, matrix.log, bench.log,
 # results.md, results.json. TEST_K narrows the tests (pytest -k), MATRIX_ARGS is passed to gpu_matrix's pytest.
 # fwd-ab (not part of all) times the fp32 forward at K = 64, 128 and 256 under each
 # ATTNCORE_CUTLASS_FP32_FWD_KEYS setting in FWD_AB (space-separated; "unset" leaves it unset, "none" sets it
 # empty; default "unset none 128=16"): fwd_<setting>.md, after printing the tile configuration each setting
-# runs without a mask and under a causal one (fwd_variants.log).
+# runs without a mask and under a causal one (fwd_variants.log). masks-ab (not part of all) times the forward
+# (every dtype) with ATTNCORE_CUTLASS_FWD_WARP_MASKS unset and =1: masks_off.md and masks_on.md.
 set -o pipefail
 modes=(); while [ $# -gt 0 ] && [ "$1" != "--" ]; do modes+=("$1"); shift; done; [ "$1" = "--" ] && shift
 [ ${#modes[@]} -eq 0 ] && modes=(all)
@@ -37,23 +38,33 @@ if want matrix; then
   python3 -m nox -s gpu_matrix -- $par ${MATRIX_ARGS:-} 2>&1 | tee "$OUT/matrix.log" || status=1
 fi
 if [[ " ${modes[*]} " == *" fwd-ab "* ]]; then
-  for name in ${FWD_AB:-unset none 128=16}; do
+  setenv() { if [ "$name" = unset ]; then env -u ATTNCORE_CUTLASS_FP32_FWD_KEYS "$@"; else ATTNCORE_CUTLASS_FP32_FWD_KEYS="$keys" "$@"; fi; }
+  read -r -a settings <<< "${FWD_AB:-unset none 128=16}"
+  rm -f "$OUT/fwd_variants.log"
+  for name in "${settings[@]}"; do
     keys=$([ "$name" = none ] || echo "$name")
-    setenv() { if [ "$name" = unset ]; then env -u ATTNCORE_CUTLASS_FP32_FWD_KEYS "$@"; else ATTNCORE_CUTLASS_FP32_FWD_KEYS="$keys" "$@"; fi; }
-    setenv python3 -c "
+    setenv python3 - "$name" <<'PY' 2>&1 | tee -a "$OUT/fwd_variants.log" || status=1
+import sys
 import torch
-from attncore_cutlass import _launch
-from attncore_cutlass.ops import CutlassFwOp
 from attncore import LowerTriangularMask
 from attncore.inputs import Inputs
+from attncore_cutlass import _launch
+from attncore_cutlass.ops import CutlassFwOp
 for kd in (64, 128, 256):
-    q = torch.randn(1, 256, 2, kd, device='cuda')
+    q = torch.randn(1, 1024, 2, kd, device='cuda')
     for bias in (None, LowerTriangularMask()):
         CutlassFwOp.apply(Inputs.create(q, q, q, bias), needs_lse=False, dropout_seed=0)
-        print('fwd-ab', '$name', 'K =', kd, type(bias).__name__, ':', _launch.last_family('forward'), _launch.last_forward_variant())
-" 2>&1 | tee -a "$OUT/fwd_variants.log"
+        label = 'no mask' if bias is None else 'causal'
+        print('fwd-ab', sys.argv[1], 'K =', kd, label, ':', _launch.last_family('forward'), _launch.last_forward_variant())
+PY
     setenv python3 benchmarks/bench_cutlass.py --dtypes fp32 --dirs fwd --heads 64,128,256 \
       --out "$OUT/fwd_$name.md" --json "$OUT/fwd_$name.json" "$@" 2>&1 | tee "$OUT/fwd_$name.log" || status=1
+  done
+fi
+if [[ " ${modes[*]} " == *" masks-ab "* ]]; then  # the forward with key tiles classified per CTA, then per warp
+  for masks in off on; do
+    ATTNCORE_CUTLASS_FWD_WARP_MASKS=$([ $masks = on ] && echo 1) python3 benchmarks/bench_cutlass.py --dirs fwd \
+      --out "$OUT/masks_$masks.md" --json "$OUT/masks_$masks.json" "$@" 2>&1 | tee "$OUT/masks_$masks.log" || status=1
   done
 fi
 if want bench; then

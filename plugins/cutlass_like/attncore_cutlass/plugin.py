@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple, Optional
 
 from attncore.hookspecs import hookimpl
 from attncore.ops import AttentionOpBase
@@ -54,6 +55,7 @@ def build_info() -> dict[str, str]:
 PAIRS_ENV = "ATTNCORE_CUTLASS_FP32_BWD_PAIRS"
 WARPS_ENV = "ATTNCORE_CUTLASS_FWD_WARPS"
 KEYS_ENV = "ATTNCORE_CUTLASS_FP32_FWD_KEYS"
+WARP_MASKS_ENV = "ATTNCORE_CUTLASS_FWD_WARP_MASKS"
 
 
 def _env_list(env: Mapping[str, str], name: str, unset: str) -> list[str]:
@@ -70,12 +72,29 @@ def fp32_paired_head_dims(env: Mapping[str, str]) -> tuple[int, ...]:
     return tuple(d for d in (128, 256) if str(d) in entries)
 
 
-def fp32_forward_key_tiles(env: Mapping[str, str], banded: bool = False) -> dict[int, tuple[int, str]]:
-    """Keys per tile of the fp32 tensor-core forward by padded head dim, and why, as csrc/fwd_tc.cu's
-    ``fp32_fwd_keys`` reads ``ATTNCORE_CUTLASS_FP32_FWD_KEYS``: comma-separated ``head_dim=keys`` entries,
+#: Keys (the longest sequence's) from which unbanded fp32 calls at head dim 64 take 128-key tiles (csrc/fwd_tc.cu's kWideKeysMin).
+WIDE_KEYS_MIN = 512
+#: Shared memory per block that the 32-key split tiles at head dim 256 need (8 warps); below it, 16-key tiles run.
+WIDE_256_SMEM = 199680
+
+
+class KeyTiles(NamedTuple):
+    """Keys per tile of one padded head dim of the fp32 forward, and why."""
+
+    keys: int
+    why: str
+
+
+def fp32_forward_key_tiles(
+    env: Mapping[str, str], banded: bool = False, max_keys: int = WIDE_KEYS_MIN, smem_per_block: Optional[int] = None
+) -> dict[int, KeyTiles]:
+    """Keys per tile of the fp32 tensor-core forward by padded head dim, as csrc/fwd_tc.cu's ``dispatch``
+    chooses them: ``ATTNCORE_CUTLASS_FP32_FWD_KEYS`` holds comma-separated ``head_dim=keys`` entries,
     spaces ignored; ``64=128``, ``128=16`` and ``256=32`` recognized, else 64 at 64, 32 at 128 and 16 at 256;
-    unset = "64=128,256=32". 128 keys at 64 only for calls without a causal or local band (``banded``); the
-    forward's warps (``ATTNCORE_CUTLASS_FWD_WARPS``) veto a choice: 128 keys at 64 need 4, 32 at 256 need 8."""
+    unset = "64=128,256=32". 128 keys at 64 only for calls without a causal or local band (``banded``) and
+    with at least :data:`WIDE_KEYS_MIN` keys (``max_keys``: the longest sequence's); 32 at 256 only where a
+    block's shared memory (``smem_per_block``, opt-in bytes; None: enough) holds them. The forward's warps
+    (``ATTNCORE_CUTLASS_FWD_WARPS``) veto a choice: 128 keys at 64 need 4, 32 at 256 need 8."""
     entries = _env_list(env, KEYS_ENV, "64=128,256=32")
     tiles = {
         64: 128 if "64=128" in entries else 64,
@@ -83,32 +102,49 @@ def fp32_forward_key_tiles(env: Mapping[str, str], banded: bool = False) -> dict
         256: 32 if "256=32" in entries else 16,
     }
     origin = "default" if KEYS_ENV not in env else f"{KEYS_ENV}={env[KEYS_ENV]!r}"
-    chosen = {dim: (keys, origin) for dim, keys in tiles.items()}
+    chosen = {dim: KeyTiles(keys, origin) for dim, keys in tiles.items()}
     if tiles[64] == 128 and banded:
-        chosen[64] = (64, "under a causal or local mask")
+        chosen[64] = KeyTiles(64, "under a causal or local mask")
+    elif tiles[64] == 128 and max_keys < WIDE_KEYS_MIN:
+        chosen[64] = KeyTiles(64, f"fewer than {WIDE_KEYS_MIN} keys")
+    if tiles[256] == 32 and smem_per_block is not None and smem_per_block < WIDE_256_SMEM:
+        chosen[256] = KeyTiles(16, f"{smem_per_block} bytes of shared memory per block, {WIDE_256_SMEM} needed")
     warps = _atoi(env.get(WARPS_ENV, ""))
     for dim, wide, usual, needs in ((64, 128, 64, 4), (256, 32, 16, 8)):
         if tiles[dim] == wide and warps in (4, 8) and warps != needs:
-            chosen[dim] = (usual, f"{WARPS_ENV}={warps}: {wide}-key tiles need {needs} warps")
+            chosen[dim] = KeyTiles(usual, f"{WARPS_ENV}={warps}: {wide}-key tiles need {needs} warps")
     return chosen
+
+
+def forward_warp_masks(env: Mapping[str, str]) -> bool:
+    """Whether the tensor-core forward classifies key tiles per warp under a band (causal, local), as
+    csrc/fwd_tc.cu's ``fwd_tc`` reads ``ATTNCORE_CUTLASS_FWD_WARP_MASKS``: the entry ``1`` (a comma-separated
+    list, spaces ignored); unset = off, an opt-in until timed. It runs on each dtype's default tiles only:
+    not with ``ATTNCORE_CUTLASS_FWD_WARPS`` or, in fp32, ``ATTNCORE_CUTLASS_FP32_FWD_KEYS`` set."""
+    return "1" in _env_list(env, WARP_MASKS_ENV, "")
 
 
 def kernel_choices(env: Mapping[str, str]) -> str:
     """The kernel variants the environment selects, as the launchers read it (:func:`fp32_paired_head_dims`;
-    csrc/fwd_tc.cu's ``forced_warps``: 4 or 8, anything else ignored; :func:`fp32_forward_key_tiles`), and how
-    the fp32 backward computes dQ under torch's deterministic setting now (read per call by the launcher)."""
+    csrc/fwd_tc.cu's ``forced_warps``: 4 or 8, anything else ignored; :func:`fp32_forward_key_tiles`;
+    :func:`forward_warp_masks`), and how the fp32 backward computes dQ under torch's deterministic setting
+    now (read per call by the launcher)."""
     raw = env.get(PAIRS_ENV)
     dims = fp32_paired_head_dims(env)
     pairs = f"paired 8-warp CTAs at padded head dim {' and '.join(map(str, dims))}" if dims else "4-warp CTAs only"
     origin = "default" if raw is None else f"{PAIRS_ENV}={raw!r}"
     warps = _atoi(env.get(WARPS_ENV, ""))
     fwd = f"{warps} warps ({WARPS_ENV})" if warps in (4, 8) else "4 warps, 8 for fp32 at head dim 256 (default)"
-    banded = fp32_forward_key_tiles(env, banded=True)
-    tiles = []
+    in_band = fp32_forward_key_tiles(env, banded=True)
+    described = []
     for dim, (n, why) in fp32_forward_key_tiles(env).items():
-        under = banded[dim][0]
-        tiles.append(f"{dim}: {n} ({why}; {under} under a causal or local mask)" if under != n else f"{dim}: {n} ({why})")
-    keys = ", ".join(tiles)
+        note = ""
+        if in_band[dim].keys != n:  # only 128 keys at 64 depend on the call
+            note = f"; {in_band[dim].keys} under a causal or local mask or below {WIDE_KEYS_MIN} keys"
+        elif dim == 256 and n == 32:
+            note = f"; 16 where a block's shared memory is under {WIDE_256_SMEM} bytes (below sm_90)"
+        described.append(f"{dim}: {n} ({why}{note})")
+    keys = ", ".join(described)
     import torch  # the plugin module itself loads without torch (info on a broken install)
 
     dq = (
@@ -123,7 +159,8 @@ def kernel_choices(env: Mapping[str, str]) -> str:
         f"fp32 backward: {pairs} ({origin}; where the shared memory allows, sm_90, else the portable kernels); "
         f"fp32 backward dQ: {dq}; "
         f"tensor-core forward: {fwd} (the process keeps the value its first forward saw), "
-        f"fp32 key tiles by padded head dim, {keys} (read at every forward)"
+        f"fp32 key tiles by padded head dim, {keys} (read at every forward), "
+        f"key tiles classified {'per warp under a band (' + WARP_MASKS_ENV + ')' if forward_warp_masks(env) else 'per CTA (default)'}"
     )
 
 

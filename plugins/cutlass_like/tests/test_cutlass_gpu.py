@@ -18,7 +18,7 @@ import attncore.inputs
 from attncore.inputs import Inputs
 from attncore_cutlass import _launch, matrix, negotiation
 from attncore_cutlass.ops import CutlassBwOp, CutlassFwOp
-from attncore_cutlass.plugin import KEYS_ENV, PAIRS_ENV, WARPS_ENV, fp32_forward_key_tiles, fp32_paired_head_dims
+from attncore_cutlass.plugin import KEYS_ENV, PAIRS_ENV, WARP_MASKS_ENV, WARPS_ENV, _atoi, fp32_forward_key_tiles, fp32_paired_head_dims
 from attncore_reference import testing
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -164,30 +164,74 @@ def test_fp32_paired_backward(kd: int, kv: int, pairs: str, bias_kind: str, dete
 
 @pytest.mark.parametrize(("kd", "kv"), [(64, 64), (40, 56), (128, 128), (100, 72), (72, 128), (256, 256), (198, 136), (136, 256)])
 @pytest.mark.parametrize("keys", [None, "", "128=16"])
-@pytest.mark.parametrize("bias_kind", ["causal", "tensor"])
+@pytest.mark.parametrize("bias_kind", ["causal", "tensor", "none"])
 def test_fp32_forward_key_tiles(kd: int, kv: int, keys: Optional[str], bias_kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fp32 forward's key tiles (ATTNCORE_CUTLASS_FP32_FWD_KEYS): at padded head dim 64, 128 with split
-    K/V loads without a band mask (default) or 64; 32 (default) or 16 at 128; 32 split (default) or 16 at 256; odd lengths, Kv != K, a causal mask or a tensor
-    bias (198 columns: rows not 16-byte aligned, the element loads); then keys that fit one tile and keys
-    that no query sees; the launcher reports the tile configuration that ran."""
+    K/V loads (default) for calls without a band mask and with at least 512 keys, else 64; 32 (default) or
+    16 at 128; 32 split (default, where the shared memory holds them) or 16 at 256. Odd lengths, Kv != K, a
+    causal mask, a tensor bias (198 columns: rows not 16-byte aligned, the element loads) or none; then
+    keys that fit one tile and keys that no query sees; the launcher reports the tile configuration that
+    ran, as :func:`fp32_forward_key_tiles` predicts it."""
     if keys is None:
         monkeypatch.delenv(KEYS_ENV, raising=False)
     else:
         monkeypatch.setenv(KEYS_ENV, keys)
-    q, k, v = _qkv(2, 333, 517, 3, kd, kv, torch.float32, seed=kd + kv)
-    bias: testing.Bias = attncore.LowerTriangularFromBottomRightMask()
-    if bias_kind == "tensor":
-        bias = testing.randn(2, 3, 333, 517, gen=torch.Generator().manual_seed(kv), dtype=torch.float32).to(CUDA)
-    testing.compare_forward(CutlassFwOp, q, k, v, bias)
+    env = {KEYS_ENV: keys} if keys is not None else {}
+    if WARPS_ENV in os.environ:  # the process's warps
+        env[WARPS_ENV] = os.environ[WARPS_ENV]
+    smem = torch.cuda.get_device_properties(CUDA).shared_memory_per_block_optin  # type: ignore[attr-defined]  # in the CUDA build's properties, not in the stubs
     padded = next(d for d in (64, 128, 256) if max(kd, kv) <= d)
-    env = {name: os.environ[name] for name in (WARPS_ENV,) if name in os.environ}  # the process's warps
-    want = fp32_forward_key_tiles({**env, **({} if keys is None else {KEYS_ENV: keys})}, banded=bias_kind == "causal")[padded][0]
-    if _launch.last_family("forward") == "tc":
-        variant = _launch.last_forward_variant()
-        assert variant is not None and variant.startswith(f"D={padded} keys={want} "), variant
-    testing.compare_forward(CutlassFwOp, q, k[:, :20], v[:, :20], attncore.LowerTriangularFromBottomRightMask())  # one key tile
+
+    def check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: testing.Bias, banded: bool) -> None:
+        testing.compare_forward(CutlassFwOp, q, k, v, bias)
+        want = fp32_forward_key_tiles(env, banded=banded, max_keys=k.shape[1], smem_per_block=smem)[padded].keys
+        if _launch.last_family("forward") == "tc":
+            variant = _launch.last_forward_variant()
+            assert variant is not None and variant.startswith(f"D={padded} keys={want} "), variant
+
+    q, k, v = _qkv(2, 333, 517, 3, kd, kv, torch.float32, seed=kd + kv)
+    bias: testing.Bias = None
+    if bias_kind == "causal":
+        bias = attncore.LowerTriangularFromBottomRightMask()
+    elif bias_kind == "tensor":
+        bias = testing.randn(2, 3, 333, 517, gen=torch.Generator().manual_seed(kv), dtype=torch.float32).to(CUDA)
+    check(q, k, v, bias, banded=bias_kind == "causal")
+    check(q, k[:, :20], v[:, :20], None if bias_kind == "none" else attncore.LowerTriangularFromBottomRightMask(), banded=bias_kind != "none")  # one key tile
     window = attncore.LocalAttentionFromBottomRightMask(window_left=0, window_right=0)  # one key per query
-    testing.compare_forward(CutlassFwOp, q[:, :40], k[:, :300], v[:, :300], window)
+    check(q[:, :40], k[:, :300], v[:, :300], window, banded=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF], ids=str)
+@pytest.mark.parametrize(("kd", "kv"), [(64, 64), (100, 72), (256, 256), (198, 136)])
+@pytest.mark.parametrize("kind", ["causal", "local 20 5", "local 300 0"])
+def test_forward_warp_masks(kd: int, kv: int, dtype: torch.dtype, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ATTNCORE_CUTLASS_FWD_WARP_MASKS=1 (per-warp key-tile classification under a band): bands from the
+    bottom right (Mq != Mk, odd lengths) whose edges cross a CTA's rows, a window narrower than a key tile
+    (some warps of a CTA see a tile, others none), each dtype's default tiles at padded head dims 64, 128
+    and 256 (Kv != K); the launcher reports the classification that ran. The next test runs every bias kind
+    of the conformance cases with it on."""
+    monkeypatch.setenv(WARP_MASKS_ENV, "1")
+    q, k, v = _qkv(2, 333, 517, 3, kd, kv, dtype, seed=kd + kv)
+    if kind == "causal":
+        bias: testing.Bias = attncore.LowerTriangularFromBottomRightMask()
+    else:
+        left, right = map(int, kind.split()[1:])
+        bias = attncore.LocalAttentionFromBottomRightMask(window_left=left, window_right=right)
+    testing.compare_forward(CutlassFwOp, q, k, v, bias)
+    variant = _launch.last_forward_variant()
+    defaults = _atoi(os.environ.get(WARPS_ENV, "")) not in (4, 8) and not (dtype == torch.float32 and KEYS_ENV in os.environ)
+    if _launch.last_family("forward") == "tc" and defaults:  # the opt-in runs on the default tiles only
+        assert variant is not None and variant.endswith(" warp-masks"), variant
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_forward_warp_masks_every_bias_kind(case: testing.Case, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(WARP_MASKS_ENV, "1")
+    q, k, v, bias, _ = testing.build(case, "4d", dtype, requires_grad=False)
+    q, k, v, bias = testing.moved(q, k, v, bias, CUDA)
+    testing.compare_forward(CutlassFwOp, q, k, v, bias)
+    assert _launch.last_family("forward") == _expected_family("tc", dtype, "forward")
 
 
 @pytest.mark.parametrize("dtype", [*HALF, torch.float32], ids=str)
@@ -198,6 +242,7 @@ def test_long_sequences(m: int, dtype: torch.dtype) -> None:
     testing.compare_forward(CutlassFwOp, q, k, v, bias)
     assert _launch.last_family("forward") == _expected_family("tc", dtype, "forward")
     if m <= 4096:
+        testing.compare_forward(CutlassFwOp, q, k, v, None)  # fp32: the 128-key tiles
         testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
 
 

@@ -175,21 +175,22 @@ def test_tensor_core_forward_fast_tiles(bias: attncore.AttentionBias | None, dty
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("kd", "keys", "variant", "banded"),
+    ("kd", "mk", "keys", "variant", "other"),
     [
-        (100, None, "D=128 keys=32 stages=2 warps=4", None),
-        (100, "128=16", "D=128 keys=16 stages=2 warps=4", None),
-        (40, None, "D=64 keys=128 stages=split-kv warps=4", "D=64 keys=64 stages=2 warps=4"),
-        (40, "", "D=64 keys=64 stages=2 warps=4", None),
-        (198, None, "D=256 keys=32 stages=split-kv warps=8", None),
-        (198, "", "D=256 keys=16 stages=2 warps=8", None),
+        (100, 200, None, "D=128 keys=32 stages=2 warps=4", None),
+        (100, 200, "128=16", "D=128 keys=16 stages=2 warps=4", None),
+        (40, 520, None, "D=64 keys=128 stages=split-kv warps=4", "D=64 keys=64 stages=2 warps=4"),
+        (40, 200, None, "D=64 keys=64 stages=2 warps=4", None),
+        (40, 520, "", "D=64 keys=64 stages=2 warps=4", None),
+        (198, 200, None, "D=256 keys=32 stages=split-kv warps=8", None),
+        (198, 200, "", "D=256 keys=16 stages=2 warps=8", None),
     ],
 )
-def test_fp32_forward_key_tiles(kd: int, keys: Optional[str], variant: str, banded: Optional[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fp32_forward_key_tiles(kd: int, mk: int, keys: Optional[str], variant: str, other: Optional[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """The fp32 forward's key tiles (ATTNCORE_CUTLASS_FP32_FWD_KEYS): at padded head dim 64, 128 keys with K
     and V loaded into a buffer each, interleaved with the products (split K/V), for calls without a band
-    mask (default; ``banded``: the causal call's configuration) or 64; at 128, 32 keys (default) or 16; at
-    256, 32 split (default) or 16.
+    mask and with at least 512 keys (default; ``other``: the configuration of the causal call and of the
+    20-key call), else 64; at 128, 32 keys (default) or 16; at 256, 32 split (default) or 16.
     Whole tiles inside a causal band next to cut ones, a partial last query tile, Kv != K (at 256, rows not
     16-byte aligned: element loads), then with a tensor bias, then keys that fit one tile; the launcher
     reports the configuration that ran. (The emulation runs cp.async synchronously: a missing barrier of
@@ -200,14 +201,55 @@ def test_fp32_forward_key_tiles(kd: int, keys: Optional[str], variant: str, band
         monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_FWD_KEYS", keys)
     gen = torch.Generator().manual_seed(37)
     q = testing.randn(1, 150, 1, kd, gen=gen, dtype=torch.float32)
-    k = testing.randn(1, 200, 1, kd, gen=gen, dtype=torch.float32)
-    v = testing.randn(1, 200, 1, kd - 28, gen=gen, dtype=torch.float32)
+    k = testing.randn(1, mk, 1, kd, gen=gen, dtype=torch.float32)
+    v = testing.randn(1, mk, 1, kd - 28, gen=gen, dtype=torch.float32)
     testing.compare_forward(CutlassFwOp, q, k, v, attncore.LowerTriangularFromBottomRightMask())
-    assert (_launch.last_family("forward"), _launch.last_forward_variant()) == ("tc", banded or variant)
-    testing.compare_forward(CutlassFwOp, q, k, v, testing.randn(1, 1, 150, 200, gen=gen, dtype=torch.float32))
+    assert (_launch.last_family("forward"), _launch.last_forward_variant()) == ("tc", other or variant)
+    testing.compare_forward(CutlassFwOp, q, k, v, testing.randn(1, 1, 150, mk, gen=gen, dtype=torch.float32))
+    assert (_launch.last_family("forward"), _launch.last_forward_variant()) == ("tc", variant)
+    testing.compare_forward(CutlassFwOp, q, k, v, None)
     assert (_launch.last_family("forward"), _launch.last_forward_variant()) == ("tc", variant)
     testing.compare_forward(CutlassFwOp, q, k[:, :20], v[:, :20], None)
-    assert (_launch.last_family("forward"), _launch.last_forward_variant()) == ("tc", variant)
+    assert (_launch.last_family("forward"), _launch.last_forward_variant()) == ("tc", other or variant)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("dtype", "kd", "mq", "mk", "kind"),
+    [
+        (torch.bfloat16, 24, 150, 200, "causal"),
+        (torch.float16, 100, 300, 260, "local 20 5"),
+        (torch.float32, 24, 150, 200, "local 30 0"),
+        (torch.float32, 198, 150, 200, "causal"),
+        (torch.bfloat16, 24, 150, 200, "tensor"),
+        (torch.float32, 24, 150, 200, "none"),
+    ],
+    ids=str,
+)
+def test_tensor_core_forward_warp_masks(dtype: torch.dtype, kd: int, mq: int, mk: int, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ATTNCORE_CUTLASS_FWD_WARP_MASKS=1: under a band, each warp classifies a key tile for its own 16 rows
+    (skips the products where none of them sees a key, the plain path where all see every key). Causal
+    and local bands (from the bottom right, Mq != Mk) whose edges cross a CTA's rows (windows narrower
+    than a key tile: some warps of a CTA see a tile and others none), a partial last query tile (rows past
+    the end skip every tile); a tensor bias and no mask run the default kernels. 64- and 32-key tiles of
+    4-warp CTAs, fp32's split 32-key tiles of 8-warp CTAs at 198 columns."""
+    monkeypatch.setenv("ATTNCORE_CUTLASS_FWD_WARP_MASKS", "1")
+    gen = torch.Generator().manual_seed(kd + mq)
+    q = testing.randn(1, mq, 2, kd, gen=gen, dtype=dtype)
+    k = testing.randn(1, mk, 2, kd, gen=gen, dtype=dtype)
+    v = testing.randn(1, mk, 2, kd - 16, gen=gen, dtype=dtype)
+    b: testing.Bias = None
+    if kind == "causal":
+        b = attncore.LowerTriangularFromBottomRightMask()
+    elif kind.startswith("local"):
+        left, right = map(int, kind.split()[1:])
+        b = attncore.LocalAttentionFromBottomRightMask(window_left=left, window_right=right)
+    elif kind == "tensor":
+        b = testing.randn(1, 2, mq, mk, gen=gen, dtype=dtype)
+    testing.compare_forward(CutlassFwOp, q, k, v, b)
+    variant = _launch.last_forward_variant()
+    banded = kind == "causal" or kind.startswith("local")  # nothing to classify without a band: the default kernels
+    assert _launch.last_family("forward") == "tc" and variant is not None and variant.endswith(" warp-masks") == banded, variant
 
 
 @pytest.mark.slow

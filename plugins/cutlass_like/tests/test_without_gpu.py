@@ -351,10 +351,13 @@ KEYS = "ATTNCORE_CUTLASS_FP32_FWD_KEYS"
         ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "256=32,128=16"}, ("(default;", "128: 16 (ATTNCORE_CUTLASS_FP32_FWD_KEYS='256=32,128=16'), 256: 32 (ATTNCORE")),
         ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "16,128=8,256=16"}, ("(default;", "128: 32 (ATTNCORE_CUTLASS_FP32_FWD_KEYS='16,128=8,256=16'), 256: 16 (")),
         ({"ATTNCORE_CUTLASS_FWD_WARPS": "4"}, ("(default;", "128: 32 (default), 256: 16 (ATTNCORE_CUTLASS_FWD_WARPS=4: 32-key tiles need 8 warps)")),
-        ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "256=32", "ATTNCORE_CUTLASS_FWD_WARPS": "8"}, ("(default;", "256: 32 (ATTNCORE_CUTLASS_FP32_FWD_KEYS='256=32')")),
-        ({}, ("(default;", "64: 128 (default; 64 under a causal or local mask), 128: 32 (default), 256: 32 (default)")),
-        ({KEYS: "64=128"}, ("(default;", f"64: 128 ({KEYS}='64=128'; 64 under a causal or local mask), 128: 32 (")),
+        ({KEYS: "256=32", "ATTNCORE_CUTLASS_FWD_WARPS": "8"}, ("(default;", f"256: 32 ({KEYS}='256=32'; 16 where a block's shared memory is under 199680")),
+        ({}, ("(default;", "64: 128 (default; 64 under a causal or local mask or below 512 keys), 128: 32 (default), 256: 32 (default; 16 where")),
+        ({KEYS: "64=128"}, ("(default;", f"64: 128 ({KEYS}='64=128'; 64 under a causal or local mask or below 512 keys), 128: 32 (")),
         ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "128=64,256=32"}, ("(default;", "64: 64 (ATTNCORE_CUTLASS_FP32_FWD_KEYS='128=64,256=32'), 128: 32 (")),
+        ({}, ("(default;", "(read at every forward), key tiles classified per CTA (default)")),
+        ({"ATTNCORE_CUTLASS_FWD_WARP_MASKS": " 1"}, ("(default;", "key tiles classified per warp under a band (ATTNCORE_CUTLASS_FWD_WARP_MASKS)")),
+        ({"ATTNCORE_CUTLASS_FWD_WARP_MASKS": "yes"}, ("(default;", "key tiles classified per CTA (default)")),  # the entry is "1"
         (
             {"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "64=128,256=32", "ATTNCORE_CUTLASS_FWD_WARPS": "8"},
             ("(default;", f"64: 64 (ATTNCORE_CUTLASS_FWD_WARPS=8: 128-key tiles need 4 warps), 128: 32 ({KEYS}='64=128,256=32'), 256: 32 ("),

@@ -106,7 +106,7 @@ __device__ __forceinline__ void online_softmax(const Params& p, const Seq& sq, i
 // kSplitKV (with STAGES = 1): K and V in a buffer each, their loads interleaved with the products: K of
 // the next tile loads during P V, V of the next tile during Q K^T and the softmax (four barriers a tile).
 // The shared memory of one stage, the overlap of two, for wider key tiles where two stages do not fit.
-template <typename T, int D, int BN, int STAGES, int W, bool kSplitKV = false>
+template <typename T, int D, int BN, int STAGES, int W, bool kSplitKV = false, bool kWarpMasks = false>
 __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
   constexpr int kThreads = threads_of<W>();
   constexpr int kBM = rows_of<W>();
@@ -151,6 +151,11 @@ __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
   }
   tc::cp_async_commit();
 
+  // This warp's 16 rows and the keys any of them may see (kWarpMasks; none past the sequence's end)
+  const int r0 = m0 + warp * 16;
+  int w_lo = 0, w_hi = 0;
+  if (kWarpMasks && r0 < sq.qlen) key_range(p, sq, r0, min(r0 + 16, sq.qlen), &w_lo, &w_hi);
+
   float o[D / 8][4];
 #pragma unroll
   for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
@@ -183,25 +188,33 @@ __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
 #pragma unroll
       for (int kk = 0; kk < (kQRegs ? D / 16 : 0); ++kk) tc::ldsm<false>(qf[kk], sQw + kk * 32);
     }
+    // kWarpMasks: a warp none of whose rows sees a key of the tile skips its products (every score
+    // would be -inf: no change to m, l or O), and one whose rows all see every key takes the plain path,
+    // where otherwise the CTA's 64 or 128 rows decide for every warp (near a causal diagonal most warps
+    // then compute masked scores, and some compute only masked ones). Loads and barriers are unchanged.
+    const bool skip = kWarpMasks && (w_lo >= w_hi || n0 >= w_hi || n0 + BN <= w_lo);
     float s[BN / 8][4];
 #pragma unroll
     for (int i = 0; i < BN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-    if constexpr (kF32) {
-      tc::tf32_rows_rows<D, BN, LD>(s, Qs + warp * 16 * LD, Ks, gr, tq);
-    } else if constexpr (kQRegs) {
-      tc::h16_rows_rows<T, D, BN, LD>(s, qf, tc::smem_addr(Ks) + k_off);
-    } else {
-      tc::h16_rows_rows<T, D, BN, LD>(s, sQw, tc::smem_addr(Ks) + k_off);
-    }
+    if (!skip) {
+      if constexpr (kF32) {
+        tc::tf32_rows_rows<D, BN, LD>(s, Qs + warp * 16 * LD, Ks, gr, tq);
+      } else if constexpr (kQRegs) {
+        tc::h16_rows_rows<T, D, BN, LD>(s, qf, tc::smem_addr(Ks) + k_off);
+      } else {
+        tc::h16_rows_rows<T, D, BN, LD>(s, sQw, tc::smem_addr(Ks) + k_off);
+      }
 
-    // Tiles inside the band with no bias (most of them) take the plain path: the row maximum of the raw
-    // scores, then one FMA and one exp2 per element. Tiles on a band edge or a sequence end, and every
-    // tile with a bias, test each element against its row's key interval. m0 + kBM, not m1: a partial
-    // last query tile must take the masked path (its rows past the sequence have no bias row to read).
-    if (p.bias == nullptr && p.scale_log2 > 0.f && tile_all_visible(p, sq, m0, m0 + kBM, n0, n0 + BN)) {
-      online_softmax<false, T, BN, D>(p, sq, g, h, m0 + warp * 16 + gr, n0 + 2 * tq, s, o, m_r, l_r);
-    } else {
-      online_softmax<true, T, BN, D>(p, sq, g, h, m0 + warp * 16 + gr, n0 + 2 * tq, s, o, m_r, l_r);
+      // Tiles inside the band with no bias (most of them) take the plain path: the row maximum of the raw
+      // scores, then one FMA and one exp2 per element. Tiles on a band edge or a sequence end, and every
+      // tile with a bias, test each element against its row's key interval. m0 + kBM (r0 + 16), not m1: a
+      // partial last query tile must take the masked path (its rows past the sequence have no bias row to read).
+      if (p.bias == nullptr && p.scale_log2 > 0.f &&
+          (kWarpMasks ? tile_all_visible(p, sq, r0, r0 + 16, n0, n0 + BN) : tile_all_visible(p, sq, m0, m0 + kBM, n0, n0 + BN))) {
+        online_softmax<false, T, BN, D>(p, sq, g, h, m0 + warp * 16 + gr, n0 + 2 * tq, s, o, m_r, l_r);
+      } else {
+        online_softmax<true, T, BN, D>(p, sq, g, h, m0 + warp * 16 + gr, n0 + 2 * tq, s, o, m_r, l_r);
+      }
     }
     if constexpr (kSplitKV) {
       __syncthreads();  // every warp is done with K: the next tile's K loads during P V
@@ -210,10 +223,12 @@ __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
       tc::cp_async_wait<1>();  // V of tile n0
       __syncthreads();
     }
-    if constexpr (kF32) {
-      tc::tf32_frag_rows<D, BN, LD>(o, s, Vs, gr, tq);
-    } else {
-      tc::h16_frag_rows<T, D, BN, LD>(o, s, tc::smem_addr(Vs) + v_off);
+    if (!skip) {
+      if constexpr (kF32) {
+        tc::tf32_frag_rows<D, BN, LD>(o, s, Vs, gr, tq);
+      } else {
+        tc::h16_frag_rows<T, D, BN, LD>(o, s, tc::smem_addr(Vs) + v_off);
+      }
     }
     __syncthreads();  // every warp is done with this stage before it is refilled
     if constexpr (kSplitKV) {
@@ -248,20 +263,21 @@ __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
 
 const char* g_fwd_variant = "none";  // fwd_tc_variant(): a name built once per kernel instance
 
-template <int D, int BN, int STAGES, int W, bool kSplitKV>
+template <int D, int BN, int STAGES, int W, bool kSplitKV, bool kWarpMasks>
 const char* variant_name() {
   static const std::string name = "D=" + std::to_string(D) + " keys=" + std::to_string(BN) +
-                                  " stages=" + (kSplitKV ? std::string("split-kv") : std::to_string(STAGES)) + " warps=" + std::to_string(W);
+                                  " stages=" + (kSplitKV ? std::string("split-kv") : std::to_string(STAGES)) + " warps=" + std::to_string(W) +
+                                  (kWarpMasks ? " warp-masks" : "");
   return name.c_str();
 }
 
-template <typename T, int D, int BN, int STAGES, int W, bool kSplitKV = false>
+template <typename T, int D, int BN, int STAGES, int W, bool kSplitKV = false, bool kWarpMasks = false>
 bool launch(const Params& p, cudaStream_t stream) {
   constexpr int kBM = rows_of<W>();
   constexpr int smem = fwd_smem_bytes<T, D, BN, STAGES, W>();
-  auto kern = fwd_tc_kernel<T, D, BN, STAGES, W, kSplitKV>;
+  auto kern = fwd_tc_kernel<T, D, BN, STAGES, W, kSplitKV, kWarpMasks>;
   if (!allow_smem(kern, smem)) return false;
-  g_fwd_variant = variant_name<D, BN, STAGES, W, kSplitKV>();
+  g_fwd_variant = variant_name<D, BN, STAGES, W, kSplitKV, kWarpMasks>();
   dim3 grid((p.max_q + kBM - 1) / kBM, p.num_seqs, p.G * p.H);
   ATTNCORE_LAUNCH(kern, grid, threads_of<W>(), smem, stream, p);
   return true;
@@ -308,29 +324,31 @@ cudaError_t launch_any(const Params& p, cudaStream_t stream, bool* launched) {
 //     bytes): each tf32 split of a Q fragment serves 4 key columns instead of 2 and the output is rescaled
 //     half as often (about 10% fewer instructions per mma by count), against spills (ptxas of CUDA 13.0,
 //     sm_90: 24 bytes stored, 80 loaded; the 16-key two-stage kernel 4 and 4) and a pipeline with four
-//     barriers a tile. +8-11% on all 8 cells of the fp32 forward grid at K = 256 (0.88-1.06x SDPA
-//     efficient against 0.80-0.96x). Only with 8-warp CTAs (the default at D = 256;
+//     barriers a tile. +8-11% on all 8 cells of the fp32 forward grid at K = 256 (0.87-1.06x SDPA
+//     efficient over two runs, against 0.80-0.96x). Only with 8-warp CTAs (the default at D = 256;
 //     ATTNCORE_CUTLASS_FWD_WARPS=4 leaves 16-key tiles).
 //   64=128 (default): 128-key split K/V tiles at D = 64 in the shared memory of the two-stage 64-key tiles
 //     (87040 bytes: two CTAs per multiprocessor), 183 registers against 146, no spills (sm_90), for calls
-//     without a causal or local band: +6-7% on the 4 non-causal cells (1.18-1.19x SDPA efficient). Under a
-//     causal mask it lost 1-22% (each 64-query tile's last key tile is mostly masked, and the short rows
-//     have few tiles), so banded calls keep 64-key tiles. 4-warp CTAs only.
+//     without a band (causal, local) and with at least kWideKeysMin keys (the longest sequence's): +6-7%
+//     on the 4 non-causal cells, M = 512-4096 (1.18-1.19x SDPA efficient). Under a causal mask it lost
+//     1-22% (each 64-query tile's last key tile is mostly masked, and the short rows have few tiles), and
+//     with few keys a tile would be mostly padding, so those calls keep 64-key tiles. 4-warp CTAs only.
 //   128=16 (opt-in): 16-key tiles instead of 32: 67584 bytes of shared memory and 132 registers (ptxas,
 //     sm_90) against 101376 and 168, so three 4-warp CTAs fit a multiprocessor instead of two, for twice the
 //     tile steps (barriers, rescales): 2-5% slower than the 32-key tiles on all 8 cells. (64-key split K/V
 //     tiles at D = 128, 185 registers, two CTAs: 5-8% slower on all 8; not kept.)
+constexpr int kWideKeysMin = 512;  // plugin.py WIDE_KEYS_MIN
 inline bool fp32_fwd_keys(const char* entry) { return env_list_has("ATTNCORE_CUTLASS_FP32_FWD_KEYS", "64=128,256=32", entry); }
 
 template <typename T>
 cudaError_t dispatch(const Params& p, cudaStream_t stream, bool* launched) {
   const int d = max(p.K, p.Kv);
-  // fp32: narrower key tiles, since the split operands take registers (ptxas, sm_90: the chosen 8-warp
-  // D = 256 instances spill 4-8 bytes, the D <= 128 ones none)
+  // fp32 at D = 128: narrower key tiles than fp16/bf16, since the split operands take registers; at 256 and
+  // 64, split K/V tiles where they were measured faster (see above; ptxas, sm_90: the 256 ones spill)
   constexpr bool kF32 = std::is_same<T, float>::value;
-  if constexpr (kF32) {  // split K/V tiles of 128 keys in the shared memory of two 64-key stages, unbanded calls
+  if constexpr (kF32) {  // split K/V tiles of 128 keys in the shared memory of two 64-key stages
     const bool banded = p.band_lo > -kBig || p.band_hi < kBig;
-    if (d <= 64 && !banded && warps_for<T, 64>() == 4 && fp32_fwd_keys("64=128")) {
+    if (d <= 64 && !banded && p.max_k >= kWideKeysMin && warps_for<T, 64>() == 4 && fp32_fwd_keys("64=128")) {
       *launched = launch<T, 64, 128, 1, 4, true>(p, stream);
       if (*launched) return cudaGetLastError();
     }
@@ -348,12 +366,48 @@ cudaError_t dispatch(const Params& p, cudaStream_t stream, bool* launched) {
   return cudaSuccess;
 }
 
+// Per-warp key-tile classification (kWarpMasks), an opt-in until timed: ATTNCORE_CUTLASS_FWD_WARP_MASKS=1,
+// read at every forward. Under a causal mask it skips the products of warps whose rows see none of a tile's
+// keys (with 128-row CTAs and 32-key tiles, 12 of the 32 warp-tiles on a diagonal) and takes the plain path
+// for warps whose rows see all of them. Separate kernel instances, only for calls with a band (causal,
+// local; without one there is nothing to classify) on each dtype's default tile configuration: not with
+// ATTNCORE_CUTLASS_FWD_WARPS or, in fp32, ATTNCORE_CUTLASS_FP32_FWD_KEYS set, nor where those tiles do not
+// fit the shared memory (then the default kernels run).
+template <typename T>
+cudaError_t dispatch_warp_masks(const Params& p, cudaStream_t stream, bool* launched) {
+  constexpr bool kF32 = std::is_same<T, float>::value;
+  const bool banded = p.band_lo > -kBig || p.band_hi < kBig;
+  if (!banded || forced_warps() != 0 || (kF32 && std::getenv("ATTNCORE_CUTLASS_FP32_FWD_KEYS") != nullptr)) return cudaSuccess;
+  const int d = max(p.K, p.Kv);
+  if (d <= 64) {
+    *launched = launch<T, 64, 64, 2, 4, false, true>(p, stream);
+  } else if (d <= 128) {
+    *launched = launch<T, 128, kF32 ? 32 : 64, 2, 4, false, true>(p, stream);
+  } else if (d <= 256) {
+    if constexpr (kF32) {
+      *launched = launch<T, 256, 32, 1, 8, true, true>(p, stream);
+    } else {
+      *launched = launch<T, 256, 32, 2, 4, false, true>(p, stream);
+    }
+  }
+  return *launched ? cudaGetLastError() : cudaSuccess;
+}
+
 }  // namespace
 
 const char* fwd_tc_variant() { return g_fwd_variant; }
 
 cudaError_t fwd_tc(const Params& p, DType dt, cudaStream_t stream, bool* launched) {
   *launched = false;
+  if (env_list_has("ATTNCORE_CUTLASS_FWD_WARP_MASKS", "", "1")) {
+    cudaError_t err = cudaSuccess;
+    switch (dt) {
+      case DType::kF16: err = dispatch_warp_masks<__half>(p, stream, launched); break;
+      case DType::kBF16: err = dispatch_warp_masks<__nv_bfloat16>(p, stream, launched); break;
+      case DType::kF32: err = dispatch_warp_masks<float>(p, stream, launched); break;
+    }
+    if (*launched || err != cudaSuccess) return err;
+  }
   switch (dt) {
     case DType::kF16: return dispatch<__half>(p, stream, launched);
     case DType::kBF16: return dispatch<__nv_bfloat16>(p, stream, launched);
