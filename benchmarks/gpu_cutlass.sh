@@ -9,7 +9,8 @@
 # ATTNCORE_CUTLASS_FP32_FWD_KEYS setting in FWD_AB (space-separated; "unset" leaves it unset, "none" sets it
 # empty; default "unset none 128=16"): fwd_<setting>.md, after printing the tile configuration each setting
 # runs without a mask and under a causal one (fwd_variants.log). masks-ab (not part of all) times the forward
-# (every dtype) with ATTNCORE_CUTLASS_FWD_WARP_MASKS unset and =1: masks_off.md and masks_on.md.
+# (every dtype) with ATTNCORE_CUTLASS_FWD_WARP_MASKS empty (off) and =1: masks_off.md and masks_on.md, after
+# printing the causal calls' kernels (masks_variants.log); the warps and key-tile switches are unset for both.
 set -o pipefail
 modes=(); while [ $# -gt 0 ] && [ "$1" != "--" ]; do modes+=("$1"); shift; done; [ "$1" = "--" ] && shift
 [ ${#modes[@]} -eq 0 ] && modes=(all)
@@ -38,7 +39,10 @@ if want matrix; then
   python3 -m nox -s gpu_matrix -- $par ${MATRIX_ARGS:-} 2>&1 | tee "$OUT/matrix.log" || status=1
 fi
 if [[ " ${modes[*]} " == *" fwd-ab "* ]]; then
-  setenv() { if [ "$name" = unset ]; then env -u ATTNCORE_CUTLASS_FP32_FWD_KEYS "$@"; else ATTNCORE_CUTLASS_FP32_FWD_KEYS="$keys" "$@"; fi; }
+  setenv() {  # the setting under test, and no warp masks (they would run on the default tiles only)
+    if [ "$name" = unset ]; then env -u ATTNCORE_CUTLASS_FP32_FWD_KEYS -u ATTNCORE_CUTLASS_FWD_WARP_MASKS "$@"
+    else env -u ATTNCORE_CUTLASS_FWD_WARP_MASKS ATTNCORE_CUTLASS_FP32_FWD_KEYS="$keys" "$@"; fi
+  }
   read -r -a settings <<< "${FWD_AB:-unset none 128=16}"
   rm -f "$OUT/fwd_variants.log"
   for name in "${settings[@]}"; do
@@ -62,8 +66,23 @@ PY
   done
 fi
 if [[ " ${modes[*]} " == *" masks-ab "* ]]; then  # the forward with key tiles classified per CTA, then per warp
-  for masks in off on; do
-    ATTNCORE_CUTLASS_FWD_WARP_MASKS=$([ $masks = on ] && echo 1) python3 benchmarks/bench_cutlass.py --dirs fwd \
+  rm -f "$OUT/masks_variants.log"
+  for masks in off on; do  # on the default tiles: the warps and fp32 key-tile switches unset for both runs
+    run() { env -u ATTNCORE_CUTLASS_FWD_WARPS -u ATTNCORE_CUTLASS_FP32_FWD_KEYS ATTNCORE_CUTLASS_FWD_WARP_MASKS=$([ $masks = on ] && echo 1) "$@"; }
+    run python3 - "$masks" <<'PY' 2>&1 | tee -a "$OUT/masks_variants.log" || status=1
+import sys
+import torch
+from attncore import LowerTriangularMask
+from attncore.inputs import Inputs
+from attncore_cutlass import _launch
+from attncore_cutlass.ops import CutlassFwOp
+for dtype in (torch.bfloat16, torch.float16, torch.float32):
+    for kd in (64, 128, 256):
+        q = torch.randn(1, 1024, 2, kd, device='cuda', dtype=dtype)
+        CutlassFwOp.apply(Inputs.create(q, q, q, LowerTriangularMask()), needs_lse=False, dropout_seed=0)
+        print('masks-ab', sys.argv[1], dtype, 'K =', kd, 'causal :', _launch.last_family('forward'), _launch.last_forward_variant())
+PY
+    run python3 benchmarks/bench_cutlass.py --dirs fwd \
       --out "$OUT/masks_$masks.md" --json "$OUT/masks_$masks.json" "$@" 2>&1 | tee "$OUT/masks_$masks.log" || status=1
   done
 fi

@@ -142,7 +142,7 @@ def kernel_choices(env: Mapping[str, str]) -> str:
         if in_band[dim].keys != n:  # only 128 keys at 64 depend on the call
             note = f"; {in_band[dim].keys} under a causal or local mask or below {WIDE_KEYS_MIN} keys"
         elif dim == 256 and n == 32:
-            note = f"; 16 where a block's shared memory is under {WIDE_256_SMEM} bytes (below sm_90)"
+            note = f"; 16 where a block's shared memory is under {WIDE_256_SMEM} bytes (sm_80/87; smaller GPUs: the portable kernels)"
         described.append(f"{dim}: {n} ({why}{note})")
     keys = ", ".join(described)
     import torch  # the plugin module itself loads without torch (info on a broken install)
@@ -160,8 +160,18 @@ def kernel_choices(env: Mapping[str, str]) -> str:
         f"fp32 backward dQ: {dq}; "
         f"tensor-core forward: {fwd} (the process keeps the value its first forward saw), "
         f"fp32 key tiles by padded head dim, {keys} (read at every forward), "
-        f"key tiles classified {'per warp under a band (' + WARP_MASKS_ENV + ')' if forward_warp_masks(env) else 'per CTA (default)'}"
+        f"key tiles classified {_classified(env, warps)}"
     )
+
+
+def _classified(env: Mapping[str, str], warps: int) -> str:
+    """How the tensor-core forward classifies key tiles (:func:`forward_warp_masks`), and what vetoes it."""
+    if not forward_warp_masks(env):
+        return "per CTA (default)"
+    if warps in (4, 8):
+        return f"per CTA ({WARP_MASKS_ENV} is set, but {WARPS_ENV} leaves the default tiles)"
+    fp32 = f"; fp32 per CTA: {KEYS_ENV} is set" if KEYS_ENV in env else ""
+    return f"per warp under a causal or local band ({WARP_MASKS_ENV}{fp32})"
 
 
 _ATOI = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")

@@ -18,7 +18,16 @@ import attncore.inputs
 from attncore.inputs import Inputs
 from attncore_cutlass import _launch, matrix, negotiation
 from attncore_cutlass.ops import CutlassBwOp, CutlassFwOp
-from attncore_cutlass.plugin import KEYS_ENV, PAIRS_ENV, WARP_MASKS_ENV, WARPS_ENV, _atoi, fp32_forward_key_tiles, fp32_paired_head_dims
+from attncore_cutlass.plugin import (
+    KEYS_ENV,
+    PAIRS_ENV,
+    WARP_MASKS_ENV,
+    WARPS_ENV,
+    WIDE_256_SMEM,
+    _atoi,
+    fp32_forward_key_tiles,
+    fp32_paired_head_dims,
+)
 from attncore_reference import testing
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -218,20 +227,34 @@ def test_forward_warp_masks(kd: int, kv: int, dtype: torch.dtype, kind: str, mon
         left, right = map(int, kind.split()[1:])
         bias = attncore.LocalAttentionFromBottomRightMask(window_left=left, window_right=right)
     testing.compare_forward(CutlassFwOp, q, k, v, bias)
+    _assert_warp_masks(dtype, max(kd, kv), banded=True)
+
+
+def _assert_warp_masks(dtype: torch.dtype, head_dim: int, banded: bool) -> None:
+    """The last forward ran the warp-mask kernels where ATTNCORE_CUTLASS_FWD_WARP_MASKS=1 applies: a banded
+    call on tensor cores with the default tiles (no forced warps; in fp32 no key-tile setting) where they
+    fit (fp32 at padded head dim 256: the split 32-key tiles' shared memory)."""
     variant = _launch.last_forward_variant()
-    defaults = _atoi(os.environ.get(WARPS_ENV, "")) not in (4, 8) and not (dtype == torch.float32 and KEYS_ENV in os.environ)
-    if _launch.last_family("forward") == "tc" and defaults:  # the opt-in runs on the default tiles only
-        assert variant is not None and variant.endswith(" warp-masks"), variant
+    smem = torch.cuda.get_device_properties(CUDA).shared_memory_per_block_optin  # type: ignore[attr-defined]  # in the CUDA build's properties, not in the stubs
+    fp32 = dtype == torch.float32
+    defaults = _atoi(os.environ.get(WARPS_ENV, "")) not in (4, 8) and not (fp32 and KEYS_ENV in os.environ)
+    fits = not (fp32 and head_dim > 128 and smem < WIDE_256_SMEM)
+    if _launch.last_family("forward") == "tc":
+        assert variant is not None and variant.endswith(" warp-masks") == (banded and defaults and fits), variant
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", CASES, ids=repr)
 def test_forward_warp_masks_every_bias_kind(case: testing.Case, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ATTNCORE_CUTLASS_FWD_WARP_MASKS=1 on every bias kind of the conformance cases (short sequences: one
+    query tile, rows past its end): the warp-mask kernels where the call has a band, else the default ones."""
     monkeypatch.setenv(WARP_MASKS_ENV, "1")
     q, k, v, bias, _ = testing.build(case, "4d", dtype, requires_grad=False)
     q, k, v, bias = testing.moved(q, k, v, bias, CUDA)
     testing.compare_forward(CutlassFwOp, q, k, v, bias)
     assert _launch.last_family("forward") == _expected_family("tc", dtype, "forward")
+    call = _launch._describe(Inputs.create(q, k, v, bias))
+    _assert_warp_masks(dtype, max(q.shape[-1], v.shape[-1]), banded=call.band_lo > -_launch._BIG or call.band_hi < _launch._BIG)
 
 
 @pytest.mark.parametrize("dtype", [*HALF, torch.float32], ids=str)
@@ -242,7 +265,11 @@ def test_long_sequences(m: int, dtype: torch.dtype) -> None:
     testing.compare_forward(CutlassFwOp, q, k, v, bias)
     assert _launch.last_family("forward") == _expected_family("tc", dtype, "forward")
     if m <= 4096:
-        testing.compare_forward(CutlassFwOp, q, k, v, None)  # fp32: the 128-key tiles
+        testing.compare_forward(CutlassFwOp, q, k, v, None)
+        if dtype == torch.float32 and _launch.last_family("forward") == "tc":  # no band, many keys: 128-key tiles
+            want = fp32_forward_key_tiles({n: os.environ[n] for n in (KEYS_ENV, WARPS_ENV) if n in os.environ}, max_keys=m)[64].keys
+            variant = _launch.last_forward_variant()
+            assert variant is not None and variant.startswith(f"D=64 keys={want} "), variant
         testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
 
 

@@ -10,6 +10,7 @@ slow tests (``nox -s emulate``), a few seconds per call.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Optional
@@ -199,6 +200,7 @@ def test_fp32_forward_key_tiles(kd: int, mk: int, keys: Optional[str], variant: 
         monkeypatch.delenv("ATTNCORE_CUTLASS_FP32_FWD_KEYS", raising=False)
     else:
         monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_FWD_KEYS", keys)
+    monkeypatch.delenv("ATTNCORE_CUTLASS_FWD_WARP_MASKS", raising=False)  # the default kernels' names
     gen = torch.Generator().manual_seed(37)
     q = testing.randn(1, 150, 1, kd, gen=gen, dtype=torch.float32)
     k = testing.randn(1, mk, 1, kd, gen=gen, dtype=torch.float32)
@@ -221,6 +223,8 @@ def test_fp32_forward_key_tiles(kd: int, mk: int, keys: Optional[str], variant: 
         (torch.float16, 100, 300, 260, "local 20 5"),
         (torch.float32, 24, 150, 200, "local 30 0"),
         (torch.float32, 198, 150, 200, "causal"),
+        (torch.float32, 100, 150, 200, "causal"),
+        (torch.bfloat16, 198, 150, 200, "local 40 0"),
         (torch.bfloat16, 24, 150, 200, "tensor"),
         (torch.float32, 24, 150, 200, "none"),
     ],
@@ -231,9 +235,13 @@ def test_tensor_core_forward_warp_masks(dtype: torch.dtype, kd: int, mq: int, mk
     (skips the products where none of them sees a key, the plain path where all see every key). Causal
     and local bands (from the bottom right, Mq != Mk) whose edges cross a CTA's rows (windows narrower
     than a key tile: some warps of a CTA see a tile and others none), a partial last query tile (rows past
-    the end skip every tile); a tensor bias and no mask run the default kernels. 64- and 32-key tiles of
-    4-warp CTAs, fp32's split 32-key tiles of 8-warp CTAs at 198 columns."""
+    the end skip every tile); a tensor bias and no mask run the default kernels. 64-key tiles (bf16 at 24
+    and fp16 at 100 columns, fp32 at 24) and 32-key tiles (fp32 at 100, bf16 at 198) of 4-warp CTAs, fp32's
+    split 32-key tiles of 8-warp CTAs at 198 columns."""
+    if os.environ.get("ATTNCORE_CUTLASS_FWD_WARPS", "").strip() in ("4", "8"):
+        pytest.skip("ATTNCORE_CUTLASS_FWD_WARPS is set: the warp-mask kernels run on the default tiles only")
     monkeypatch.setenv("ATTNCORE_CUTLASS_FWD_WARP_MASKS", "1")
+    monkeypatch.delenv("ATTNCORE_CUTLASS_FP32_FWD_KEYS", raising=False)
     gen = torch.Generator().manual_seed(kd + mq)
     q = testing.randn(1, mq, 2, kd, gen=gen, dtype=dtype)
     k = testing.randn(1, mk, 2, kd, gen=gen, dtype=dtype)

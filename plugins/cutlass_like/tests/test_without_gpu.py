@@ -336,6 +336,30 @@ KEYS = "ATTNCORE_CUTLASS_FP32_FWD_KEYS"
 
 
 @pytest.mark.parametrize(
+    ("env", "banded", "max_keys", "smem", "expected"),
+    [
+        ({}, False, 512, None, {64: 128, 128: 32, 256: 32}),
+        ({}, False, 511, None, {64: 64, 128: 32, 256: 32}),  # fewer keys than WIDE_KEYS_MIN
+        ({}, True, 4096, None, {64: 64, 128: 32, 256: 32}),
+        ({}, False, 4096, 166912, {64: 128, 128: 32, 256: 16}),  # sm_80's shared memory per block
+        ({}, False, 4096, 199680, {64: 128, 128: 32, 256: 32}),
+        ({KEYS: "64=128,128=16"}, False, 4096, 166912, {64: 128, 128: 16, 256: 16}),
+        ({"ATTNCORE_CUTLASS_FWD_WARPS": "8"}, False, 4096, None, {64: 64, 128: 32, 256: 32}),
+    ],
+)
+def test_fp32_forward_key_tiles_follow_the_call_and_the_device(
+    env: dict[str, str], banded: bool, max_keys: int, smem: int | None, expected: dict[int, int]
+) -> None:
+    """The key tiles :func:`fp32_forward_key_tiles` predicts (the GPU tests assert them against the launcher):
+    128 at 64 only without a band and from 512 keys, 32 at 256 only where the shared memory holds them."""
+    from attncore_cutlass.plugin import fp32_forward_key_tiles
+
+    tiles = fp32_forward_key_tiles(env, banded=banded, max_keys=max_keys, smem_per_block=smem)
+    assert {dim: t.keys for dim, t in tiles.items()} == expected
+    assert all(t.why for t in tiles.values())
+
+
+@pytest.mark.parametrize(
     ("env", "expected"),
     [
         ({}, ("padded head dim 256 (default;", "4 warps, 8 for fp32 at head dim 256 (default)")),
@@ -356,7 +380,9 @@ KEYS = "ATTNCORE_CUTLASS_FP32_FWD_KEYS"
         ({KEYS: "64=128"}, ("(default;", f"64: 128 ({KEYS}='64=128'; 64 under a causal or local mask or below 512 keys), 128: 32 (")),
         ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "128=64,256=32"}, ("(default;", "64: 64 (ATTNCORE_CUTLASS_FP32_FWD_KEYS='128=64,256=32'), 128: 32 (")),
         ({}, ("(default;", "(read at every forward), key tiles classified per CTA (default)")),
-        ({"ATTNCORE_CUTLASS_FWD_WARP_MASKS": " 1"}, ("(default;", "key tiles classified per warp under a band (ATTNCORE_CUTLASS_FWD_WARP_MASKS)")),
+        ({"ATTNCORE_CUTLASS_FWD_WARP_MASKS": " 1"}, ("(default;", "classified per warp under a causal or local band (ATTNCORE_CUTLASS_FWD_WARP_MASKS)")),
+        ({"ATTNCORE_CUTLASS_FWD_WARP_MASKS": "1", KEYS: ""}, ("(default;", f"band (ATTNCORE_CUTLASS_FWD_WARP_MASKS; fp32 per CTA: {KEYS} is set)")),
+        ({"ATTNCORE_CUTLASS_FWD_WARP_MASKS": "1", "ATTNCORE_CUTLASS_FWD_WARPS": "8"}, ("(default;", "per CTA (ATTNCORE_CUTLASS_FWD_WARP_MASKS is set, but")),
         ({"ATTNCORE_CUTLASS_FWD_WARP_MASKS": "yes"}, ("(default;", "key tiles classified per CTA (default)")),  # the entry is "1"
         (
             {"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "64=128,256=32", "ATTNCORE_CUTLASS_FWD_WARPS": "8"},

@@ -5,8 +5,8 @@
 // group, head); each warp owns 16 of them and keeps its output tile in registers (and, for fp16/bf16
 // with D <= 128, its Q fragments). Keys stream through shared memory in tiles of BN with a two-stage
 // cp.async pipeline: tile n + 1 (K and V) loads while tile n is multiplied (or, for fp32 at D = 256, and at
-// D = 64 without a band mask, kSplitKV: one buffer each for K and V, twice the keys in the same shared
-// memory, the next K loading during P V and the next V during Q K^T). Scores stay in registers and become the A operand
+// D = 64 without a band mask and with at least kWideKeysMin keys, kSplitKV: one buffer each for K and V,
+// twice the keys in the same shared memory, the next K loading during P V and the next V during Q K^T). Scores stay in registers and become the A operand
 // of P V directly (see mma.cuh, and tc::tf32_frag_rows for fp32). Head dims are padded
 // with zeros to D (64, 128 or 256). Tiles inside the band with no bias take an unmasked path (the scale
 // folded into one FMA before exp2); tiles on a band edge or a sequence end, or with a bias, test each
@@ -208,7 +208,7 @@ __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
       // Tiles inside the band with no bias (most of them) take the plain path: the row maximum of the raw
       // scores, then one FMA and one exp2 per element. Tiles on a band edge or a sequence end, and every
       // tile with a bias, test each element against its row's key interval. m0 + kBM (r0 + 16), not m1: a
-      // partial last query tile must take the masked path (its rows past the sequence have no bias row to read).
+      // partial last query tile takes the masked path (tile_all_visible requires every row inside the sequence).
       if (p.bias == nullptr && p.scale_log2 > 0.f &&
           (kWarpMasks ? tile_all_visible(p, sq, r0, r0 + 16, n0, n0 + BN) : tile_all_visible(p, sq, m0, m0 + kBM, n0, n0 + BN))) {
         online_softmax<false, T, BN, D>(p, sq, g, h, m0 + warp * 16 + gr, n0 + 2 * tq, s, o, m_r, l_r);
