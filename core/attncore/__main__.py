@@ -62,18 +62,27 @@ def _explain(argv: list[str]) -> int:
     ap.add_argument("--requires-grad", action="store_true", help="also explain the backward")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    shape = _ints(args.shape)
+    try:
+        shape = _ints(args.shape)
+    except ValueError:
+        ap.error(f"--shape: expected comma-separated integers, found {args.shape!r}")
     if len(shape) not in (3, 4, 5):
         ap.error(f"--shape: expected 3 to 5 comma-separated sizes, found {args.shape!r}")
     dtype = _DTYPES[args.dtype]
     mk = args.kv_len or shape[1]
     kv_shape = [shape[0], mk, *shape[2:]]
-    q = torch.empty(shape, dtype=dtype, device=args.device)
-    k = torch.empty(kv_shape, dtype=dtype, device=args.device)
-    v = torch.empty([*kv_shape[:-1], args.kv_dim or shape[-1]], dtype=dtype, device=args.device)
-    h = shape[-2] if len(shape) >= 4 else 1
-    bias = _bias(args, shape[0], h, shape[1], mk, args.device, dtype)
-    exp = explain(q, k, v, bias, args.p, args.scale, requires_grad=args.requires_grad)
+    try:  # a device this torch lacks, or a call the inputs' checks refuse: a usage error, not a traceback
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device: expected a device this torch can use, found {args.device!r} (torch {torch.__version__} sees no CUDA device)")
+        q = torch.empty(shape, dtype=dtype, device=device)
+        k = torch.empty(kv_shape, dtype=dtype, device=device)
+        v = torch.empty([*kv_shape[:-1], args.kv_dim or shape[-1]], dtype=dtype, device=device)
+        h = shape[-2] if len(shape) >= 4 else 1
+        bias = _bias(args, shape[0], h, shape[1], mk, args.device, dtype)
+        exp = explain(q, k, v, bias, args.p, args.scale, requires_grad=args.requires_grad)
+    except (ValueError, RuntimeError) as err:
+        ap.error(str(err))
     print(exp.to_json(indent=2) if args.json else str(exp))
     return 0
 

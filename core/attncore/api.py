@@ -278,7 +278,7 @@ def memory_efficient_attention_backward(
             raise ValueError(f"{name}: expected a floating-point tensor, found {t.dtype}")
     if lse.dtype != inputs.lse_dtype:
         raise ValueError(f"lse: expected dtype {inputs.lse_dtype} (as returned by the forward), found {lse.dtype}")
-    bw_arg: OpArg = (None, op) if isinstance(op, type) else op
+    bw_arg: OpArg = (None, op) if isinstance(op, (type, str)) else op  # a name here must be a backward operator's
     bw = select(inputs, "backward", op=bw_arg).chosen
     assert bw is not None and issubclass(bw, AttentionBwOpBase)  # select raises when nothing fits
     grads = bw.apply(inputs, Inputs._to5(grad), Inputs._to5(output), inputs.lse_to5(lse), dropout_seed=0)

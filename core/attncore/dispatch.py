@@ -45,7 +45,7 @@ OpArg = Union[
     None,
     str,
     type[AttentionFwOpBase],
-    tuple[Optional[type[AttentionFwOpBase]], Optional[type[AttentionBwOpBase]]],
+    tuple[Optional[Union[str, type[AttentionFwOpBase]]], Optional[Union[str, type[AttentionBwOpBase]]]],
 ]
 
 
@@ -118,13 +118,35 @@ def _forced(op: OpArg, direction: Direction) -> Forced:
     if op is None:
         return None
     if isinstance(op, str):
-        # a forward-only operator named here leaves the backward free (as forcing its class does)
-        if direction == "backward" and not any(o.NAME == op for o in _REGISTRY.operators("backward")):
+        # a forward-only operator named here leaves the backward free (as forcing its class does); a name
+        # no operator has is kept, so that the selection rejects it
+        backward_names = {o.NAME for o in _REGISTRY.operators("backward")}
+        if direction == "backward" and op not in backward_names and any(o.NAME == op for o in _REGISTRY.operators("forward")):
             return None
         return op
     if isinstance(op, tuple):
+        if len(op) != 2 or not all(x is None or isinstance(x, str) or (isinstance(x, type) and issubclass(x, AttentionOpBase)) for x in op):
+            raise ValueError(f"op: expected a (forward, backward) pair of operator classes or names, found {op!r}")
         return op[0] if direction == "forward" else op[1]
+    if not (isinstance(op, type) and issubclass(op, AttentionOpBase)):
+        raise ValueError(f"op: expected None, an operator name, an operator class or a (forward, backward) pair, found {type(op).__name__} {op!r}")
     return op if direction == "forward" else None
+
+
+def checked_reasons(op: type[AttentionOpBase], inputs: Inputs, relax: frozenset[str]) -> list[Reason]:
+    """``op.not_supported_reasons``, with a check that raises turned into a reason against that operator
+    (a broken plugin is explained, never a crash of the dispatcher, ``explain`` or ``info``)."""
+    try:
+        return list(op.not_supported_reasons(inputs, relax))
+    except Exception as exc:  # noqa: BLE001  # whatever a plugin's check raised becomes its rejection
+        return [
+            Reason(
+                "plugin error",
+                f"{op.NAME}.not_supported_reasons raised {type(exc).__name__}: {exc}",
+                "a list of reasons",
+                "reinstall or report the plugin providing this operator",
+            )
+        ]
 
 
 def evaluate(inputs: Inputs, direction: Direction, *, forced: Forced = None, fw_rng: Optional[str] = None, pol: Optional[Policy] = None) -> Selection:
@@ -150,7 +172,7 @@ def evaluate(inputs: Inputs, direction: Direction, *, forced: Forced = None, fw_
     candidates: list[Candidate] = []
     chosen: Optional[type[AttentionOpBase]] = None
     for _, _, op in sorted(ranked, key=lambda t: (t[0], t[1])):
-        reasons = op.not_supported_reasons(inputs, pol.relax)
+        reasons = checked_reasons(op, inputs, pol.relax)
         if direction == "backward" and inputs.p > 0.0 and op.CAPABILITIES.dropout_rng != fw_rng:
             reasons.append(
                 Reason(
@@ -280,16 +302,22 @@ def explain(
     output_dtype: Optional[torch.dtype] = None,
     requires_grad: Optional[bool] = None,
     partial: bool = False,
+    bias: Union[AttentionBias, torch.Tensor, None] = None,
 ) -> Explanation:
     """Explain which operators the dispatcher picks for this call and why; runs no kernel.
 
-    The backward is explained when an input requires grad, or when ``requires_grad=True``. Tensors
-    may live on the ``meta`` device for shapes only, but a device's capabilities are only known
-    for real tensors.
+    ``bias=`` is another name for ``attn_bias`` (give one of them). The backward is explained when an
+    input requires grad, or when ``requires_grad=True``. Tensors may live on the ``meta`` device for
+    shapes only, but a device's capabilities are only known for real tensors.
     """
+    if bias is not None:
+        if attn_bias is not None:
+            raise ValueError("bias: expected either bias= or attn_bias= (the same argument), found both")
+        attn_bias = bias
+    inputs = Inputs.create(query, key, value, attn_bias, p, scale, output_dtype, is_partial=partial)  # validates first
     if requires_grad and not query.requires_grad:
         query = query.detach().requires_grad_(True)
-    inputs = Inputs.create(query, key, value, attn_bias, p, scale, output_dtype, is_partial=partial)
+        inputs = Inputs.create(query, key, value, attn_bias, p, scale, output_dtype, is_partial=partial)
     fw = _cached_or_evaluate(inputs, "forward", op, None)
     bw: Optional[Selection] = None
     if inputs.features.requires_grad and requires_grad is not False:

@@ -12,6 +12,7 @@ import torch
 from attncore import _compile
 from attncore.capabilities import Capabilities, Direction
 from attncore.device import device_info
+from attncore.dispatch import checked_reasons
 from attncore.inputs import Inputs
 from attncore.ops import AttentionOpBase
 from attncore.policy import current_policy
@@ -45,12 +46,27 @@ def _caps(c: Capabilities) -> dict[str, Any]:
 
 
 def _probe(op: type[AttentionOpBase], device: torch.device) -> list[str]:
-    """Reasons ``op`` rejects a plain call (its first dtype, K=64) on ``device``; empty if usable."""
-    dtype = sorted(op.CAPABILITIES.dtypes, key=str)[0]
-    k = max(64, op.CAPABILITIES.min_head_dim)
-    q = torch.empty((1, 1, 1, k), dtype=dtype, device=device)
-    inputs = Inputs.create(q, q, q)
-    return [str(r) for r in op.not_supported_reasons(inputs, current_policy().relax)]
+    """Reasons ``op`` rejects a plain call on ``device`` (its first floating-point dtype, a head dim it takes
+    near 64); empty if usable. A probe that fails is reported as the verdict, never raised."""
+    caps = op.CAPABILITIES
+    dtypes = sorted((d for d in caps.dtypes if d in _PROBE_DTYPES), key=_PROBE_DTYPES.index)
+    if not dtypes:
+        return [f"not probed: no dtype among {', '.join(str(d).replace('torch.', '') for d in _PROBE_DTYPES)}"]
+    k = max(64, caps.min_head_dim)
+    if caps.max_head_dim is not None:
+        k = min(k, caps.max_head_dim)
+    k -= k % max(1, caps.head_dim_multiple)
+    k = max(k, caps.min_head_dim)
+    try:
+        q = torch.empty((1, 1, 1, k), dtype=dtypes[0], device=device)
+        inputs = Inputs.create(q, q, q)
+    except (ValueError, RuntimeError) as exc:
+        return [f"not probed: {type(exc).__name__}: {exc}"]
+    return [str(r) for r in checked_reasons(op, inputs, current_policy().relax)]
+
+
+#: The dtypes ``info`` probes operators with, in order of preference.
+_PROBE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def collect() -> dict[str, Any]:

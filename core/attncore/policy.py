@@ -72,6 +72,14 @@ def _environment_policy() -> Policy:
         warnings.warn(f"{ENV_RELAX}: ignoring unknown caps {sorted(unknown)}; known: {sorted(RELAXABLE)}", stacklevel=2)
         relax = relax & RELAXABLE
     order = _split(backends) or None
+    if order is not None:
+        unknown_names = _unknown_names(order)
+        if unknown_names:
+            warnings.warn(
+                f"{ENV_BACKENDS}: no operator or plugin is named {', '.join(map(repr, unknown_names))} (known: {', '.join(_known_names())}); "
+                "calls the other names do not cover are rejected as excluded",
+                stacklevel=2,
+            )
     if order is None and not relax:
         return Policy()
     parts = [f"{ENV_BACKENDS}={backends!r}" if order else "", f"{ENV_RELAX}={relax_text!r}" if relax else ""]
@@ -98,6 +106,10 @@ def policy(order: Optional[Sequence[str]] = None, relax: Sequence[str] = ()) -> 
     """
     if isinstance(order, str):
         raise ValueError(f"order: expected a sequence of operator or plugin names, found the string {order!r}")
+    if order is not None and len(order) == 0:
+        raise ValueError("order: expected at least one operator or plugin name (an empty order excludes every operator), found []")
+    if isinstance(relax, str):
+        raise ValueError(f"relax: expected a sequence of cap names among {sorted(RELAXABLE)}, found the string {relax!r}")
     bad = sorted(set(relax) - RELAXABLE)
     if bad:
         raise ValueError(f"relax: expected names among {sorted(RELAXABLE)}, found {bad}")
@@ -145,11 +157,20 @@ def from_token(token: int) -> Policy:
     return _BY_TOKEN[token]
 
 
-def _check_names(order: tuple[str, ...]) -> None:
+def _known_names() -> list[str]:
+    """The plugin and operator names a policy's order can use."""
     from attncore.registry import get_registry  # registry imports ops; keep this module import-light
 
     reg = get_registry()
-    known = {r.name for r in reg.plugins()} | {op.NAME for op in (*reg.operators("forward"), *reg.operators("backward"))}
-    for entry in order:
-        if not any(k == entry or k.startswith(entry + ".") for k in known):
-            raise ValueError(f"order: expected operator or plugin names among {sorted(known)}, found unknown {entry!r}")
+    return sorted({r.name for r in reg.plugins()} | {op.NAME for op in (*reg.operators("forward"), *reg.operators("backward"))})
+
+
+def _unknown_names(order: Sequence[str]) -> list[str]:
+    known = _known_names()
+    return [entry for entry in order if not any(k == entry or k.startswith(entry + ".") for k in known)]
+
+
+def _check_names(order: tuple[str, ...]) -> None:
+    unknown = _unknown_names(order)
+    if unknown:
+        raise ValueError(f"order: expected operator or plugin names among {_known_names()}, found unknown {unknown[0]!r}")

@@ -123,7 +123,7 @@ class Registry:
             obj = ep.load()
             dist = getattr(ep, "dist", None)
             distribution = dist.name if dist is not None else ep.name
-        except Exception as exc:  # noqa: BLE001  # a broken plugin must become a reason, whatever it raised
+        except (Exception, SystemExit) as exc:  # noqa: BLE001  # a broken plugin must become a reason, whatever it raised (sys.exit too)
             return PluginRecord(
                 ep.name,
                 source,
