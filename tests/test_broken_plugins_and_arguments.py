@@ -168,3 +168,38 @@ def test_an_environment_policy_naming_no_operator_warns(broken: None, monkeypatc
     finally:
         monkeypatch.delenv("ATTNCORE_BACKENDS")
         dispatch.reload_environment()
+
+
+def test_a_cuda_pin_compares_the_cuda_torch_was_built_with() -> None:
+    from attncore.requirements import requirement_reasons
+
+    def versions(name: str) -> str | None:
+        return {"torch": "2.13.0"}.get(name)
+
+    assert requirement_reasons("attncore-x", {"cuda": ">=12.0"}, versions, cuda="12.8") == []
+    (old,) = requirement_reasons("attncore-x", {"cuda": ">=12.0"}, versions, cuda="11.8")
+    assert str(old) == (
+        "cuda: found 11.8; supported: >=12.0; fix: a torch built with CUDA >=12.0 (pip install torch from the PyTorch index "
+        "for that CUDA), or a release of attncore-x that supports cuda 11.8"
+    )
+    (cpu,) = requirement_reasons("attncore-x", {"cuda": ">=12.0"}, versions, cuda=None)
+    assert str(cpu).startswith("cuda: found no CUDA (torch 2.13.0 is a CPU-only or non-CUDA build); supported: >=12.0")
+
+
+def test_a_plugin_pinning_a_cuda_this_torch_lacks_is_unavailable(isolated_registry: None) -> None:
+    """On this CPU-only torch, a plugin that declares ``cuda>=12`` is listed unavailable, with the reason."""
+    if torch.version.cuda is not None:
+        pytest.skip("checks a CPU-only torch")
+
+    class Plugin:
+        @attncore.hookimpl
+        def attncore_plugin_info(self) -> attncore.PluginInfo:
+            return attncore.PluginInfo(version="1.0", requires={"cuda": ">=12.0"})
+
+        @attncore.hookimpl
+        def attncore_operators(self) -> list[type[attncore.AttentionOpBase]]:
+            return [fake_fw("needs.cuda", 1)]
+
+    record = registry.register(Plugin(), name="needs_cuda")
+    assert not record.available
+    assert "cuda: found no CUDA" in str(record.reasons[0])

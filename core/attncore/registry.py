@@ -149,7 +149,7 @@ class Registry:
             return PluginRecord(name, source, reasons=(Reason("hook attncore_plugin_info", f"returned {type(info).__name__}", "a PluginInfo"),))
         if info is not None:
             who = distribution or name
-            unmet = requirement_reasons(who, info.requires)
+            unmet = requirement_reasons(who, info.requires, cuda=torch.version.cuda)
             if info.build is not None:
                 unmet += build_record_reasons(who, info.build, cuda=torch.version.cuda)
             if unmet:

@@ -46,8 +46,15 @@ def declared_requirements(distribution: str, names: Sequence[str] = ("torch", "t
     return out
 
 
-def requirement_reasons(plugin: str, requires: Mapping[str, str], lookup: VersionLookup = installed_version) -> list[Reason]:
-    """One reason per unmet requirement, e.g. ``triton: found 2.3.1; supported >=3.0``."""
+#: The requirement name that pins the CUDA toolkit torch was built with (``torch.version.cuda``), not a distribution.
+CUDA = "cuda"
+
+
+def requirement_reasons(
+    plugin: str, requires: Mapping[str, str], lookup: VersionLookup = installed_version, cuda: Optional[str] = None
+) -> list[Reason]:
+    """One reason per unmet requirement, e.g. ``triton: found 2.3.1; supported >=3.0``. The name ``cuda``
+    pins the CUDA version of the running torch (``cuda``: ``torch.version.cuda``, None for a CPU-only build)."""
     out = []
     for dist, spec in requires.items():
         try:
@@ -55,8 +62,15 @@ def requirement_reasons(plugin: str, requires: Mapping[str, str], lookup: Versio
         except InvalidSpecifier:
             out.append(Reason(f"{dist} requirement", f"invalid specifier {spec!r} declared by {plugin}", "PEP 440 specifiers"))
             continue
-        have = lookup(dist)
-        fix = f"pip install '{dist}{spec}'"
+        if dist == CUDA:
+            have = cuda
+            fix = f"a torch built with CUDA {spec} (pip install torch from the PyTorch index for that CUDA)"
+            if have is None:
+                out.append(Reason(dist, f"no CUDA (torch {lookup('torch')} is a CPU-only or non-CUDA build)", spec, fix))
+                continue
+        else:
+            have = lookup(dist)
+            fix = f"pip install '{dist}{spec}'"
         if have is None:
             out.append(Reason(dist, "not installed", spec, fix))
             continue
