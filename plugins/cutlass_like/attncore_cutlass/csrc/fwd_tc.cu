@@ -6,9 +6,9 @@
 // with D <= 128, its Q fragments). Keys stream through shared memory in tiles of BN with a two-stage
 // cp.async pipeline: tile n + 1 (K and V) loads while tile n is multiplied (or, for fp32 at D = 256, and at
 // D = 64 without a band mask and with at least kWideKeysMin keys, kSplitKV: one buffer each for K and V,
-// twice the keys in the same shared memory, the next K loading during P V and the next V during Q K^T). Scores stay in registers and become the A operand
-// of P V directly (see mma.cuh, and tc::tf32_frag_rows for fp32). Head dims are padded
-// with zeros to D (64, 128 or 256). Tiles inside the band with no bias take an unmasked path (the scale
+// twice the keys in the same shared memory, the next K loading during P V and the next V during Q K^T).
+// Scores stay in registers and become the A operand of P V directly (see mma.cuh, and tc::tf32_frag_rows
+// for fp32). Head dims are padded with zeros to D (64, 128 or 256). Tiles inside the band with no bias take an unmasked path (the scale
 // folded into one FMA before exp2); tiles on a band edge or a sequence end, or with a bias, test each
 // score against its row's key interval. Query tiles are scheduled last-first, so under a causal mask
 // the longest rows start first and the short ones fill the tail.
