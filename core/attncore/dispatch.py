@@ -120,8 +120,7 @@ def _forced(op: OpArg, direction: Direction) -> Forced:
     if isinstance(op, str):
         # a forward-only operator named here leaves the backward free (as forcing its class does); a name
         # no operator has is kept, so that the selection rejects it
-        backward_names = {o.NAME for o in _REGISTRY.operators("backward")}
-        if direction == "backward" and op not in backward_names and any(o.NAME == op for o in _REGISTRY.operators("forward")):
+        if direction == "backward" and _REGISTRY.find(op, "backward") is None and _REGISTRY.find(op, "forward") is not None:
             return None
         return op
     if isinstance(op, tuple):

@@ -73,10 +73,11 @@ def _environment_policy() -> Policy:
         relax = relax & RELAXABLE
     order = _split(backends) or None
     if order is not None:
-        unknown_names = _unknown_names(order)
+        known = _known_names()
+        unknown_names = _unknown_names(order, known)
         if unknown_names:
             warnings.warn(
-                f"{ENV_BACKENDS}: no operator or plugin is named {', '.join(map(repr, unknown_names))} (known: {', '.join(_known_names())}); "
+                f"{ENV_BACKENDS}: no operator or plugin is named {', '.join(map(repr, unknown_names))} (known: {', '.join(known)}); "
                 "calls the other names do not cover are rejected as excluded",
                 stacklevel=2,
             )
@@ -165,12 +166,13 @@ def _known_names() -> list[str]:
     return sorted({r.name for r in reg.plugins()} | {op.NAME for op in (*reg.operators("forward"), *reg.operators("backward"))})
 
 
-def _unknown_names(order: Sequence[str]) -> list[str]:
-    known = _known_names()
+def _unknown_names(order: Sequence[str], known: Sequence[str]) -> list[str]:
+    """The entries of ``order`` that name no plugin or operator of ``known`` (a plugin name covers its operators)."""
     return [entry for entry in order if not any(k == entry or k.startswith(entry + ".") for k in known)]
 
 
 def _check_names(order: tuple[str, ...]) -> None:
-    unknown = _unknown_names(order)
+    known = _known_names()
+    unknown = _unknown_names(order, known)
     if unknown:
-        raise ValueError(f"order: expected operator or plugin names among {_known_names()}, found unknown {unknown[0]!r}")
+        raise ValueError(f"order: expected operator or plugin names among {known}, found unknown {unknown[0]!r}")
