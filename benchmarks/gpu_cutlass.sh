@@ -47,20 +47,7 @@ if [[ " ${modes[*]} " == *" fwd-ab "* ]]; then
   rm -f "$OUT/fwd_variants.log"
   for name in "${settings[@]}"; do
     keys=$([ "$name" = none ] || echo "$name")
-    setenv python3 - "$name" <<'PY' 2>&1 | tee -a "$OUT/fwd_variants.log" || status=1
-import sys
-import torch
-from attncore import LowerTriangularMask
-from attncore.inputs import Inputs
-from attncore_cutlass import _launch
-from attncore_cutlass.ops import CutlassFwOp
-for kd in (64, 128, 256):
-    q = torch.randn(1, 1024, 2, kd, device='cuda')
-    for bias in (None, LowerTriangularMask()):
-        CutlassFwOp.apply(Inputs.create(q, q, q, bias), needs_lse=False, dropout_seed=0)
-        label = 'no mask' if bias is None else 'causal'
-        print('fwd-ab', sys.argv[1], 'K =', kd, label, ':', _launch.last_family('forward'), _launch.last_forward_variant())
-PY
+    setenv python3 benchmarks/cutlass_variants.py "fwd-ab $name" 2>&1 | tee -a "$OUT/fwd_variants.log" || status=1
     setenv python3 benchmarks/bench_cutlass.py --dtypes fp32 --dirs fwd --heads 64,128,256 \
       --out "$OUT/fwd_$name.md" --json "$OUT/fwd_$name.json" "$@" 2>&1 | tee "$OUT/fwd_$name.log" || status=1
   done
@@ -69,19 +56,7 @@ if [[ " ${modes[*]} " == *" masks-ab "* ]]; then  # the forward with key tiles c
   rm -f "$OUT/masks_variants.log"
   for masks in off on; do  # on the default tiles: the warps and fp32 key-tile switches unset for both runs
     run() { env -u ATTNCORE_CUTLASS_FWD_WARPS -u ATTNCORE_CUTLASS_FP32_FWD_KEYS ATTNCORE_CUTLASS_FWD_WARP_MASKS=$([ $masks = on ] && echo 1) "$@"; }
-    run python3 - "$masks" <<'PY' 2>&1 | tee -a "$OUT/masks_variants.log" || status=1
-import sys
-import torch
-from attncore import LowerTriangularMask
-from attncore.inputs import Inputs
-from attncore_cutlass import _launch
-from attncore_cutlass.ops import CutlassFwOp
-for dtype in (torch.bfloat16, torch.float16, torch.float32):
-    for kd in (64, 128, 256):
-        q = torch.randn(1, 1024, 2, kd, device='cuda', dtype=dtype)
-        CutlassFwOp.apply(Inputs.create(q, q, q, LowerTriangularMask()), needs_lse=False, dropout_seed=0)
-        print('masks-ab', sys.argv[1], dtype, 'K =', kd, 'causal :', _launch.last_family('forward'), _launch.last_forward_variant())
-PY
+    run python3 benchmarks/cutlass_variants.py "masks-ab $masks" --dtypes bf16,fp16,fp32 --masks causal 2>&1 | tee -a "$OUT/masks_variants.log" || status=1
     run python3 benchmarks/bench_cutlass.py --dirs fwd \
       --out "$OUT/masks_$masks.md" --json "$OUT/masks_$masks.json" "$@" 2>&1 | tee "$OUT/masks_$masks.log" || status=1
   done
