@@ -25,7 +25,7 @@ for _ in range(2):
 torch.cuda.synchronize()
 PY
 mkdir -p "${OUT:-/tmp}"
-"$NCU" --clock-control none --kernel-name regex:"fwd_tc|bwd_dkdv_tc|bwd_dq_tc|fmha|attention" --launch-skip 0 --launch-count 6 \
+"$NCU" --clock-control none --kernel-name regex:"fwd_tc|fwd_f32|bwd_dkdv_tc|bwd_dq_tc|fmha|attention" --launch-skip 0 --launch-count 6 \
   --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats --section InstructionStats \
   --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,smsp__inst_executed.sum,sm__inst_executed_pipe_tensor.sum" \
   python3 /tmp/attncore_ncu_case.py > "${OUT:-/tmp}/ncu.txt" 2>&1

@@ -56,6 +56,7 @@ PAIRS_ENV = "ATTNCORE_CUTLASS_FP32_BWD_PAIRS"
 WARPS_ENV = "ATTNCORE_CUTLASS_FWD_WARPS"
 KEYS_ENV = "ATTNCORE_CUTLASS_FP32_FWD_KEYS"
 WARP_MASKS_ENV = "ATTNCORE_CUTLASS_FWD_WARP_MASKS"
+SPLIT_ENV = "ATTNCORE_CUTLASS_FP32_FWD_SPLIT"
 
 
 def _env_list(env: Mapping[str, str], name: str, unset: str) -> list[str]:
@@ -119,9 +120,27 @@ def fp32_forward_key_tiles(
 def forward_warp_masks(env: Mapping[str, str]) -> bool:
     """Whether the tensor-core forward classifies key tiles per warp under a band (causal, local), as
     csrc/fwd_tc.cu's ``fwd_tc`` reads ``ATTNCORE_CUTLASS_FWD_WARP_MASKS``: the entry ``1`` (a comma-separated
-    list, spaces ignored); unset = off, an opt-in until timed. It runs on each dtype's default tiles only:
+    list, spaces ignored); unset = off, an opt-in (timed on an H200: fp32 2-11% slower under a causal mask at
+    head dims 64 and 128, bf16 within that run's noise; not adopted). It runs on each dtype's default tiles only:
     not with ``ATTNCORE_CUTLASS_FWD_WARPS`` or, in fp32, ``ATTNCORE_CUTLASS_FP32_FWD_KEYS`` set."""
     return "1" in _env_list(env, WARP_MASKS_ENV, "")
+
+
+def fp32_forward_split(env: Mapping[str, str]) -> tuple[int, ...]:
+    """The padded head dims whose fp32 tensor-core forward splits K and V into tf32 parts once per CTA, as
+    csrc/fwd_tc.cu's ``fp32_fwd_split`` reads ``ATTNCORE_CUTLASS_FP32_FWD_SPLIT``: comma-separated, spaces
+    ignored, entries 64 (64-key tiles) and 128 (32-key tiles); unset = none. An opt-in: 10-30% slower than
+    the default kernels on an H200 (benchmarks/RESULTS.md). Before the key-tile choice
+    (:func:`fp32_forward_key_tiles`) where it applies; not with ``ATTNCORE_CUTLASS_FWD_WARPS=8``, nor where a
+    block's shared memory is under :data:`SPLIT_SMEM` (then the key-tile choice runs)."""
+    if _atoi(env.get(WARPS_ENV, "")) == 8:
+        return ()
+    entries = _env_list(env, SPLIT_ENV, "")
+    return tuple(d for d in (64, 128) if str(d) in entries)
+
+
+#: Shared memory per block of the split kernels by padded head dim (csrc/fwd_tc.cu's fwd_f32_split_smem_bytes).
+SPLIT_SMEM = {64: 87552, 128: 101632}
 
 
 def kernel_choices(env: Mapping[str, str]) -> str:
@@ -160,8 +179,23 @@ def kernel_choices(env: Mapping[str, str]) -> str:
         f"fp32 backward dQ: {dq}; "
         f"tensor-core forward: {fwd} (the process keeps the value its first forward saw), "
         f"fp32 key tiles by padded head dim, {keys} (read at every forward), "
+        f"fp32 K and V split once per CTA {_split(env)}, "
         f"key tiles classified {_classified(env, warps)}"
     )
+
+
+def _split(env: Mapping[str, str]) -> str:
+    """Where the fp32 forward splits K and V once per CTA (:func:`fp32_forward_split`), and what vetoes it."""
+    dims = fp32_forward_split(env)
+    if dims:
+        where = " and ".join(f"{d} ({SPLIT_SMEM[d]} bytes of shared memory per block)" for d in dims)
+        return f"at padded head dim {where} ({SPLIT_ENV}; an opt-in, 10-30% slower on the H200)"
+    named = [e for e in _env_list(env, SPLIT_ENV, "") if e]
+    if not named:
+        return "nowhere (default; each warp splits its own fragments)"
+    if any(e in ("64", "128") for e in named):
+        return f"nowhere ({SPLIT_ENV}={env[SPLIT_ENV]!r}, but {WARPS_ENV}=8: 4-warp CTAs only)"
+    return f"nowhere ({SPLIT_ENV}={env[SPLIT_ENV]!r} names neither 64 nor 128)"
 
 
 def _classified(env: Mapping[str, str], warps: int) -> str:

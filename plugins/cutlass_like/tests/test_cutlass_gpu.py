@@ -21,6 +21,7 @@ from attncore_cutlass.ops import CutlassBwOp, CutlassFwOp
 from attncore_cutlass.plugin import (
     KEYS_ENV,
     PAIRS_ENV,
+    SPLIT_ENV,
     WARP_MASKS_ENV,
     WARPS_ENV,
     WIDE_256_SMEM,
@@ -208,6 +209,44 @@ def test_fp32_forward_key_tiles(kd: int, kv: int, keys: Optional[str], bias_kind
     check(q, k[:, :20], v[:, :20], None if bias_kind == "none" else attncore.LowerTriangularFromBottomRightMask(), banded=bias_kind != "none")  # one key tile
     window = attncore.LocalAttentionFromBottomRightMask(window_left=0, window_right=0)  # one key per query
     check(q[:, :40], k[:, :300], v[:, :300], window, banded=True)
+
+
+@pytest.mark.parametrize(("kd", "kv"), [(128, 128), (98, 72), (72, 128), (64, 64), (42, 56)])
+@pytest.mark.parametrize("kind", ["causal", "local 20 5", "tensor", "none"])
+def test_fp32_forward_tf32_split(kd: int, kv: int, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ATTNCORE_CUTLASS_FP32_FWD_SPLIT: K and V split into tf32 parts once per CTA (their loads through
+    registers, two barriers a tile). Against the float64 truth and bit for bit against the kernel with the
+    same tiles that splits them in every warp; 17 key tiles of 32 (head dim 128) or 9 of 64 (head dim 64):
+    the only check of the staging order's barriers, as the emulation runs the threads of a block in step
+    at each barrier. 16-byte loads (128, 72, 64 and 56 columns) and element loads (98 and 42 columns: not
+    a multiple of 4), Kv != K."""
+    padded = 64 if max(kd, kv) <= 64 else 128
+    monkeypatch.delenv(WARP_MASKS_ENV, raising=False)
+    monkeypatch.delenv(KEYS_ENV, raising=False)
+    if _atoi(os.environ.get(WARPS_ENV, "")) in (4, 8):
+        pytest.skip("ATTNCORE_CUTLASS_FWD_WARPS is set: the plain kernel to compare with would differ")
+    q, k, v = _qkv(2, 333, 517, 3, kd, kv, torch.float32, seed=kd + kv + 1)
+    bias: testing.Bias = None
+    if kind == "causal":
+        bias = attncore.LowerTriangularFromBottomRightMask()
+    elif kind.startswith("local"):
+        left, right = map(int, kind.split()[1:])
+        bias = attncore.LocalAttentionFromBottomRightMask(window_left=left, window_right=right)
+    elif kind == "tensor":
+        bias = testing.randn(2, 3, 333, 517, gen=torch.Generator().manual_seed(kv), dtype=torch.float32).to(CUDA)
+    monkeypatch.setenv(SPLIT_ENV, "64,128")
+    testing.compare_forward(CutlassFwOp, q, k, v, bias)
+    keys = 64 if padded == 64 else 32
+    variant = _launch.last_forward_variant()
+    assert variant is not None and variant.startswith(f"D={padded} keys={keys} stages=tf32-split warps=4"), variant
+    inp = testing.inputs(q, k, v, bias)
+    got = CutlassFwOp.apply(inp, needs_lse=True, dropout_seed=0)
+    monkeypatch.delenv(SPLIT_ENV)
+    monkeypatch.setenv(KEYS_ENV, "")
+    want = CutlassFwOp.apply(inp, needs_lse=True, dropout_seed=0)
+    assert _launch.last_forward_variant() == f"D={padded} keys={keys} stages=2 warps=4"
+    assert got.lse is not None and want.lse is not None
+    assert torch.equal(got.out, want.out) and torch.equal(got.lse, want.lse)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, *HALF], ids=str)

@@ -215,6 +215,59 @@ def test_fp32_forward_key_tiles(kd: int, mk: int, keys: Optional[str], variant: 
     assert (_launch.last_family("forward"), _launch.last_forward_variant()) == ("tc", other or variant)
 
 
+def _bias(kind: str, mq: int, mk: int, gen: torch.Generator, dtype: torch.dtype) -> testing.Bias:
+    """The bias a test case names: "causal" (from the bottom right), "local LEFT RIGHT" (a window from the
+    bottom right), "tensor" (1 x 2 heads x mq x mk, random) or "none"."""
+    if kind == "causal":
+        return attncore.LowerTriangularFromBottomRightMask()
+    if kind.startswith("local"):
+        left, right = map(int, kind.split()[1:])
+        return attncore.LocalAttentionFromBottomRightMask(window_left=left, window_right=right)
+    if kind == "tensor":
+        return testing.randn(1, 2, mq, mk, gen=gen, dtype=dtype)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("kd", "kv", "mk", "kind", "split", "tiles"),
+    [
+        (128, 128, 200, "causal", "128", "D=128 keys=32 stages=2 warps=4"),
+        (98, 72, 90, "tensor", "128", "D=128 keys=32 stages=2 warps=4"),
+        (72, 128, 200, "local 30 20", "64,128", "D=128 keys=32 stages=2 warps=4"),
+        (42, 24, 200, "none", "64", "D=64 keys=64 stages=2 warps=4"),
+        (64, 64, 150, "causal", "64", "D=64 keys=64 stages=2 warps=4"),
+    ],
+    ids=str,
+)
+def test_fp32_forward_tf32_split(kd: int, kv: int, mk: int, kind: str, split: str, tiles: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ATTNCORE_CUTLASS_FP32_FWD_SPLIT: K and V split into tf32 parts once per CTA, on their way from global
+    memory through registers (tf32_tiles.cuh). Matches the float64 truth, and gives the same bits as the
+    kernel with the same tiles that splits them in every warp (the products sum in the same order): 16-byte
+    loads (128, 72 and 64 columns) and element loads (98 and 42 columns: not a multiple of 4), Kv != K both
+    ways, a partial last key tile, causal and local bands from the bottom right, a tensor bias; 32-key tiles
+    at 128 and 64-key tiles at 64."""
+    monkeypatch.delenv("ATTNCORE_CUTLASS_FWD_WARP_MASKS", raising=False)
+    monkeypatch.delenv("ATTNCORE_CUTLASS_FWD_WARPS", raising=False)
+    gen = torch.Generator().manual_seed(kd + mk)
+    q = testing.randn(1, 150, 2, kd, gen=gen, dtype=torch.float32)
+    k = testing.randn(1, mk, 2, kd, gen=gen, dtype=torch.float32)
+    v = testing.randn(1, mk, 2, kv, gen=gen, dtype=torch.float32)
+    b = _bias(kind, 150, mk, gen, torch.float32)
+    monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_FWD_SPLIT", split)
+    testing.compare_forward(CutlassFwOp, q, k, v, b)
+    variant = _launch.last_forward_variant()
+    assert variant is not None and variant.startswith(tiles.partition(" stages")[0] + " stages=tf32-split warps=4"), variant
+    inp = testing.inputs(q, k, v, b)
+    split_out = CutlassFwOp.apply(inp, needs_lse=True, dropout_seed=0)
+    monkeypatch.delenv("ATTNCORE_CUTLASS_FP32_FWD_SPLIT")
+    monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_FWD_KEYS", "")  # the 64-key tiles at 64, 32 at 128
+    plain = CutlassFwOp.apply(inp, needs_lse=True, dropout_seed=0)
+    assert _launch.last_forward_variant() == tiles
+    assert split_out.lse is not None and plain.lse is not None
+    assert torch.equal(split_out.out, plain.out) and torch.equal(split_out.lse, plain.lse)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("dtype", "kd", "mq", "mk", "kind"),
@@ -246,14 +299,7 @@ def test_tensor_core_forward_warp_masks(dtype: torch.dtype, kd: int, mq: int, mk
     q = testing.randn(1, mq, 2, kd, gen=gen, dtype=dtype)
     k = testing.randn(1, mk, 2, kd, gen=gen, dtype=dtype)
     v = testing.randn(1, mk, 2, kd - 16, gen=gen, dtype=dtype)
-    b: testing.Bias = None
-    if kind == "causal":
-        b = attncore.LowerTriangularFromBottomRightMask()
-    elif kind.startswith("local"):
-        left, right = map(int, kind.split()[1:])
-        b = attncore.LocalAttentionFromBottomRightMask(window_left=left, window_right=right)
-    elif kind == "tensor":
-        b = testing.randn(1, 2, mq, mk, gen=gen, dtype=dtype)
+    b = _bias(kind, mq, mk, gen, dtype)
     testing.compare_forward(CutlassFwOp, q, k, v, b)
     variant = _launch.last_forward_variant()
     banded = kind == "causal" or kind.startswith("local")  # nothing to classify without a band: the default kernels

@@ -379,7 +379,7 @@ def test_fp32_forward_key_tiles_follow_the_call_and_the_device(
         ({}, ("(default;", "64: 128 (default; 64 under a causal or local mask or below 512 keys), 128: 32 (default), 256: 32 (default; 16 where")),
         ({KEYS: "64=128"}, ("(default;", f"64: 128 ({KEYS}='64=128'; 64 under a causal or local mask or below 512 keys), 128: 32 (")),
         ({"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "128=64,256=32"}, ("(default;", "64: 64 (ATTNCORE_CUTLASS_FP32_FWD_KEYS='128=64,256=32'), 128: 32 (")),
-        ({}, ("(default;", "(read at every forward), key tiles classified per CTA (default)")),
+        ({}, ("(default;", "each warp splits its own fragments), key tiles classified per CTA (default)")),
         ({"ATTNCORE_CUTLASS_FWD_WARP_MASKS": " 1"}, ("(default;", "classified per warp under a causal or local band (ATTNCORE_CUTLASS_FWD_WARP_MASKS)")),
         ({"ATTNCORE_CUTLASS_FWD_WARP_MASKS": "1", KEYS: ""}, ("(default;", f"band (ATTNCORE_CUTLASS_FWD_WARP_MASKS; fp32 per CTA: {KEYS} is set)")),
         ({"ATTNCORE_CUTLASS_FWD_WARP_MASKS": "1", "ATTNCORE_CUTLASS_FWD_WARPS": "8"}, ("(default;", "per CTA (ATTNCORE_CUTLASS_FWD_WARP_MASKS is set, but")),
@@ -388,12 +388,22 @@ def test_fp32_forward_key_tiles_follow_the_call_and_the_device(
             {"ATTNCORE_CUTLASS_FP32_FWD_KEYS": "64=128,256=32", "ATTNCORE_CUTLASS_FWD_WARPS": "8"},
             ("(default;", f"64: 64 (ATTNCORE_CUTLASS_FWD_WARPS=8: 128-key tiles need 4 warps), 128: 32 ({KEYS}='64=128,256=32'), 256: 32 ("),
         ),
+        ({}, ("(default;", "fp32 K and V split once per CTA nowhere (default; each warp splits its own fragments)")),
+        ({"ATTNCORE_CUTLASS_FP32_FWD_SPLIT": ""}, ("(default;", "split once per CTA nowhere (default;")),
+        ({"ATTNCORE_CUTLASS_FP32_FWD_SPLIT": " 128"}, ("(default;", "once per CTA at padded head dim 128 (101632 bytes of shared memory per block) (ATTNCORE")),
+        ({"ATTNCORE_CUTLASS_FP32_FWD_SPLIT": "128,64"}, ("(default;", "at padded head dim 64 (87552 bytes of shared memory per block) and 128 (101632")),
+        ({"ATTNCORE_CUTLASS_FP32_FWD_SPLIT": "1280,256"}, ("(default;", "nowhere (ATTNCORE_CUTLASS_FP32_FWD_SPLIT='1280,256' names neither 64 nor 128)")),
+        (
+            {"ATTNCORE_CUTLASS_FP32_FWD_SPLIT": "64", "ATTNCORE_CUTLASS_FWD_WARPS": "8"},
+            ("(default;", "split once per CTA nowhere (ATTNCORE_CUTLASS_FP32_FWD_SPLIT='64', but ATTNCORE_CUTLASS_FWD_WARPS=8: 4-warp CTAs only)"),
+        ),
     ],
 )
 def test_info_names_the_kernel_variants_the_environment_selects(env: dict[str, str], expected: tuple[str, str]) -> None:
     """``info`` reads the selection switches as the launchers do: pairs by padded head dim (unset: 256; the
     list holds exact entries, so 1280 is not 128), forward warps 4 or 8 only, fp32 key tiles by padded head
-    dim (unset: 128 at 64 without a band mask, else 64; 32 at 128; 32 at 256 with 8 warps only)."""
+    dim (unset: 128 at 64 without a band mask, else 64; 32 at 128; 32 at 256 with 8 warps only), the fp32
+    split once per CTA at the listed head dims 64 and 128 (unset: none; not with 8 forced warps)."""
     from attncore_cutlass.plugin import kernel_choices
 
     text = kernel_choices(env)

@@ -15,6 +15,7 @@
 #include "common.cuh"
 #include "kernels.h"
 #include "mma.cuh"
+#include "tf32_tiles.cuh"
 
 #include <cstdlib>
 #include <string>
@@ -99,6 +100,29 @@ __device__ __forceinline__ void online_softmax(const Params& p, const Seq& sq, i
     for (int dt = 0; dt < D / 8; ++dt) {
       o[dt][2 * hr] *= alpha;
       o[dt][2 * hr + 1] *= alpha;
+    }
+  }
+}
+
+// The end of a warp's rows i0 and i0 + 8 (this thread's share of them): the output rows divided by their sums
+// (the quad's shares added), and the log-sum-exp in natural log.
+template <typename T, int D>
+__device__ __forceinline__ void store_outputs(const Params& p, const Seq& sq, int g, int h, int i0, int tq, const float (&o)[D / 8][4],
+                                              const float (&m_r)[2], const float (&l_r)[2]) {
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    const float l = quad_sum(l_r[hr]);
+    const int i = i0 + hr * 8;
+    if (i >= sq.qlen) continue;
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    if (p.out_f32) {
+      tc::store_row<float, D>(row_ptr_mut<float>(p.out, p.o_s, sq.b, sq.q0 + i, g, h), p.Kv, o, hr, tq, inv);
+    } else {
+      tc::store_row<T, D>(row_ptr_mut<T>(p.out, p.o_s, sq.b, sq.q0 + i, g, h), p.Kv, o, hr, tq, inv);
+    }
+    if (p.lse != nullptr && tq == 0) {
+      const int64_t at = ((int64_t)(sq.b * p.G + g) * p.H + h) * p.Mq + sq.q0 + i;
+      p.lse[at] = l > 0.f ? (m_r[hr] + log2f(l)) * kLn2 : -INFINITY;
     }
   }
 }
@@ -240,22 +264,92 @@ __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
   }
   tc::cp_async_wait<0>();
 
+  store_outputs<T, D>(p, sq, g, h, m0 + warp * 16 + gr, tq, o, m_r, l_r);
+#else
+  __trap();  // never launched: the host checks tc_compiled_for_device() first
+#endif
+}
+
+// fp32 with K and V split into tf32 parts once per CTA (tf32_tiles.cuh), 4 warps (64 queries), BN-key
+// tiles in one buffer each. The next tile's K loads into registers during Q K^T and is split into shared
+// memory once every warp is done with this tile's K; then the next V loads during the softmax and P V and
+// is split in after the barrier that ends them (two barriers a tile, a third of a tile's registers
+// staged at a time; the other CTA on the multiprocessor covers the stores). Q stays plain floats, split
+// per step as in fwd_tc_kernel. The products and the softmax sum in the same order as
+// fwd_tc_kernel<float, D, BN, ...>: the same output bits.
+template <int D, int BN>
+constexpr int fwd_f32_split_smem_bytes() {
+  return rows_of<4>() * row_pitch<float, D>() * 4 + (tc::ksplit_words<D, BN>() + tc::vsplit_words<D, BN>()) * 4;
+}
+
+// kMinBlocks: __launch_bounds__'s minimum CTAs per multiprocessor, i.e. ptxas's register budget (65536 /
+// (128 kMinBlocks), at most 255; 0: none given). The shared memory admits 2 CTAs per multiprocessor
+// either way; ptxas's spills depend on it erratically (sm_90, CUDA 13.0): at D = 128, 84 bytes at 3
+// (168 registers), 540 at 2 (timed: no faster than 3); at D = 64, none with 0 (192 registers), 132 with 1 or 2.
+template <int D, int BN, int kMinBlocks>
+__global__ void __launch_bounds__(128, kMinBlocks) fwd_f32_split_kernel(Params p) {
+  constexpr int kThreads = threads_of<4>();
+  constexpr int kBM = rows_of<4>();
+#if ATTNCORE_TC
+  constexpr int LD = row_pitch<float, D>();
+  ATTNCORE_DYNAMIC_SMEM(smem_raw);
+  float* Qs = reinterpret_cast<float*>(smem_raw);
+  uint32_t* Ks = reinterpret_cast<uint32_t*>(Qs + kBM * LD);
+  uint32_t* Vs = Ks + tc::ksplit_words<D, BN>();
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int gr = lane / 4, tq = lane % 4;
+  const int g = blockIdx.z / p.H, h = blockIdx.z % p.H;
+  const Seq sq = load_seq(p, blockIdx.y);
+  const int m0 = (gridDim.x - 1 - blockIdx.x) * kBM;  // longest rows first
+  if (m0 >= sq.qlen) return;
+  const int m1 = min(m0 + kBM, sq.qlen);
+  int n_lo, n_hi;
+  key_range(p, sq, m0, m1, &n_lo, &n_hi);
+  const bool vec = p.vec != 0;
+
+  tc::load_rows<float, kBM, D, LD, kThreads>(Qs, p.q, p.q_s, sq.b, sq.q0 + m0, g, h, sq.qlen - m0, p.K, vec);
+  tc::cp_async_commit();
+  tc::Staged<D, BN, kThreads> stage;  // the next K or V tile
+  if (n_lo < n_hi) {
+    tc::load_k_stage(stage, p, sq, g, h, n_lo, n_hi - n_lo, vec);
+    tc::store_k_split(stage, Ks);
+    tc::load_v_stage(stage, p, sq, g, h, n_lo, n_hi - n_lo, vec);
+    tc::store_v_split(stage, Vs);
+  }
+
+  float o[D / 8][4];
 #pragma unroll
-  for (int hr = 0; hr < 2; ++hr) {
-    const float l = quad_sum(l_r[hr]);
-    const int i = m0 + warp * 16 + gr + hr * 8;
-    if (i >= sq.qlen) continue;
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    if (p.out_f32) {
-      tc::store_row<float, D>(row_ptr_mut<float>(p.out, p.o_s, sq.b, sq.q0 + i, g, h), p.Kv, o, hr, tq, inv);
-    } else {
-      tc::store_row<T, D>(row_ptr_mut<T>(p.out, p.o_s, sq.b, sq.q0 + i, g, h), p.Kv, o, hr, tq, inv);
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m_r[2] = {-INFINITY, -INFINITY};
+  float l_r[2] = {0.f, 0.f};
+
+  tc::cp_async_wait<0>();
+  __syncthreads();  // Q and the first tile in place for every warp
+  for (int n0 = n_lo; n0 < n_hi; n0 += BN) {
+    const bool more = n0 + BN < n_hi;
+    if (more) tc::load_k_stage(stage, p, sq, g, h, n0 + BN, n_hi - n0 - BN, vec);  // in flight during Q K^T
+    float s[BN / 8][4];
+#pragma unroll
+    for (int i = 0; i < BN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    tc::tf32_rows_presplit<D, BN, LD>(s, Qs + warp * 16 * LD, Ks, gr, tq);
+    if (more) {
+      __syncthreads();  // every warp is done with this K tile
+      tc::store_k_split(stage, Ks);
+      tc::load_v_stage(stage, p, sq, g, h, n0 + BN, n_hi - n0 - BN, vec);  // in flight during the softmax and P V
     }
-    if (p.lse != nullptr && tq == 0) {
-      const int64_t at = ((int64_t)(sq.b * p.G + g) * p.H + h) * p.Mq + sq.q0 + i;
-      p.lse[at] = l > 0.f ? (m_r[hr] + log2f(l)) * kLn2 : -INFINITY;
+    if (p.bias == nullptr && p.scale_log2 > 0.f && tile_all_visible(p, sq, m0, m0 + kBM, n0, n0 + BN)) {
+      online_softmax<false, float, BN, D>(p, sq, g, h, m0 + warp * 16 + gr, n0 + 2 * tq, s, o, m_r, l_r);
+    } else {
+      online_softmax<true, float, BN, D>(p, sq, g, h, m0 + warp * 16 + gr, n0 + 2 * tq, s, o, m_r, l_r);
+    }
+    tc::tf32_frag_presplit<D, BN>(o, s, Vs, gr, tq);
+    if (more) {
+      __syncthreads();  // every warp is done with this V tile (and the next K tile is in place)
+      tc::store_v_split(stage, Vs);  // in place for the next P V after that tile's first barrier
     }
   }
+  store_outputs<float, D>(p, sq, g, h, m0 + warp * 16 + gr, tq, o, m_r, l_r);
 #else
   __trap();  // never launched: the host checks tc_compiled_for_device() first
 #endif
@@ -280,6 +374,18 @@ bool launch(const Params& p, cudaStream_t stream) {
   g_fwd_variant = variant_name<D, BN, STAGES, W, kSplitKV, kWarpMasks>();
   dim3 grid((p.max_q + kBM - 1) / kBM, p.num_seqs, p.G * p.H);
   ATTNCORE_LAUNCH(kern, grid, threads_of<W>(), smem, stream, p);
+  return true;
+}
+
+template <int D, int BN, int kMinBlocks>
+bool launch_f32_split(const Params& p, cudaStream_t stream) {
+  constexpr int smem = fwd_f32_split_smem_bytes<D, BN>();
+  auto kern = fwd_f32_split_kernel<D, BN, kMinBlocks>;
+  if (!allow_smem(kern, smem)) return false;
+  static const std::string name = "D=" + std::to_string(D) + " keys=" + std::to_string(BN) + " stages=tf32-split warps=4";
+  g_fwd_variant = name.c_str();
+  dim3 grid((p.max_q + rows_of<4>() - 1) / rows_of<4>(), p.num_seqs, p.G * p.H);
+  ATTNCORE_LAUNCH(kern, grid, threads_of<4>(), smem, stream, p);
   return true;
 }
 
@@ -338,6 +444,14 @@ cudaError_t launch_any(const Params& p, cudaStream_t stream, bool* launched) {
 //     tile steps (barriers, rescales): 2-5% slower than the 32-key tiles on all 8 cells. (64-key split K/V
 //     tiles at D = 128, 185 registers, two CTAs: 5-8% slower on all 8; not kept.)
 constexpr int kWideKeysMin = 512;  // plugin.py WIDE_KEYS_MIN
+
+// K and V split into tf32 parts once per CTA (fwd_f32_split_kernel), ATTNCORE_CUTLASS_FP32_FWD_SPLIT, read at
+// every forward: comma-separated padded head dims, "64" (64-key tiles) and "128" (32-key tiles); unset = none.
+// An opt-in, not a default: measured on an H200 (benchmarks/RESULTS.md, stop 18) 10-16% slower than the
+// default kernels at 64 and 29-30% at 128, with more instructions issued, not fewer (Nsight Compute, K = 128,
+// M = 4096: 6.56 G against 6.24 G, short-scoreboard stalls 0.99 per issue). Bit-identical outputs to the kernels
+// with the same tiles, so it is kept as the base of a next attempt. Not with 8 forced warps (4-warp CTAs only).
+inline bool fp32_fwd_split(const char* dim) { return env_list_has("ATTNCORE_CUTLASS_FP32_FWD_SPLIT", "", dim); }
 inline bool fp32_fwd_keys(const char* entry) { return env_list_has("ATTNCORE_CUTLASS_FP32_FWD_KEYS", "64=128,256=32", entry); }
 
 template <typename T>
@@ -346,6 +460,17 @@ cudaError_t dispatch(const Params& p, cudaStream_t stream, bool* launched) {
   // fp32 at D = 128: narrower key tiles than fp16/bf16, since the split operands take registers; at 256 and
   // 64, split K/V tiles where they were measured faster (see above; ptxas, sm_90: the 256 ones spill)
   constexpr bool kF32 = std::is_same<T, float>::value;
+  if constexpr (kF32) {  // K and V split into tf32 parts once per CTA: an opt-in, slower (fp32_fwd_split)
+    if (forced_warps() != 8) {
+      if (d <= 64 && fp32_fwd_split("64")) {
+        *launched = launch_f32_split<64, 64, 0>(p, stream);
+        if (*launched) return cudaGetLastError();
+      } else if (d > 64 && d <= 128 && fp32_fwd_split("128")) {
+        *launched = launch_f32_split<128, 32, 3>(p, stream);
+        if (*launched) return cudaGetLastError();
+      }
+    }
+  }
   if constexpr (kF32) {  // split K/V tiles of 128 keys in the shared memory of two 64-key stages
     const bool banded = p.band_lo > -kBig || p.band_hi < kBig;
     if (d <= 64 && !banded && p.max_k >= kWideKeysMin && warps_for<T, 64>() == 4 && fp32_fwd_keys("64=128")) {
@@ -366,8 +491,11 @@ cudaError_t dispatch(const Params& p, cudaStream_t stream, bool* launched) {
   return cudaSuccess;
 }
 
-// Per-warp key-tile classification (kWarpMasks), an opt-in until timed: ATTNCORE_CUTLASS_FWD_WARP_MASKS=1,
-// read at every forward. Under a causal mask it skips the products of warps whose rows see none of a tile's
+// Per-warp key-tile classification (kWarpMasks), an opt-in: ATTNCORE_CUTLASS_FWD_WARP_MASKS=1, read at every
+// forward. Timed on an H200 (benchmarks/RESULTS.md, stop 18) and not adopted: fp32 causal 2-4% slower at
+// D = 64, 10-11% at 128 (its instance spills: 8/16 bytes), -3% to +2% at 256; bf16 causal -8% to +14%, inside
+// that run's spread for identical kernels (bf16 non-causal cells, which run the default kernels both times,
+// moved -3% to +13%). Under a causal mask it skips the products of warps whose rows see none of a tile's
 // keys (with 128-row CTAs and 32-key tiles, 12 of the 32 warp-tiles on a diagonal) and takes the plain path
 // for warps whose rows see all of them. Separate kernel instances, only for calls with a band (causal,
 // local; without one there is nothing to classify) on each dtype's default tile configuration: not with
