@@ -288,9 +288,9 @@ constexpr int fwd_f32_split_smem_bytes() {
 // (168 registers), 540 at 2 (timed: no faster than 3); at D = 64, none with 0 (192 registers), 132 with 1 or 2.
 template <int D, int BN, int kMinBlocks>
 __global__ void __launch_bounds__(128, kMinBlocks) fwd_f32_split_kernel(Params p) {
+#if ATTNCORE_TC
   constexpr int kThreads = threads_of<4>();
   constexpr int kBM = rows_of<4>();
-#if ATTNCORE_TC
   constexpr int LD = row_pitch<float, D>();
   ATTNCORE_DYNAMIC_SMEM(smem_raw);
   float* Qs = reinterpret_cast<float*>(smem_raw);
