@@ -1,5 +1,6 @@
 """Sessions: ``nox -s tests`` (the CPU suite, Triton kernels through the interpreter), ``lint``,
-``bench`` (CPU benchmarks), ``torch_pins`` (each torch pin), ``gpu_matrix`` (on a GPU host).
+``bench`` (CPU benchmarks), ``torch_pins`` (each torch pin), ``gpu_matrix`` (on a GPU host),
+``ws_check`` (the warp-specialized Triton forward compiled for sm_90 on its verified Triton).
 Torch is pinned to the CPU build so no CUDA wheels are downloaded."""
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "numpy", "pydantic>=2", "ninja"] 
 
 
 REFERENCE = str(ROOT / "plugins" / "reference")
+WS_TRITON = "3.6.0"  # the release attncore_triton._warpspec was verified on (its compile check runs against it)
 
 
 def _install_project(session: nox.Session, torch: str = TORCH, extra: tuple[str, ...] = (), strict_plugins: bool = True) -> None:
@@ -104,6 +106,14 @@ def gpu_matrix(session: nox.Session) -> None:
 def cuda_check(session: nox.Session) -> None:
     """Compile the CUDA kernels with the local nvcc (no GPU): errors, warnings, registers, spills."""
     session.run("python3", str(ROOT / "plugins" / "cutlass_like" / "tools" / "cuda_check.py"), *session.posargs)
+
+
+@nox.session(python="3.11", default=False)
+def ws_check(session: nox.Session) -> None:
+    """Compile the warp-specialized Triton forward for sm_90 with the Triton release it is verified on (no GPU)."""
+    _install_project(session)
+    session.install(*TEST_DEPS, f"triton=={WS_TRITON}")
+    session.run("pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "plugins" / "triton_flash" / "tests" / "test_warpspec.py"), *session.posargs)
 
 
 @nox.session(python="3.11", default=False)

@@ -10,7 +10,7 @@ Conventions shared by every kernel:
   band_br * (k_len - q_len)``; a missing side is a sentinel of magnitude 2**30. The loops over the other
   axis are split in three: tiles that may hold masked pairs before the band's full part, full tiles
   (no mask arithmetic at all), and masked tiles after. Tiles that cannot hold an allowed pair are never
-  visited.
+  visited. (The forward's warp-specialized variant, ``WS``, runs one loop instead; see ``fwd_kernel``.)
 * Scores are kept in base 2: ``s2 = scale * log2(e) * q.k + log2(e) * bias`` so that ``exp2`` is used; the LSE
   written out is natural (``ln 2 * (m + log2 l)``). Fully masked rows give output 0 and LSE ``-inf``;
   the backward receives ``m2 = lse * log2(e)`` with ``-inf`` replaced by ``+inf`` so their ``P`` is 0.
@@ -173,7 +173,10 @@ def _fwd_tile(acc: tl.tensor, l_i: tl.tensor, m_i: tl.tensor, q: tl.tensor, n0: 
               MK_LOG: tl.tensor, seed: tl.int64, drop_p: tl.tensor, qk_scale: tl.tensor,
               K_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr,
               MASKED: tl.constexpr, PAGED: tl.constexpr, HAS_BIAS: tl.constexpr, DROPOUT: tl.constexpr, USE_TMA: tl.constexpr,
-              DOT: tl.constexpr, SCALE_POS: tl.constexpr) -> tl.tensor:
+              DOT: tl.constexpr, SCALE_POS: tl.constexpr, WS: tl.constexpr) -> tl.tensor:
+    """One key tile. ``WS`` (the warp-specialized loop of ``fwd_kernel``): an unmasked tile still selects its
+    scores by the row bound, a no-op on the values (rows past the sequence load zeros) that Triton 3.6's
+    partitioner needs: without the rows meeting the scores it rejects the loop."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
     n_ok = offs_n < k_len
     if USE_TMA:
@@ -182,6 +185,8 @@ def _fwd_tile(acc: tl.tensor, l_i: tl.tensor, m_i: tl.tensor, q: tl.tensor, n0: 
         rows = _key_rows(offs_n, n_ok, s, k_start, TABLES, stab, page_size, PAGED)
         k = _load_tile(k_base, rows, n_ok, skm, K_DIM, BLOCK_K, MASKED)
     qk = _dot0(q, tl.trans(k), DOT)
+    if WS and not MASKED:
+        qk = tl.where(m_ok[:, None], qk, 0.0)
     if HAS_BIAS or MASKED or not SCALE_POS:
         sc = qk * qk_scale
         if HAS_BIAS:
@@ -215,7 +220,7 @@ def _fwd_tile(acc: tl.tensor, l_i: tl.tensor, m_i: tl.tensor, q: tl.tensor, n0: 
 
 @jit(do_not_specialize=["Mq", "Mk", "MK_LOG", "num_m_blocks", "band_lo", "band_hi", "band_br", "seed", "page_size", "drop_p"])
 def fwd_kernel(Q: tl.tensor, K: tl.tensor, V: tl.tensor, OUT: tl.tensor, LSE: tl.tensor, BIAS: tl.tensor,
-               SEQ_Q: tl.tensor, SEQ_K: tl.tensor, SEQ_KLEN: tl.tensor, SEQ_KLOG: tl.tensor, TABLES: tl.tensor,
+               SEQ_Q: tl.tensor, SEQ_K: tl.tensor, SEQ_KLEN: tl.tensor, SEQ_KLOG: tl.tensor, TABLES: tl.tensor, ROWS: tl.tensor,
                sqb: tl.tensor, sqm: tl.tensor, sqg: tl.tensor, sqh: tl.tensor,
                skb: tl.tensor, skm: tl.tensor, skg: tl.tensor, skh: tl.tensor,
                svb: tl.tensor, svm: tl.tensor, svg: tl.tensor, svh: tl.tensor,
@@ -224,11 +229,24 @@ def fwd_kernel(Q: tl.tensor, K: tl.tensor, V: tl.tensor, OUT: tl.tensor, LSE: tl
                sbb: tl.tensor, sbg: tl.tensor, sbh: tl.tensor, sbm: tl.tensor, sbn: tl.tensor, stab: tl.tensor,
                G: tl.tensor, H: tl.tensor, Mq: tl.tensor, Mk: tl.tensor, MK_LOG: tl.tensor, num_m_blocks: tl.tensor,
                band_lo: tl.tensor, band_hi: tl.tensor, band_br: tl.tensor, qk_scale: tl.tensor,
-               drop_p: tl.tensor, drop_scale: tl.tensor, seed: tl.int64, page_size: tl.tensor,
+               drop_p: tl.tensor, drop_scale: tl.tensor, seed: tl.int64, page_size: tl.tensor, num_rows: tl.tensor,
                K_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                VARLEN: tl.constexpr, PAGED: tl.constexpr, HAS_BIAS: tl.constexpr, DROPOUT: tl.constexpr,
-               WRITE_LSE: tl.constexpr, USE_TMA: tl.constexpr, DOT: tl.constexpr, SCALE_POS: tl.constexpr) -> None:
+               WRITE_LSE: tl.constexpr, USE_TMA: tl.constexpr, DOT: tl.constexpr, SCALE_POS: tl.constexpr,
+               WS: tl.constexpr, WS_MASKED: tl.constexpr) -> None:
+    """``WS``: one loop over every key tile, warp-specialized (Triton's automatic Hopper partitioning: a TMA
+    producer warp group and two consumer warp groups of ``BLOCK_M / 2`` rows each; it takes exactly one loop
+    with no branch inside, so with ``WS_MASKED`` every tile runs the mask arithmetic). Without ``WS``, three
+    loops: masked tiles, full tiles, masked tiles.
+
+    With ``WS`` the query rows come from a product: Triton 3.6 splits a ``tl.arange`` over the rows into two
+    ``[0, BLOCK_M / 2)`` ranges, one per consumer, so the second consumer's mask, stores and LSE would name
+    the first one's rows, while a loaded tile and a product are split by their coordinates, correctly.
+    ``ROWS`` is ``[num_rows, 16]`` in the inputs' dtype: rows 0-15 hold the digit weights (rows 0, 1, 2 are
+    4096, 64, 1 in every column, the rest 0), row ``16 + r`` the base-64 digits of ``r`` in columns 0-2
+    (exact in bf16 and fp16), so
+    ``max(ROWS[16 + m0:][:BLOCK_M] @ ROWS[:16], 1)`` is ``m0 + arange(BLOCK_M)`` (``r < 2**20``)."""
     pid = tl.program_id(0)
     blk, h, g, s = _decode(pid, num_m_blocks, G, H)
     m_blk = num_m_blocks - 1 - blk  # longest rows first (causal)
@@ -245,7 +263,12 @@ def fwd_kernel(Q: tl.tensor, K: tl.tensor, V: tl.tensor, OUT: tl.tensor, LSE: tl
         else:
             k_base = K + b64 * skb + k_start.to(tl.int64) * skm + g64 * skg + h64 * skh
             v_base = V + b64 * svb + k_start.to(tl.int64) * svm + g64 * svg + h64 * svh
-        offs_m = m0 + tl.arange(0, BLOCK_M)
+        if WS:
+            rows_desc = tl.make_tensor_descriptor(ROWS, shape=[num_rows, 16], strides=[16, 1], block_shape=[BLOCK_M, 16])
+            w_desc = tl.make_tensor_descriptor(ROWS, shape=[num_rows, 16], strides=[16, 1], block_shape=[16, 16])
+            offs_m = tl.max(_dot0(rows_desc.load([16 + m0, 0]), w_desc.load([0, 0]), DOT), 1).to(tl.int32)
+        else:
+            offs_m = m0 + tl.arange(0, BLOCK_M)
         m_ok = offs_m < q_len
         if USE_TMA:
             q_desc = tl.make_tensor_descriptor(q_base, shape=[q_len, K_DIM], strides=[sqm, 1], block_shape=[BLOCK_M, BLOCK_K])
@@ -266,21 +289,28 @@ def fwd_kernel(Q: tl.tensor, K: tl.tensor, V: tl.tensor, OUT: tl.tensor, LSE: tl
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_V], dtype=tl.float32)
         n_start, nA, nB, n_end = _tile_ranges(m0, q_len, k_len, shift, band_lo, band_hi, BLOCK_M, BLOCK_N)
-        for n0 in range(n_start, nA, BLOCK_N):
-            acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, n0, offs_m, m_ok, k_base, v_base, k_desc, v_desc, bias_base, keep_base,
-                                      s, k_start, k_len, shift, band_lo, band_hi, skm, svm, sbm, sbn, TABLES, stab, page_size,
-                                      MK_LOG, seed, drop_p, qk_scale, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_N,
-                                      True, PAGED, HAS_BIAS, DROPOUT, USE_TMA, DOT, SCALE_POS)
-        for n0 in range(nA, nB, BLOCK_N):
-            acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, n0, offs_m, m_ok, k_base, v_base, k_desc, v_desc, bias_base, keep_base,
-                                      s, k_start, k_len, shift, band_lo, band_hi, skm, svm, sbm, sbn, TABLES, stab, page_size,
-                                      MK_LOG, seed, drop_p, qk_scale, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_N,
-                                      False, PAGED, HAS_BIAS, DROPOUT, USE_TMA, DOT, SCALE_POS)
-        for n0 in range(nB, n_end, BLOCK_N):
-            acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, n0, offs_m, m_ok, k_base, v_base, k_desc, v_desc, bias_base, keep_base,
-                                      s, k_start, k_len, shift, band_lo, band_hi, skm, svm, sbm, sbn, TABLES, stab, page_size,
-                                      MK_LOG, seed, drop_p, qk_scale, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_N,
-                                      True, PAGED, HAS_BIAS, DROPOUT, USE_TMA, DOT, SCALE_POS)
+        if WS:
+            for n0 in tl.range(n_start, n_end, BLOCK_N, warp_specialize=True):
+                acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, n0, offs_m, m_ok, k_base, v_base, k_desc, v_desc, bias_base, keep_base,
+                                          s, k_start, k_len, shift, band_lo, band_hi, skm, svm, sbm, sbn, TABLES, stab, page_size,
+                                          MK_LOG, seed, drop_p, qk_scale, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_N,
+                                          WS_MASKED, PAGED, HAS_BIAS, DROPOUT, USE_TMA, DOT, SCALE_POS, True)
+        else:
+            for n0 in range(n_start, nA, BLOCK_N):
+                acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, n0, offs_m, m_ok, k_base, v_base, k_desc, v_desc, bias_base, keep_base,
+                                          s, k_start, k_len, shift, band_lo, band_hi, skm, svm, sbm, sbn, TABLES, stab, page_size,
+                                          MK_LOG, seed, drop_p, qk_scale, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_N,
+                                          True, PAGED, HAS_BIAS, DROPOUT, USE_TMA, DOT, SCALE_POS, False)
+            for n0 in range(nA, nB, BLOCK_N):
+                acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, n0, offs_m, m_ok, k_base, v_base, k_desc, v_desc, bias_base, keep_base,
+                                          s, k_start, k_len, shift, band_lo, band_hi, skm, svm, sbm, sbn, TABLES, stab, page_size,
+                                          MK_LOG, seed, drop_p, qk_scale, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_N,
+                                          False, PAGED, HAS_BIAS, DROPOUT, USE_TMA, DOT, SCALE_POS, False)
+            for n0 in range(nB, n_end, BLOCK_N):
+                acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, n0, offs_m, m_ok, k_base, v_base, k_desc, v_desc, bias_base, keep_base,
+                                          s, k_start, k_len, shift, band_lo, band_hi, skm, svm, sbm, sbn, TABLES, stab, page_size,
+                                          MK_LOG, seed, drop_p, qk_scale, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_N,
+                                          True, PAGED, HAS_BIAS, DROPOUT, USE_TMA, DOT, SCALE_POS, False)
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
         if DROPOUT:
             acc = acc * drop_scale

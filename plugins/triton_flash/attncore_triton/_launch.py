@@ -20,7 +20,7 @@ import torch
 from attncore.geometry import Anchor, BlockLayout, Paging
 from attncore.inputs import Inputs
 
-from . import autotune
+from . import _warpspec, autotune
 from ._relaunch import Relauncher, _triton_release
 from ._relaunch import enabled as relaunch_enabled
 
@@ -35,6 +35,7 @@ __all__ = [
     "fwd_candidates",
     "problem",
     "tma_supported",
+    "ws_candidates",
 ]
 
 _BIG = 1 << 30  # a band side that is absent
@@ -43,13 +44,16 @@ LOG2E = 1.4426950408889634
 
 @dataclass(frozen=True)
 class FwdConfig:
-    """Forward tiles: ``block_m`` queries per program, ``block_n`` keys per step; ``tma`` loads through tensor descriptors."""
+    """Forward tiles: ``block_m`` queries per program, ``block_n`` keys per step; ``tma`` loads through tensor
+    descriptors; ``ws`` runs one warp-specialized loop (Hopper only, with ``tma``, ``num_warps`` 4: a producer
+    warp group and two consumer warp groups of ``block_m / 2`` rows; see :func:`ws_supported`)."""
 
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
     tma: bool = False
+    ws: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,31 @@ def _dummy(device: torch.device) -> torch.Tensor:
     t = _DUMMIES.get(device)
     if t is None:
         t = _DUMMIES[device] = torch.zeros(16, dtype=torch.int32, device=device)
+    return t
+
+
+#: Warp-specialized forward configurations by largest head dim (tested at each, with and without masks).
+WS_CONFIGS: dict[int, tuple[FwdConfig, ...]] = {
+    **{d: (FwdConfig(128, 128, 4, 2, tma=True, ws=True), FwdConfig(128, 64, 4, 2, tma=True, ws=True)) for d in (16, 32, 64, 128)},
+    256: (FwdConfig(128, 32, 4, 2, tma=True, ws=True),),  # 2 stages of 64 keys need 234440 B of shared memory (of 232448)
+}
+#: The warp-specialized forward's row table covers row indices below this (base-64 digits, 3 of them, the
+#: leading one below 256 to stay exact in bf16).
+WS_MAX_ROWS = 1 << 20
+_ROW_TABLES: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _row_table(device: torch.device, dtype: torch.dtype, rows: int) -> torch.Tensor:
+    """``[16 + n, 16]`` in ``dtype`` (``n >= rows``, a power of two): the digit weights, then the digits of each
+    row index (see ``fwd_kernel``); one per device and dtype, regrown when a longer sequence comes."""
+    t = _ROW_TABLES.get((device, dtype))
+    if t is None or t.shape[0] < 16 + rows:
+        n = min(max(1024, 1 << (max(rows, 1) - 1).bit_length()), WS_MAX_ROWS)
+        r = torch.arange(n, dtype=torch.int64)
+        host = torch.zeros(16 + n, 16, dtype=torch.float32)
+        host[0, :], host[1, :], host[2, :] = 4096.0, 64.0, 1.0
+        host[16:, 0], host[16:, 1], host[16:, 2] = (r // 4096).float(), (r // 64 % 64).float(), (r % 64).float()
+        t = _ROW_TABLES[(device, dtype)] = host.to(device=device, dtype=dtype)
     return t
 
 
@@ -357,6 +386,23 @@ def _tma_eligible(pb: Problem) -> bool:
 # ------------------------------------------------------------------------------------------------
 
 
+def ws_candidates(pb: Problem) -> list[FwdConfig]:
+    """The warp-specialized forward configurations for this call: on sm_90, half precision through tensor
+    descriptors, largest head dim 65-128, no mask, no tensor bias, no dropout (empty otherwise;
+    :func:`fwd_candidates` adds them when :func:`_warpspec.enabled`): 128-query tiles (two 64-row consumer
+    warp groups), 2 stages (3 gave NaN on Triton 3.6). Where it is not offered, the H200's autotuner timed
+    it at 0.52-0.85x the best other candidate at K = 64, 0.74-0.85x at K = 128 with a causal band (every
+    tile masked), and 0.88-1.00x at K = 256 (its 2-stage 32-key loop; the 1-stage 64-key loop was
+    0.89-1.26x but once left rows unwritten under a loaded GPU); benchmarks/RESULTS.md, "warp-specialized
+    forward". :data:`WS_CONFIGS` is what the loop is tested with at every head dim, masks included."""
+    if interpreting() or _capability(pb.device)[0] != 9 or pb.q.dtype == torch.float32:
+        return []
+    if pb.bias is not None or pb.p > 0.0 or pb.has_band or pb.varlen or pb.max_q + 128 > WS_MAX_ROWS or not _tma_eligible(pb):
+        return []
+    d = max(pb.head_dim, pb.value_dim)
+    return list(WS_CONFIGS[d]) if 64 < d <= 128 else []
+
+
 def fwd_candidates(pb: Problem) -> list[FwdConfig]:
     """Pruned forward configurations for this call's architecture, dtype and head dims (best guess first)."""
     if interpreting():
@@ -382,7 +428,7 @@ def fwd_candidates(pb: Problem) -> list[FwdConfig]:
             out = [FwdConfig(128, 64, 8, 2, tma=True), FwdConfig(128, 64, 8, 2), FwdConfig(64, 64, 4, 2, tma=True)]
         if not tma:  # same tiles through plain loads
             out = list(dict.fromkeys(FwdConfig(c.block_m, c.block_n, c.num_warps, c.num_stages) for c in out))
-        return out
+        return (ws_candidates(pb) if _warpspec.enabled() else []) + out
     if d <= 64:
         return [FwdConfig(128, 64, 4, 3), FwdConfig(64, 64, 4, 3)]
     if d <= 128:
@@ -529,18 +575,20 @@ def forward(
             return
         if cfg.tma:
             _ensure_allocator()
+        rows = _row_table(dev, pb.q.dtype, nblk * cfg.block_m) if cfg.ws else _dummy(dev)
         kern.launch(
             grid,
             (
-                pb.q, pb.k, pb.v, out, lse_arg, bias, seq_q, seq_k, seq_klen, seq_klog, tables,
+                pb.q, pb.k, pb.v, out, lse_arg, bias, seq_q, seq_k, seq_klen, seq_klog, tables, rows,
                 *_strides4(pb.q), *_strides4(pb.k), *_strides4(pb.v), *_strides4(out), *lst, *bst, stab,
                 g, h, mq, pb.num_keys, pb.mk_log, nblk, pb.band_lo, pb.band_hi, pb.band_br, pb.scale * LOG2E,
-                pb.p, 1.0 / (1.0 - pb.p), dropout_seed, page_size,
+                pb.p, 1.0 / (1.0 - pb.p), dropout_seed, page_size, rows.shape[0],
             ),
             dict(
                 K_DIM=pb.head_dim, V_DIM=kv, BLOCK_K=bk, BLOCK_V=bv, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                 VARLEN=pb.varlen, PAGED=pb.paged, HAS_BIAS=pb.bias is not None, DROPOUT=drop, WRITE_LSE=lse is not None,
                 USE_TMA=cfg.tma, DOT=dot, SCALE_POS=pb.scale >= 0.0,
+                WS=cfg.ws, WS_MASKED=cfg.ws and (pb.has_band or pb.varlen or pb.num_keys % cfg.block_n != 0 or pb.scale < 0.0),
             ),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip

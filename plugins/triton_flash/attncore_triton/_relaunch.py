@@ -28,15 +28,14 @@ from __future__ import annotations
 
 import functools
 import operator
-import os
 from collections.abc import Sequence
 from typing import Any, Callable, NamedTuple, Optional
 
 import torch
-from packaging.specifiers import SpecifierSet
-from packaging.version import InvalidVersion, Version
 
 from attncore.requirements import installed_version
+
+from ._gate import ReleaseGate
 
 __all__ = ["ENV", "VERIFIED", "Relauncher", "enabled", "status"]
 
@@ -44,10 +43,9 @@ __all__ = ["ENV", "VERIFIED", "Relauncher", "enabled", "status"]
 #: ``kernel[grid](...)``; 1 reuse on any Triton.
 ENV = "ATTNCORE_TRITON_RELAUNCH"
 #: The Triton releases whose launcher interface the reuse path was checked against (3.6 and 3.9's sources; 3.6 on a GPU).
-VERIFIED = SpecifierSet(">=3.6,<3.10")
-_VERIFIED_TEXT = "3.6-3.9"
-_OFF = ("0", "false", "no", "off")
-_ON = ("1", "true", "yes", "on")
+_GATE = ReleaseGate(ENV, ">=3.6,<3.10", "3.6-3.9")
+VERIFIED = _GATE.verified
+_VERIFIED_TEXT = _GATE.text
 
 _I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
@@ -60,23 +58,18 @@ def _triton_release() -> Optional[str]:
 
 
 def _verified(release: Optional[str]) -> bool:
-    try:
-        return release is not None and VERIFIED.contains(Version(release), prereleases=True)
-    except InvalidVersion:
-        return False
+    return _GATE.covers(release)
 
 
 def _switch() -> tuple[str, Optional[bool]]:
     """``ATTNCORE_TRITON_RELAUNCH`` as read (lower case, stripped) and what it forces: True, False or nothing."""
-    env = os.environ.get(ENV, "").strip().lower()
-    return env, True if env in _ON else False if env in _OFF else None
+    return _GATE.switch()
 
 
 def enabled() -> bool:
     """Whether :class:`Relauncher` objects created now reuse binaries: ``ATTNCORE_TRITON_RELAUNCH`` 0 or 1
     decides; unset (or any other value), the installed Triton must be in :data:`VERIFIED`."""
-    forced = _switch()[1]
-    return forced if forced is not None else _verified(_triton_release())
+    return _GATE.enabled(_triton_release())
 
 
 def status(interpreting: bool = False) -> str:

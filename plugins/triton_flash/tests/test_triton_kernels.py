@@ -489,6 +489,39 @@ def test_triton_config_variants(bias_name: str) -> None:
         check(run_triton(q, k, v, bias, grad_out=grad, fwd_config=fc, bwd_config=bc), q, k, v, bias, grad_out=grad)
 
 
+def _ws_cases(mask: str) -> list[tuple[int, int, int, Bias]]:
+    """``(batch, Mq, Mk, bias)`` for the warp-specialized forward: lengths that are and are not whole tiles
+    (128 on the GPU, 16 under the interpreter), and a packed batch."""
+    if mask == "block-causal":
+        lens = [150, 61, 213] if ON_GPU else [15, 4, 18]
+        return [(1, sum(lens), sum(lens), ab.BlockDiagonalCausalMask.from_seqlens(lens))]
+    bias: Bias = {
+        "none": None,
+        "causal": ab.LowerTriangularMask(),
+        "causal-bottom-right Mq>Mk": ab.LowerTriangularFromBottomRightMask(),
+        "local": ab.LocalAttentionFromBottomRightMask(70 if ON_GPU else 9, 9 if ON_GPU else 3),
+    }[mask]
+    lengths = [(424, 424), (256, 384)] if ON_GPU else [(37, 45), (32, 48)]
+    if mask == "causal-bottom-right Mq>Mk":  # rows with no key at all
+        lengths = [(mk + 19, mk) for _, mk in lengths]
+    return [(2, mq, mk, bias) for mq, mk in lengths]
+
+
+@pytest.mark.parametrize("mask", ["none", "causal", "causal-bottom-right Mq>Mk", "local", "block-causal"])
+@pytest.mark.parametrize("dims", [(64, 64), (128, 128), (256, 256), (64, 128)] if ON_GPU else [(16, 16), (16, 32)], ids=str)
+def test_triton_warp_specialized_forward(mask: str, dims: tuple[int, int]) -> None:
+    """The one-loop warp-specialized forward (on the GPU every configuration it has at these head dims, under
+    the interpreter a small tile) matches the truth, with and without masks."""
+    kd, kv = dims
+    g = _gen("ws" + mask + str(dims))
+    dtype = torch.bfloat16 if ON_GPU else torch.float32
+    for b, mq, mk, bias in _ws_cases(mask):
+        q, k, v = rnd(g, b, mq, 2, kd, dtype=dtype), rnd(g, b, mk, 2, kd, dtype=dtype), rnd(g, b, mk, 2, kv, dtype=dtype)
+        configs = _launch.WS_CONFIGS[max(kd, kv)] if ON_GPU else (_launch.FwdConfig(16, 16, 4, 1, tma=True, ws=True),)
+        for cfg in configs:
+            check(run_triton(q, k, v, bias, fwd_config=cfg), q, k, v, bias)
+
+
 def test_triton_ops_apply() -> None:
     """The operator classes' ``apply`` (autotuned path) return the contract's layouts and dtypes."""
     g = _gen("ops")

@@ -1,0 +1,129 @@
+"""The warp-specialized forward's switch, where its candidates are offered, its row table, and (on the
+Triton release it was verified on) that every candidate compiles and is partitioned for sm_90."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from attncore import attn_bias as ab
+from attncore.inputs import Inputs
+from attncore.requirements import installed_version
+from attncore_triton import _launch, _warpspec
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "ws_compile_check.py"
+
+
+@pytest.fixture
+def sm90(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Candidate selection as on an sm_90 device with Triton 3.6 (no GPU needed: nothing is launched)."""
+    monkeypatch.setattr(_launch, "_capability", lambda device: (9, 0))
+    monkeypatch.setattr(_launch, "interpreting", lambda: False)
+    monkeypatch.setattr(_warpspec, "_triton_release", lambda: "3.6.0")
+    monkeypatch.delenv(_warpspec.ENV, raising=False)
+
+
+def _problem(kd: int = 128, kv: int = 128, dtype: torch.dtype = torch.bfloat16, bias: object = None, p: float = 0.0) -> _launch.Problem:
+    q = torch.randn(2, 300, 3, kd).to(dtype)
+    k, v = torch.randn(2, 300, 3, kd).to(dtype), torch.randn(2, 300, 3, kv).to(dtype)
+    return _launch.problem(Inputs.create(q, k, v, bias, p))  # type: ignore[arg-type]  # the bias kinds the tests pass
+
+
+def test_switch_follows_the_verified_release(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(_warpspec.ENV, raising=False)
+    for release, on in (("3.6.0", True), ("3.6.1", True), ("3.6.0+git5", True), ("3.7.0", False), ("3.9.0", False), ("3.5.1", False), (None, False)):
+        monkeypatch.setattr(_warpspec, "_triton_release", lambda release=release: release)
+        assert _warpspec.enabled() is on, release
+        assert _warpspec.status().startswith("on" if on else "off"), release
+    monkeypatch.setattr(_warpspec, "_triton_release", lambda: "3.6.0")
+    monkeypatch.setenv(_warpspec.ENV, "0")
+    assert not _warpspec.enabled() and _warpspec.status().startswith(f"off ({_warpspec.ENV}=0")
+    monkeypatch.setattr(_warpspec, "_triton_release", lambda: "3.9.0")
+    monkeypatch.setenv(_warpspec.ENV, "1")
+    assert _warpspec.enabled() and "not the verified 3.6" in _warpspec.status()
+
+
+@pytest.mark.usefixtures("sm90")
+@pytest.mark.parametrize(("kd", "kv"), [(128, 128), (64, 128), (128, 64), (128, 32)])
+def test_candidates_lead_the_list_where_they_won(kd: int, kv: int) -> None:
+    """Largest head dim 65-128, no mask: the configurations of ``WS_CONFIGS[128]``, timed first."""
+    for dtype in (torch.bfloat16, torch.float16):
+        cands = _launch.fwd_candidates(_problem(kd, kv, dtype))
+        ws = [c for c in cands if c.ws]
+        assert ws == list(_launch.WS_CONFIGS[128]) and cands[: len(ws)] == ws, cands
+        assert any(not c.ws for c in cands)
+
+
+def test_configurations_are_two_stage_warp_group_tiles() -> None:
+    for d, cfgs in _launch.WS_CONFIGS.items():
+        assert cfgs, d
+        for c in cfgs:  # never 1 or 3 stages (NaN on Triton 3.6); 4 warps per group, 2 consumer groups of 64 rows
+            assert c.ws and c.tma and c.num_warps == 4 and c.block_m == 128 and c.num_stages == 2, (d, c)
+
+
+@pytest.mark.usefixtures("sm90")
+@pytest.mark.parametrize(
+    ("what", "kd", "dtype", "bias", "p"),
+    [
+        ("head dim 64 (timed slower)", 64, torch.bfloat16, None, 0.0),
+        ("head dim 256 (timed slower)", 256, torch.bfloat16, None, 0.0),
+        ("causal (every tile masked: timed slower)", 128, torch.bfloat16, ab.LowerTriangularMask(), 0.0),
+        ("local", 128, torch.float16, ab.LocalAttentionFromBottomRightMask(20, 3), 0.0),
+        ("tensor bias", 128, torch.bfloat16, "tensor", 0.0),
+        ("dropout", 128, torch.bfloat16, None, 0.1),
+        ("head dim 80 (no tensor descriptors)", 80, torch.bfloat16, None, 0.0),
+    ],
+)
+def test_no_candidates_where_the_kernel_does_not_go(what: str, kd: int, dtype: torch.dtype, bias: object, p: float) -> None:
+    b = torch.randn(2, 3, 300, 300).to(dtype) if bias == "tensor" else bias
+    pb = _problem(kd, kd, dtype, b, p)
+    assert _launch.ws_candidates(pb) == [], what
+    assert not any(c.ws for c in _launch.fwd_candidates(pb)), what
+
+
+@pytest.mark.usefixtures("sm90")
+def test_no_candidates_for_blocks() -> None:
+    q, k, v = (torch.randn(1, 300, 2, 128).to(torch.bfloat16) for _ in range(3))
+    pb = _launch.problem(Inputs.create(q, k, v, ab.BlockDiagonalMask.from_seqlens([100, 200])))
+    assert pb.varlen and _launch.ws_candidates(pb) == []
+
+
+def test_no_candidates_off_hopper_on_fp32_or_when_switched_off(sm90: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not any(c.ws for c in _launch.fwd_candidates(_problem(dtype=torch.float32)))
+    monkeypatch.setenv(_warpspec.ENV, "0")
+    pb = _problem()
+    assert _launch.ws_candidates(pb) and not any(c.ws for c in _launch.fwd_candidates(pb))
+    monkeypatch.delenv(_warpspec.ENV)
+    monkeypatch.setattr(_warpspec, "_triton_release", lambda: "3.9.0")
+    assert not any(c.ws for c in _launch.fwd_candidates(pb))
+    for cc in ((8, 0), (10, 0)):
+        monkeypatch.setattr(_launch, "_capability", lambda device, cc=cc: cc)
+        assert _launch.ws_candidates(pb) == [], cc
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_row_table_gives_every_row_index_exactly(dtype: torch.dtype) -> None:
+    """``max(table[16 + r] @ table[:16])`` is ``r`` for every row the table holds, in the dtype's own values."""
+    _launch._ROW_TABLES.clear()
+    small = _launch._row_table(torch.device("cpu"), dtype, 300)
+    assert small.dtype == dtype and small.shape == (16 + 1024, 16)
+    table = _launch._row_table(torch.device("cpu"), dtype, _launch.WS_MAX_ROWS)
+    n = table.shape[0] - 16
+    assert n == _launch.WS_MAX_ROWS
+    rows = (table[16:].double() @ table[:16].double()).amax(1)  # the products of the stored (rounded) values
+    assert torch.equal(rows, torch.arange(n, dtype=torch.float64))
+    assert _launch._row_table(torch.device("cpu"), dtype, 5000) is table  # reused while it is long enough
+
+
+def test_every_candidate_compiles_and_is_partitioned_for_sm90() -> None:
+    """``tools/ws_compile_check.py`` in a subprocess (an abort in Triton's compiler fails the test, not pytest)."""
+    release = installed_version("triton")
+    if not _warpspec._GATE.covers(release):
+        pytest.skip(f"triton {release} is not the verified {_warpspec._GATE.text}; the ws_check nox session runs this on it")
+    res = subprocess.run([sys.executable, str(TOOL)], capture_output=True, text=True, timeout=900, check=False)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    assert "every configuration compiled and was partitioned" in res.stdout
