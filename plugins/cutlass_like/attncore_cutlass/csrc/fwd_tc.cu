@@ -127,6 +127,25 @@ __device__ __forceinline__ void store_outputs(const Params& p, const Seq& sq, in
   }
 }
 
+// Where a forward CTA works (blockIdx: x its row block, the longest rows first; y the sequence; z the
+// head): head g, h; sequence sq; query rows from m0 (kBM of them, clipped to the sequence); the keys
+// [n_lo, n_hi) any of those rows may see. false: the rows start past the sequence's end.
+struct FwdCta {
+  int g, h, m0, n_lo, n_hi;
+  Seq sq;
+};
+
+template <int kBM>
+__device__ __forceinline__ bool fwd_cta(const Params& p, FwdCta& c) {
+  c.g = blockIdx.z / p.H;
+  c.h = blockIdx.z % p.H;
+  c.sq = load_seq(p, blockIdx.y);
+  c.m0 = (gridDim.x - 1 - blockIdx.x) * kBM;
+  if (c.m0 >= c.sq.qlen) return false;
+  key_range(p, c.sq, c.m0, min(c.m0 + kBM, c.sq.qlen), &c.n_lo, &c.n_hi);
+  return true;
+}
+
 // kSplitKV (with STAGES = 1): K and V in a buffer each, their loads interleaved with the products: K of
 // the next tile loads during P V, V of the next tile during Q K^T and the softmax (four barriers a tile).
 // The shared memory of one stage, the overlap of two, for wider key tiles where two stages do not fit.
@@ -144,13 +163,10 @@ __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int gr = lane / 4, tq = lane % 4;
-  const int g = blockIdx.z / p.H, h = blockIdx.z % p.H;
-  const Seq sq = load_seq(p, blockIdx.y);
-  const int m0 = (gridDim.x - 1 - blockIdx.x) * kBM;  // longest rows first
-  if (m0 >= sq.qlen) return;
-  const int m1 = min(m0 + kBM, sq.qlen);
-  int n_lo, n_hi;
-  key_range(p, sq, m0, m1, &n_lo, &n_hi);
+  FwdCta cta;
+  if (!fwd_cta<kBM>(p, cta)) return;
+  const int g = cta.g, h = cta.h, m0 = cta.m0, n_lo = cta.n_lo, n_hi = cta.n_hi;
+  const Seq& sq = cta.sq;
   const bool vec = p.vec != 0;
 
   static_assert(!kSplitKV || STAGES == 1, "split K/V loads use one buffer each");
@@ -299,13 +315,10 @@ __global__ void __launch_bounds__(128, kMinBlocks) fwd_f32_split_kernel(Params p
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int gr = lane / 4, tq = lane % 4;
-  const int g = blockIdx.z / p.H, h = blockIdx.z % p.H;
-  const Seq sq = load_seq(p, blockIdx.y);
-  const int m0 = (gridDim.x - 1 - blockIdx.x) * kBM;  // longest rows first
-  if (m0 >= sq.qlen) return;
-  const int m1 = min(m0 + kBM, sq.qlen);
-  int n_lo, n_hi;
-  key_range(p, sq, m0, m1, &n_lo, &n_hi);
+  FwdCta cta;
+  if (!fwd_cta<kBM>(p, cta)) return;
+  const int g = cta.g, h = cta.h, m0 = cta.m0, n_lo = cta.n_lo, n_hi = cta.n_hi;
+  const Seq& sq = cta.sq;
   const bool vec = p.vec != 0;
 
   tc::load_rows<float, kBM, D, LD, kThreads>(Qs, p.q, p.q_s, sq.b, sq.q0 + m0, g, h, sq.qlen - m0, p.K, vec);

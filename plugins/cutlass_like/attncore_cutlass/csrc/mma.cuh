@@ -202,26 +202,30 @@ struct Tf32 {
 // The small products chain over the whole contraction in one temporary per output tile (Tf32::mma_small)
 // where N <= 32; wider products (the 64-row steps at D = 64) add them at every step instead, as the
 // temporaries' 4 N / 8 registers made those kernels spill.
-template <int D, int N, int LD>
-__device__ __forceinline__ void tf32_rows_rows(float (&c)[N / 8][4], const float* A, const float* B, int gr, int tq) {
+//
+// Both take B through a loader, load(chunk, tile, bb, bs), which yields the big and small tf32 parts of the
+// two B elements this thread multiplies at contraction chunk `chunk` (8 wide) and output tile `tile`:
+// SplitRowsB / SplitFragB below read plain floats from shared memory and split them here, the pre-split
+// tiles of tf32_tiles.cuh read both parts with one 16-byte load. A loader decides where the parts come
+// from, not the sums or their order, so every loader gives the same bits.
+template <int D, int N, int LDA, class BLoad>
+__device__ __forceinline__ void tf32_rows_with(float (&c)[N / 8][4], const float* A, const BLoad& load_b, int gr, int tq) {
   constexpr bool kChain = N <= 32;
   float t[kChain ? N / 8 : 1][4];
 #pragma unroll
   for (int nt = 0; nt < (kChain ? N / 8 : 1); ++nt) t[nt][0] = t[nt][1] = t[nt][2] = t[nt][3] = 0.f;
 #pragma unroll 2
   for (int kk = 0; kk < D / 8; ++kk) {
-    const float* pa = A + gr * LD + kk * 8 + tq;
+    const float* pa = A + gr * LDA + kk * 8 + tq;
     uint32_t ab[4], as[4];
     Tf32::split(pa[0], &ab[0], &as[0]);
-    Tf32::split(pa[8 * LD], &ab[1], &as[1]);
+    Tf32::split(pa[8 * LDA], &ab[1], &as[1]);
     Tf32::split(pa[4], &ab[2], &as[2]);
-    Tf32::split(pa[8 * LD + 4], &ab[3], &as[3]);
+    Tf32::split(pa[8 * LDA + 4], &ab[3], &as[3]);
 #pragma unroll
     for (int nt = 0; nt < N / 8; ++nt) {
-      const float* pb = B + (nt * 8 + gr) * LD + kk * 8 + tq;
       uint32_t bb[2], bs[2];
-      Tf32::split(pb[0], &bb[0], &bs[0]);
-      Tf32::split(pb[4], &bb[1], &bs[1]);
+      load_b(kk, nt, bb, bs);
       Tf32::mma_big_rn(c[nt], ab, bb);
       if constexpr (kChain) {
         Tf32::mma_small(t[nt], ab, as, bb, bs);
@@ -242,6 +246,23 @@ __device__ __forceinline__ void tf32_rows_rows(float (&c)[N / 8][4], const float
   }
 }
 
+// B's rows in shared memory (pitch LD), row nt * 8 + gr, columns kk * 8 + tq and + 4: B^T's fragment.
+template <int LD>
+struct SplitRowsB {
+  const float* B;
+  int gr, tq;
+  __device__ __forceinline__ void operator()(int kk, int nt, uint32_t (&bb)[2], uint32_t (&bs)[2]) const {
+    const float* pb = B + (nt * 8 + gr) * LD + kk * 8 + tq;
+    Tf32::split(pb[0], &bb[0], &bs[0]);
+    Tf32::split(pb[4], &bb[1], &bs[1]);
+  }
+};
+
+template <int D, int N, int LD>
+__device__ __forceinline__ void tf32_rows_rows(float (&c)[N / 8][4], const float* A, const float* B, int gr, int tq) {
+  tf32_rows_with<D, N, LD>(c, A, SplitRowsB<LD>{B, gr, tq}, gr, tq);
+}
+
 // C (16 x D) += P B: P (16 x N) in the C fragments a product left it in, B's N rows in shared memory
 // (O += P V in the forward; dV += P^T dO, dK += dS^T Q and dQ += dS K in the backward). This thread
 // holds columns 2 tq and 2 tq + 1 of each 8-column chunk of P, which become the A fragment's k = tq and
@@ -250,8 +271,8 @@ __device__ __forceinline__ void tf32_rows_rows(float (&c)[N / 8][4], const float
 // over KG_ chunks in one 4-register temporary (Tf32::mma_small) instead of one per output tile. KG_ = 0:
 // up to 4, 2 for 64-row steps (the D = 64 forward). The D = 64 backward's two kernels pass 1: with 2 its
 // dK/dV kernel spilled 280 bytes (sm_90), with 1 it spills 20, and the pair ran 3-7% faster (H200, 2026-12-01).
-template <int D, int N, int LD, int KG_ = 0>
-__device__ __forceinline__ void tf32_frag_rows(float (&c)[D / 8][4], const float (&pf)[N / 8][4], const float* B, int gr, int tq) {
+template <int D, int N, int KG_, class BLoad>
+__device__ __forceinline__ void tf32_frag_with(float (&c)[D / 8][4], const float (&pf)[N / 8][4], const BLoad& load_b) {
   constexpr int KG = KG_ > 0 ? KG_ : (N / 8 < 4 ? N / 8 : (N >= 64 ? 2 : 4));
   static_assert((N / 8) % KG == 0, "chunk groups");
 #pragma unroll
@@ -269,10 +290,8 @@ __device__ __forceinline__ void tf32_frag_rows(float (&c)[D / 8][4], const float
       float t[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int j = 0; j < KG; ++j) {
-        const float* pb = B + ((k0 + j) * 8 + 2 * tq) * LD + gr + dt * 8;
         uint32_t bb[2], bs[2];
-        Tf32::split(pb[0], &bb[0], &bs[0]);
-        Tf32::split(pb[LD], &bb[1], &bs[1]);
+        load_b(k0 + j, dt, bb, bs);
         Tf32::mma_big_rn(c[dt], ab[j], bb);
         Tf32::mma_small(t, ab[j], as[j], bb, bs);
       }
@@ -280,6 +299,23 @@ __device__ __forceinline__ void tf32_frag_rows(float (&c)[D / 8][4], const float
       for (int e = 0; e < 4; ++e) c[dt][e] += t[e];
     }
   }
+}
+
+// B's rows in shared memory (pitch LD): rows kc * 8 + 2 tq and + 1, column dt * 8 + gr.
+template <int LD>
+struct SplitFragB {
+  const float* B;
+  int gr, tq;
+  __device__ __forceinline__ void operator()(int kc, int dt, uint32_t (&bb)[2], uint32_t (&bs)[2]) const {
+    const float* pb = B + (kc * 8 + 2 * tq) * LD + gr + dt * 8;
+    Tf32::split(pb[0], &bb[0], &bs[0]);
+    Tf32::split(pb[LD], &bb[1], &bs[1]);
+  }
+};
+
+template <int D, int N, int LD, int KG_ = 0>
+__device__ __forceinline__ void tf32_frag_rows(float (&c)[D / 8][4], const float (&pf)[N / 8][4], const float* B, int gr, int tq) {
+  tf32_frag_with<D, N, KG_>(c, pf, SplitFragB<LD>{B, gr, tq});
 }
 
 template <typename T>

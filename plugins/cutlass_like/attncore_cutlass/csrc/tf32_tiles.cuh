@@ -174,79 +174,41 @@ __device__ __forceinline__ void store_v_split(const Staged<D, BN, THREADS>& st, 
   }
 }
 
-// C (16 x N) += A B^T over columns [0, D): A's 16 rows plain floats in shared memory (pitch LDA), split here
-// as in tf32_rows_rows; B the pre-split K tile (its first N rows). Same sums in the same order as
-// tf32_rows_rows.
+// The pre-split K tile as tc::tf32_rows_with's B (its first N rows): chunk kk of row nt * 8 + gr, both
+// parts in one 16-byte slot.
+template <int D>
+struct PresplitRowsB {
+  const uint32_t* kb;  // Ks + gr * ksplit_pitch<D>()
+  int tq;
+  __device__ __forceinline__ void operator()(int kk, int nt, uint32_t (&bb)[2], uint32_t (&bs)[2]) const {
+    const uint4 w = *reinterpret_cast<const uint4*>(kb + 16 * kk + 4 * (tq ^ (kk & 3)) + nt * 8 * ksplit_pitch<D>());
+    bb[0] = w.x, bb[1] = w.z, bs[0] = w.y, bs[1] = w.w;
+  }
+};
+
+// The pre-split V tile as tc::tf32_frag_with's B: key pair 4 kc + tq, column dt * 8 + gr.
+template <int D>
+struct PresplitFragB {
+  const uint32_t* Vs;
+  int gr, tq;
+  __device__ __forceinline__ void operator()(int kc, int dt, uint32_t (&bb)[2], uint32_t (&bs)[2]) const {
+    const uint4 w = *reinterpret_cast<const uint4*>(Vs + (4 * kc + tq) * vsplit_pitch<D>() + 4 * vperm(dt * 8 + gr));
+    bb[0] = w.x, bb[1] = w.z, bs[0] = w.y, bs[1] = w.w;
+  }
+};
+
+// C (16 x N) += A B^T over columns [0, D): A's 16 rows plain floats in shared memory (pitch LDA), split as
+// in tf32_rows_rows; B the pre-split K tile. Same sums in the same order as tf32_rows_rows.
 template <int D, int N, int LDA>
 __device__ __forceinline__ void tf32_rows_presplit(float (&c)[N / 8][4], const float* A, const uint32_t* Ks, int gr, int tq) {
-  constexpr bool kChain = N <= 32;
-  float t[kChain ? N / 8 : 1][4];
-#pragma unroll
-  for (int nt = 0; nt < (kChain ? N / 8 : 1); ++nt) t[nt][0] = t[nt][1] = t[nt][2] = t[nt][3] = 0.f;
-  const uint32_t* kb = Ks + gr * ksplit_pitch<D>();
-#pragma unroll 2
-  for (int kk = 0; kk < D / 8; ++kk) {
-    const float* pa = A + gr * LDA + kk * 8 + tq;
-    uint32_t ab[4], as[4];
-    Tf32::split(pa[0], &ab[0], &as[0]);
-    Tf32::split(pa[8 * LDA], &ab[1], &as[1]);
-    Tf32::split(pa[4], &ab[2], &as[2]);
-    Tf32::split(pa[8 * LDA + 4], &ab[3], &as[3]);
-    const uint32_t* kslot = kb + 16 * kk + 4 * (tq ^ (kk & 3));
-#pragma unroll
-    for (int nt = 0; nt < N / 8; ++nt) {
-      const uint4 w = *reinterpret_cast<const uint4*>(kslot + nt * 8 * ksplit_pitch<D>());
-      const uint32_t bb[2] = {w.x, w.z}, bs[2] = {w.y, w.w};
-      Tf32::mma_big_rn(c[nt], ab, bb);
-      if constexpr (kChain) {
-        Tf32::mma_small(t[nt], ab, as, bb, bs);
-      } else {
-        float u[4] = {0.f, 0.f, 0.f, 0.f};
-        Tf32::mma_small(u, ab, as, bb, bs);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) c[nt][e] += u[e];
-      }
-    }
-  }
-  if constexpr (kChain) {
-#pragma unroll
-    for (int nt = 0; nt < N / 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) c[nt][e] += t[nt][e];
-    }
-  }
+  tf32_rows_with<D, N, LDA>(c, A, PresplitRowsB<D>{Ks + gr * ksplit_pitch<D>(), tq}, gr, tq);
 }
 
 // C (16 x D) += P B: P (16 x N) in the C fragments a product left it in, B the pre-split V tile. Same sums
 // in the same order as tf32_frag_rows (with its default chunk groups).
 template <int D, int N>
 __device__ __forceinline__ void tf32_frag_presplit(float (&c)[D / 8][4], const float (&pf)[N / 8][4], const uint32_t* Vs, int gr, int tq) {
-  constexpr int KG = N / 8 < 4 ? N / 8 : (N >= 64 ? 2 : 4);
-  static_assert((N / 8) % KG == 0, "chunk groups");
-#pragma unroll
-  for (int k0 = 0; k0 < N / 8; k0 += KG) {
-    uint32_t ab[KG][4], as[KG][4];
-#pragma unroll
-    for (int j = 0; j < KG; ++j) {
-      Tf32::split(pf[k0 + j][0], &ab[j][0], &as[j][0]);
-      Tf32::split(pf[k0 + j][2], &ab[j][1], &as[j][1]);
-      Tf32::split(pf[k0 + j][1], &ab[j][2], &as[j][2]);
-      Tf32::split(pf[k0 + j][3], &ab[j][3], &as[j][3]);
-    }
-#pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      float t[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-      for (int j = 0; j < KG; ++j) {
-        const uint4 w = *reinterpret_cast<const uint4*>(Vs + (4 * (k0 + j) + tq) * vsplit_pitch<D>() + 4 * vperm(dt * 8 + gr));
-        const uint32_t bb[2] = {w.x, w.z}, bs[2] = {w.y, w.w};
-        Tf32::mma_big_rn(c[dt], ab[j], bb);
-        Tf32::mma_small(t, ab[j], as[j], bb, bs);
-      }
-#pragma unroll
-      for (int e = 0; e < 4; ++e) c[dt][e] += t[e];
-    }
-  }
+  tf32_frag_with<D, N, 0>(c, pf, PresplitFragB<D>{Vs, gr, tq});
 }
 
 }  // namespace tc
