@@ -43,3 +43,19 @@ class ReleaseGate:
         """The variable when it forces; otherwise whether ``release`` is covered."""
         forced = self.switch()[1]
         return forced if forced is not None else self.covers(release)
+
+    def status(self, release: Optional[str], on: str, off: str, interpreting: Optional[str] = None) -> str:
+        """One line for ``info``. ``on``: what the feature does (shown when the release turns it on); ``off``:
+        why an unverified release turns it off; ``interpreting``: why Triton's CPU interpreter has it off
+        (given when it does)."""
+        value, forced = self.switch()
+        triton = f"triton {release}" if release is not None else "triton not installed"
+        if interpreting is not None:
+            return f"off (Triton's CPU interpreter: {interpreting}; {triton})"
+        if forced is False:
+            return f"off ({self.env}={value}; {triton})"
+        if forced:
+            return f"on ({self.env}={value}; {triton}{'' if self.covers(release) else f', not within the verified {self.text}'})"
+        if self.covers(release):
+            return f"on ({on}; {triton}, within the verified {self.text}; {self.env}=0 turns it off)"
+        return f"off ({triton}, not within the verified {self.text}: {off}; {self.env}=1 forces it)"

@@ -45,8 +45,9 @@ LOG2E = 1.4426950408889634
 @dataclass(frozen=True)
 class FwdConfig:
     """Forward tiles: ``block_m`` queries per program, ``block_n`` keys per step; ``tma`` loads through tensor
-    descriptors; ``ws`` runs one warp-specialized loop (Hopper only, with ``tma``, ``num_warps`` 4: a producer
-    warp group and two consumer warp groups of ``block_m / 2`` rows; see :func:`ws_supported`)."""
+    descriptors; ``ws`` runs one warp-specialized loop (Hopper; with ``tma``, 128-query tiles, ``num_warps``
+    4 per group and 2 stages: a producer warp group and two consumer warp groups of 64 rows; see
+    :func:`ws_candidates`)."""
 
     block_m: int
     block_n: int
@@ -54,6 +55,10 @@ class FwdConfig:
     num_stages: int
     tma: bool = False
     ws: bool = False
+
+    def __post_init__(self) -> None:
+        if self.ws and not (self.tma and self.num_warps == 4 and (self.block_m, self.num_stages) in ((128, 2), (16, 1))):
+            raise ValueError(f"FwdConfig: ws needs tma, num_warps=4 and 128-query tiles at 2 stages (16 x 1 under the interpreter); found {self}")
 
 
 @dataclass(frozen=True)
@@ -162,29 +167,48 @@ def _dummy(device: torch.device) -> torch.Tensor:
     return t
 
 
-#: Warp-specialized forward configurations by largest head dim (tested at each, with and without masks).
+#: Warp-specialized forward configurations by padded largest head dim: what the autotuner is offered at 128
+#: (:func:`ws_candidates`), and what the loop is compiled with for sm_90 at every head dim
+#: (tools/ws_compile_check.py) and run with on the GPU (the GPU tests: 16-256, masks included).
 WS_CONFIGS: dict[int, tuple[FwdConfig, ...]] = {
     **{d: (FwdConfig(128, 128, 4, 2, tma=True, ws=True), FwdConfig(128, 64, 4, 2, tma=True, ws=True)) for d in (16, 32, 64, 128)},
-    256: (FwdConfig(128, 32, 4, 2, tma=True, ws=True),),  # 2 stages of 64 keys need 234440 B of shared memory (of 232448)
+    256: (FwdConfig(128, 32, 4, 2, tma=True, ws=True),),  # 2 stages of 64 keys asked 234440 B of shared memory (of 232448)
 }
 #: The warp-specialized forward's row table covers row indices below this (base-64 digits, 3 of them, the
 #: leading one below 256 to stay exact in bf16).
 WS_MAX_ROWS = 1 << 20
 _ROW_TABLES: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+_OLD_ROW_TABLES: list[torch.Tensor] = []  # outgrown tables, kept: kernels on other streams may still read them
 
 
 def _row_table(device: torch.device, dtype: torch.dtype, rows: int) -> torch.Tensor:
-    """``[16 + n, 16]`` in ``dtype`` (``n >= rows``, a power of two): the digit weights, then the digits of each
-    row index (see ``fwd_kernel``); one per device and dtype, regrown when a longer sequence comes."""
+    """``[16 + n, 16]`` in ``dtype`` (``rows <= n <= WS_MAX_ROWS``, a power of two): the digit weights, then
+    the digits of each row index (see ``fwd_kernel``); one per device and dtype, regrown (doubling) when a
+    longer sequence comes."""
+    if rows > WS_MAX_ROWS:
+        raise ValueError(f"rows: the warp-specialized forward's row table holds at most {WS_MAX_ROWS} rows; found {rows}")
     t = _ROW_TABLES.get((device, dtype))
     if t is None or t.shape[0] < 16 + rows:
-        n = min(max(1024, 1 << (max(rows, 1) - 1).bit_length()), WS_MAX_ROWS)
+        if t is not None:
+            _OLD_ROW_TABLES.append(t)
+        n = max(1024, 1 << (max(rows, 1) - 1).bit_length())
         r = torch.arange(n, dtype=torch.int64)
         host = torch.zeros(16 + n, 16, dtype=torch.float32)
         host[0, :], host[1, :], host[2, :] = 4096.0, 64.0, 1.0
         host[16:, 0], host[16:, 1], host[16:, 2] = (r // 4096).float(), (r // 64 % 64).float(), (r % 64).float()
         t = _ROW_TABLES[(device, dtype)] = host.to(device=device, dtype=dtype)
     return t
+
+
+def _row_table_ready(device: torch.device, dtype: torch.dtype, rows: int) -> bool:
+    """Whether a launch over ``rows`` rows can have its table now: one that is long enough exists, or it can
+    be built (not while a CUDA graph is being captured, where the copy to the device is not allowed)."""
+    if rows > WS_MAX_ROWS:
+        return False
+    t = _ROW_TABLES.get((device, dtype))
+    if t is not None and t.shape[0] >= 16 + rows:
+        return True
+    return device.type != "cuda" or not torch.cuda.is_current_stream_capturing()
 
 
 def _i32(values: Sequence[int], device: torch.device) -> torch.Tensor:
@@ -368,17 +392,23 @@ def _ensure_allocator() -> None:
     _STATE["allocator"] = True
 
 
-def _tma_eligible(pb: Problem) -> bool:
-    """Descriptors need 16-byte aligned bases and strides, and head dims that are their own block."""
-    if pb.paged or pb.q.dtype == torch.float32 or not tma_supported():
-        return False
-    if _pow2(pb.head_dim) != pb.head_dim or _pow2(pb.value_dim) != pb.value_dim:
-        return False
+def _tma_aligned(pb: Problem) -> bool:
+    """Whether Q, K and V have the 16-byte aligned bases and strides tensor descriptors need."""
     es = pb.q.element_size()
     for t in (pb.q, pb.k, pb.v):
         if t.data_ptr() % 16 or any((s * es) % 16 for s in t.stride()[:-1]):
             return False
     return True
+
+
+def _tma_eligible(pb: Problem) -> bool:
+    """Descriptors need 16-byte aligned bases and strides, and head dims that are their own block (and
+    are offered for half precision only)."""
+    if pb.paged or pb.q.dtype == torch.float32 or not tma_supported():
+        return False
+    if _pow2(pb.head_dim) != pb.head_dim or _pow2(pb.value_dim) != pb.value_dim:
+        return False
+    return _tma_aligned(pb)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -388,19 +418,30 @@ def _tma_eligible(pb: Problem) -> bool:
 
 def ws_candidates(pb: Problem) -> list[FwdConfig]:
     """The warp-specialized forward configurations for this call: on sm_90, half precision through tensor
-    descriptors, largest head dim 65-128, no mask, no tensor bias, no dropout (empty otherwise;
-    :func:`fwd_candidates` adds them when :func:`_warpspec.enabled`): 128-query tiles (two 64-row consumer
-    warp groups), 2 stages (3 gave NaN on Triton 3.6). Where it is not offered, the H200's autotuner timed
-    it at 0.52-0.85x the best other candidate at K = 64, 0.74-0.85x at K = 128 with a causal band (every
-    tile masked), and 0.88-1.00x at K = 256 (its 2-stage 32-key loop; the 1-stage 64-key loop was
-    0.89-1.26x but once left rows unwritten under a loaded GPU); benchmarks/RESULTS.md, "warp-specialized
-    forward". :data:`WS_CONFIGS` is what the loop is tested with at every head dim, masks included."""
+    descriptors, largest head dim 128 (the other a power of two), keys in whole 128-key tiles, no mask, no
+    tensor bias, no dropout, a non-negative scale (empty otherwise; :func:`fwd_candidates` adds them, last,
+    when :func:`_warpspec.enabled`): 128-query tiles, two 64-row consumer warp groups, 2 stages (3 gave NaN
+    on Triton 3.6). Against the best other candidate, the H200's autotuner timed it at 0.91-1.02x below
+    M = 4096 and 1.03-1.11x from there; where it is not offered, at 0.53-0.85x at K = 64, 0.74-0.85x with a
+    causal band (every tile masked), 0.88-1.00x at K = 256 (2 stages of 32 keys; 1 stage of 64 keys was
+    0.89-1.26x but once left rows unwritten under a loaded GPU); benchmarks/RESULTS.md, "a warp-specialized
+    forward on Hopper"."""
     if interpreting() or _capability(pb.device)[0] != 9 or pb.q.dtype == torch.float32:
         return []
-    if pb.bias is not None or pb.p > 0.0 or pb.has_band or pb.varlen or pb.max_q + 128 > WS_MAX_ROWS or not _tma_eligible(pb):
+    if pb.bias is not None or pb.p > 0.0 or pb.has_band or pb.varlen or pb.scale < 0.0 or pb.num_keys % 128:
         return []
-    d = max(pb.head_dim, pb.value_dim)
-    return list(WS_CONFIGS[d]) if 64 < d <= 128 else []
+    if max(pb.head_dim, pb.value_dim) != 128 or pb.max_q + 128 > WS_MAX_ROWS or not _tma_eligible(pb):
+        return []
+    return list(WS_CONFIGS[128])
+
+
+def _can_take(pb: Problem, cfg: FwdConfig) -> bool:
+    """Whether this call can run ``cfg``, which may have been tuned for another call of its autotune key
+    (the key holds neither the tensors' alignment nor lengths past the shape buckets): tensor descriptors
+    need 16-byte aligned tensors, and the warp-specialized loop a row table for every row."""
+    if cfg.tma and not _tma_aligned(pb):
+        return False
+    return not cfg.ws or _row_table_ready(pb.device, pb.q.dtype, -(-pb.max_q // cfg.block_m) * cfg.block_m)
 
 
 def fwd_candidates(pb: Problem) -> list[FwdConfig]:
@@ -428,7 +469,7 @@ def fwd_candidates(pb: Problem) -> list[FwdConfig]:
             out = [FwdConfig(128, 64, 8, 2, tma=True), FwdConfig(128, 64, 8, 2), FwdConfig(64, 64, 4, 2, tma=True)]
         if not tma:  # same tiles through plain loads
             out = list(dict.fromkeys(FwdConfig(c.block_m, c.block_n, c.num_warps, c.num_stages) for c in out))
-        return (ws_candidates(pb) if _warpspec.enabled() else []) + out
+        return out + (ws_candidates(pb) if _warpspec.enabled() else [])
     if d <= 64:
         return [FwdConfig(128, 64, 4, 3), FwdConfig(64, 64, 4, 3)]
     if d <= 128:
@@ -569,6 +610,8 @@ def forward(
     kern = _relauncher("fwd_kernel")
 
     def launch(cfg: FwdConfig) -> None:
+        if not _can_take(pb, cfg):  # the key's tuned choice, or an explicit one: the best guess this call can run
+            cfg = next(c for c in fwd_candidates(pb) if _can_take(pb, c))
         nblk = -(-pb.max_q // cfg.block_m)
         grid = (nblk * pb.num_seqs * g * h,)
         if grid[0] == 0:
@@ -588,7 +631,7 @@ def forward(
                 K_DIM=pb.head_dim, V_DIM=kv, BLOCK_K=bk, BLOCK_V=bv, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                 VARLEN=pb.varlen, PAGED=pb.paged, HAS_BIAS=pb.bias is not None, DROPOUT=drop, WRITE_LSE=lse is not None,
                 USE_TMA=cfg.tma, DOT=dot, SCALE_POS=pb.scale >= 0.0,
-                WS=cfg.ws, WS_MASKED=cfg.ws and (pb.has_band or pb.varlen or pb.num_keys % cfg.block_n != 0 or pb.scale < 0.0),
+                WS=cfg.ws, WS_MASKED=cfg.ws and (pb.has_band or pb.varlen or pb.num_keys % cfg.block_n != 0),
             ),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
@@ -596,7 +639,9 @@ def forward(
     if config is not None:
         launch(config)
     else:
-        _run_tuned(_key("fwd", pb, pb.signature()), lambda: fwd_candidates(pb), launch)
+        # keys in whole 128-key tiles or not: a separate key, as only whole tiles get warp-specialized candidates
+        sig = pb.signature() if pb.varlen or pb.num_keys % 128 == 0 else pb.signature() + "+ragged"
+        _run_tuned(_key("fwd", pb, sig), lambda: fwd_candidates(pb), launch)
     return out, lse
 
 

@@ -45,7 +45,6 @@ ENV = "ATTNCORE_TRITON_RELAUNCH"
 #: The Triton releases whose launcher interface the reuse path was checked against (3.6 and 3.9's sources; 3.6 on a GPU).
 _GATE = ReleaseGate(ENV, ">=3.6,<3.10", "3.6-3.9")
 VERIFIED = _GATE.verified
-_VERIFIED_TEXT = _GATE.text
 
 _I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
@@ -55,15 +54,6 @@ _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 def _triton_release() -> Optional[str]:
     """The installed Triton's version (``None`` when not installed), read once."""
     return installed_version("triton")
-
-
-def _verified(release: Optional[str]) -> bool:
-    return _GATE.covers(release)
-
-
-def _switch() -> tuple[str, Optional[bool]]:
-    """``ATTNCORE_TRITON_RELAUNCH`` as read (lower case, stripped) and what it forces: True, False or nothing."""
-    return _GATE.switch()
 
 
 def enabled() -> bool:
@@ -76,18 +66,12 @@ def status(interpreting: bool = False) -> str:
     """One line for ``info``: whether reuse is on for kernels launched from now on, and why (each kernel's
     setting is fixed when it is first launched; ``interpreting``: under Triton's CPU interpreter, which
     compiles nothing, every launch goes through Triton)."""
-    env, forced = _switch()
-    release = _triton_release()
-    triton = f"triton {release}" if release is not None else "triton not installed"
-    if interpreting:
-        return f"off (Triton's CPU interpreter: nothing compiled to reuse; {triton})"
-    if forced is False:
-        return f"off ({ENV}={env}; {triton})"
-    if forced:
-        return f"on ({ENV}={env}; {triton}{'' if _verified(release) else f', not within the verified {_VERIFIED_TEXT}'})"
-    if _verified(release):
-        return f"on (compiled kernels reused without re-binding arguments; {triton}, within the verified {_VERIFIED_TEXT}; {ENV}=0 turns it off)"
-    return f"off ({triton}, not within {_VERIFIED_TEXT}, the releases whose launcher this was checked against; {ENV}=1 forces it)"
+    return _GATE.status(
+        _triton_release(),
+        on="compiled kernels reused without re-binding arguments",
+        off="the releases whose launcher this was checked against",
+        interpreting="nothing compiled to reuse" if interpreting else None,
+    )
 
 
 def _width(v: int) -> int:

@@ -28,16 +28,11 @@ def enabled() -> bool:
     return _GATE.enabled(_triton_release())
 
 
-def status() -> str:
-    """One line for ``info``."""
-    env, forced = _GATE.switch()
-    release = _triton_release()
-    triton = f"triton {release}" if release is not None else "triton not installed"
-    if forced is False:
-        return f"off ({ENV}={env}; {triton})"
-    if forced:
-        return f"on ({ENV}={env}; {triton}{'' if _GATE.covers(release) else f', not the verified {_GATE.text}'})"
-    if _GATE.covers(release):
-        where = "sm_90, half precision, head dim 65-128, no mask, bias or dropout"
-        return f"on (a tuning candidate on {where}; {triton}, the verified {_GATE.text}; {ENV}=0 turns it off)"
-    return f"off ({triton}, not the verified {_GATE.text}: its automatic warp specialization can abort a compile; {ENV}=1 forces it)"
+def status(interpreting: bool = False) -> str:
+    """One line for ``info`` (``interpreting``: under Triton's CPU interpreter, which runs no warp groups)."""
+    return _GATE.status(
+        _triton_release(),
+        on="a tuning candidate on sm_90 for half precision, head dim 128, no mask, bias or dropout",
+        off="its automatic warp specialization can abort a compile",
+        interpreting="no warp groups to specialize" if interpreting else None,
+    )

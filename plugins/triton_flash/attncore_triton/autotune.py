@@ -1,7 +1,7 @@
 """A small autotuner with an on-disk cache, keyed per shape bucket.
 
 Each kernel family has a short, pruned list of candidate configurations per architecture (at most
-three on Hopper, two on Ampere, so a first call compiles little). The first call of a new *key* times
+seven on Hopper, two on Ampere, so a first call compiles little). The first call of a new *key* times
 every candidate with ``triton.testing.do_bench`` and remembers the fastest; the choice is written to a
 JSON file and reused by later processes. The key is::
 

@@ -28,7 +28,7 @@ def attncore_plugin_info() -> PluginInfo:
             "autotune_cache": str(cache_path()),
             "autotune_key": KEY_FORMAT,
             "relaunch": _relaunch.status(interpreting=_launch.interpreting()),
-            "warp_specialized_forward": _warpspec.status(),
+            "warp_specialized_forward": _warpspec.status(interpreting=_launch.interpreting()),
         },
         description="Triton flash attention (forward + backward) for NVIDIA sm_80..sm_90: every mask kind in-kernel, GQA, dropout, LSE",
     )

@@ -508,7 +508,7 @@ def _ws_cases(mask: str) -> list[tuple[int, int, int, Bias]]:
 
 
 @pytest.mark.parametrize("mask", ["none", "causal", "causal-bottom-right Mq>Mk", "local", "block-causal"])
-@pytest.mark.parametrize("dims", [(64, 64), (128, 128), (256, 256), (64, 128)] if ON_GPU else [(16, 16), (16, 32)], ids=str)
+@pytest.mark.parametrize("dims", [(16, 16), (32, 32), (64, 64), (128, 128), (256, 256), (64, 128)] if ON_GPU else [(16, 16), (16, 32)], ids=str)
 def test_triton_warp_specialized_forward(mask: str, dims: tuple[int, int]) -> None:
     """The one-loop warp-specialized forward (on the GPU every configuration it has at these head dims, under
     the interpreter a small tile) matches the truth, with and without masks."""
@@ -520,6 +520,62 @@ def test_triton_warp_specialized_forward(mask: str, dims: tuple[int, int]) -> No
         configs = _launch.WS_CONFIGS[max(kd, kv)] if ON_GPU else (_launch.FwdConfig(16, 16, 4, 1, tma=True, ws=True),)
         for cfg in configs:
             check(run_triton(q, k, v, bias, fwd_config=cfg), q, k, v, bias)
+
+
+@pytest.mark.parametrize("what", ["negative scale", "no LSE"])
+def test_triton_warp_specialized_forward_variants(what: str) -> None:
+    """The warp-specialized loop with a negative scale (scores scaled before their maximum) and without the
+    LSE output (inference), on lengths in whole tiles and not."""
+    g = _gen("ws-variant" + what)
+    dtype = torch.bfloat16 if ON_GPU else torch.float32
+    kd = 128 if ON_GPU else 16
+    cfgs = _launch.WS_CONFIGS[kd] if ON_GPU else (_launch.FwdConfig(16, 16, 4, 1, tma=True, ws=True),)
+    for mq, mk in ((256, 384), (200, 333)) if ON_GPU else ((32, 48), (37, 45)):
+        q, k, v = (rnd(g, 2, m, 2, kd, dtype=dtype) for m in (mq, mk, mk))
+        for cfg in cfgs:
+            if what == "negative scale":
+                check(run_triton(q, k, v, scale=-0.2, fwd_config=cfg), q, k, v, scale=-0.2)
+                continue
+            _launch.POISON = True
+            try:
+                out5, lse = _launch.forward(Inputs.create(q, k, v), needs_lse=False, dropout_seed=0, config=cfg)
+            finally:
+                _launch.POISON = False
+            want = reference(q, k, v)
+            assert lse is None and not out5.isnan().any()
+            err, tol = max_err(out5[:, :, 0], want.out), 2 * max(max_err(reference(q, k, v, dtype=dtype).out, want.out), OUT_FLOOR[dtype])
+            assert err <= tol, f"out error {err} > {tol}"
+
+
+@pytest.mark.skipif(ON_GPU, reason="the interpreter's fallback candidate; on the GPU the tuned candidates run instead")
+@pytest.mark.parametrize("case", ["misaligned for tensor descriptors", "longer than the row table"])
+def test_triton_forward_falls_back_from_a_choice_the_call_cannot_take(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The configuration cached for an autotune key (which holds neither the tensors' alignment nor lengths
+    past the shape buckets) is replaced by the best guess for the call when the call cannot run it."""
+    g = _gen(case)
+    asked: list[int] = []
+    real = _launch.fwd_candidates
+
+    def fwd_candidates(pb: _launch.Problem) -> list[_launch.FwdConfig]:
+        asked.append(1)
+        return real(pb)
+
+    monkeypatch.setattr(_launch, "fwd_candidates", fwd_candidates)
+    if case.startswith("misaligned"):
+        cfg = _launch.FwdConfig(16, 32, 4, 1, tma=True)
+        q, k, v = (rnd(g, 2, 37, 2, 17)[..., 1:] for _ in range(3))  # bases 4 bytes off, 68-byte row strides
+        qa, ka, va = q.contiguous(), k.contiguous(), v.contiguous()
+    else:
+        cfg = _launch.FwdConfig(16, 16, 4, 1, tma=True, ws=True)
+        monkeypatch.setattr(_launch, "WS_MAX_ROWS", 40)  # 37 rows in 16-row tiles (48) do not fit
+        q, k, v = (rnd(g, 2, 37, 2, 16) for _ in range(3))
+        qa, ka, va = q[:, :32], k[:, :32], v[:, :32]  # 32 do
+    causal = ab.LowerTriangularMask()
+    check(run_triton(q, k, v, causal, fwd_config=cfg), q, k, v, causal)
+    assert asked, "the call ran a configuration it cannot take"
+    asked.clear()
+    check(run_triton(qa, ka, va, causal, fwd_config=cfg), qa, ka, va, causal)
+    assert not asked, "a call that can take the configuration was given another"
 
 
 def test_triton_ops_apply() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -27,10 +28,12 @@ def sm90(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(_warpspec.ENV, raising=False)
 
 
-def _problem(kd: int = 128, kv: int = 128, dtype: torch.dtype = torch.bfloat16, bias: object = None, p: float = 0.0) -> _launch.Problem:
+def _problem(
+    kd: int = 128, kv: int = 128, dtype: torch.dtype = torch.bfloat16, bias: object = None, p: float = 0.0, *, mk: int = 300, scale: Optional[float] = None
+) -> _launch.Problem:
     q = torch.randn(2, 300, 3, kd).to(dtype)
-    k, v = torch.randn(2, 300, 3, kd).to(dtype), torch.randn(2, 300, 3, kv).to(dtype)
-    return _launch.problem(Inputs.create(q, k, v, bias, p))  # type: ignore[arg-type]  # the bias kinds the tests pass
+    k, v = torch.randn(2, mk, 3, kd).to(dtype), torch.randn(2, mk, 3, kv).to(dtype)
+    return _launch.problem(Inputs.create(q, k, v, bias, p, scale))  # type: ignore[arg-type]  # the bias kinds the tests pass
 
 
 def test_switch_follows_the_verified_release(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -44,59 +47,69 @@ def test_switch_follows_the_verified_release(monkeypatch: pytest.MonkeyPatch) ->
     assert not _warpspec.enabled() and _warpspec.status().startswith(f"off ({_warpspec.ENV}=0")
     monkeypatch.setattr(_warpspec, "_triton_release", lambda: "3.9.0")
     monkeypatch.setenv(_warpspec.ENV, "1")
-    assert _warpspec.enabled() and "not the verified 3.6" in _warpspec.status()
+    assert _warpspec.enabled() and "not within the verified 3.6" in _warpspec.status()
+    assert _warpspec.status(interpreting=True).startswith("off (Triton's CPU interpreter")
 
 
 @pytest.mark.usefixtures("sm90")
 @pytest.mark.parametrize(("kd", "kv"), [(128, 128), (64, 128), (128, 64), (128, 32)])
-def test_candidates_lead_the_list_where_they_won(kd: int, kv: int) -> None:
-    """Largest head dim 65-128, no mask: the configurations of ``WS_CONFIGS[128]``, timed first."""
+def test_candidates_follow_the_plain_tiles_where_they_won(kd: int, kv: int) -> None:
+    """Largest head dim 128, keys in whole tiles, no mask: ``WS_CONFIGS[128]``, after the plain tiles (the
+    first candidate is what runs untimed, ``ATTNCORE_TRITON_AUTOTUNE=0``)."""
     for dtype in (torch.bfloat16, torch.float16):
-        cands = _launch.fwd_candidates(_problem(kd, kv, dtype))
+        cands = _launch.fwd_candidates(_problem(kd, kv, dtype, mk=384))
         ws = [c for c in cands if c.ws]
-        assert ws == list(_launch.WS_CONFIGS[128]) and cands[: len(ws)] == ws, cands
-        assert any(not c.ws for c in cands)
+        assert ws == list(_launch.WS_CONFIGS[128]) and cands[-len(ws) :] == ws, cands
+        assert not cands[0].ws
 
 
 def test_configurations_are_two_stage_warp_group_tiles() -> None:
     for d, cfgs in _launch.WS_CONFIGS.items():
         assert cfgs, d
-        for c in cfgs:  # never 1 or 3 stages (NaN on Triton 3.6); 4 warps per group, 2 consumer groups of 64 rows
+        for c in cfgs:  # 3 stages gave NaN on Triton 3.6, 1 stage once left rows unwritten; 4 warps per group
             assert c.ws and c.tma and c.num_warps == 4 and c.block_m == 128 and c.num_stages == 2, (d, c)
+    with pytest.raises(ValueError, match="ws needs tma"):
+        _launch.FwdConfig(128, 64, 8, 2, tma=True, ws=True)
+    with pytest.raises(ValueError, match="ws needs tma"):
+        _launch.FwdConfig(128, 64, 4, 3, tma=True, ws=True)
 
 
 @pytest.mark.usefixtures("sm90")
 @pytest.mark.parametrize(
-    ("what", "kd", "dtype", "bias", "p"),
+    ("what", "kd", "dtype", "bias", "p", "extra"),
     [
-        ("head dim 64 (timed slower)", 64, torch.bfloat16, None, 0.0),
-        ("head dim 256 (timed slower)", 256, torch.bfloat16, None, 0.0),
-        ("causal (every tile masked: timed slower)", 128, torch.bfloat16, ab.LowerTriangularMask(), 0.0),
-        ("local", 128, torch.float16, ab.LocalAttentionFromBottomRightMask(20, 3), 0.0),
-        ("tensor bias", 128, torch.bfloat16, "tensor", 0.0),
-        ("dropout", 128, torch.bfloat16, None, 0.1),
-        ("head dim 80 (no tensor descriptors)", 80, torch.bfloat16, None, 0.0),
+        ("head dim 64 (timed slower)", 64, torch.bfloat16, None, 0.0, {}),
+        ("head dim 256 (timed slower)", 256, torch.bfloat16, None, 0.0, {}),
+        ("causal (every tile masked: timed slower)", 128, torch.bfloat16, ab.LowerTriangularMask(), 0.0, {}),
+        ("local", 128, torch.float16, ab.LocalAttentionFromBottomRightMask(20, 3), 0.0, {}),
+        ("keys not in whole tiles (every tile masked)", 128, torch.bfloat16, None, 0.0, {"mk": 300}),
+        ("negative scale", 128, torch.bfloat16, None, 0.0, {"scale": -0.1}),
+        ("tensor bias", 128, torch.bfloat16, "tensor", 0.0, {}),
+        ("dropout", 128, torch.bfloat16, None, 0.1, {}),
+        ("head dim 80 (no tensor descriptors)", 80, torch.bfloat16, None, 0.0, {}),
+        ("float32", 128, torch.float32, None, 0.0, {}),
     ],
 )
-def test_no_candidates_where_the_kernel_does_not_go(what: str, kd: int, dtype: torch.dtype, bias: object, p: float) -> None:
-    b = torch.randn(2, 3, 300, 300).to(dtype) if bias == "tensor" else bias
-    pb = _problem(kd, kd, dtype, b, p)
+def test_no_candidates_where_the_loop_is_not_offered(what: str, kd: int, dtype: torch.dtype, bias: object, p: float, extra: dict[str, float]) -> None:
+    mk = int(extra.get("mk", 384))
+    b = torch.randn(2, 3, 300, mk).to(dtype) if bias == "tensor" else bias
+    pb = _problem(kd, kd, dtype, b, p, mk=mk, scale=extra.get("scale"))
     assert _launch.ws_candidates(pb) == [], what
     assert not any(c.ws for c in _launch.fwd_candidates(pb)), what
 
 
 @pytest.mark.usefixtures("sm90")
 def test_no_candidates_for_blocks() -> None:
-    q, k, v = (torch.randn(1, 300, 2, 128).to(torch.bfloat16) for _ in range(3))
-    pb = _launch.problem(Inputs.create(q, k, v, ab.BlockDiagonalMask.from_seqlens([100, 200])))
+    q, k, v = (torch.randn(1, 384, 2, 128).to(torch.bfloat16) for _ in range(3))
+    pb = _launch.problem(Inputs.create(q, k, v, ab.BlockDiagonalMask.from_seqlens([128, 256])))
     assert pb.varlen and _launch.ws_candidates(pb) == []
 
 
-def test_no_candidates_off_hopper_on_fp32_or_when_switched_off(sm90: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert not any(c.ws for c in _launch.fwd_candidates(_problem(dtype=torch.float32)))
+def test_no_candidates_off_hopper_or_when_switched_off(sm90: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    pb = _problem(mk=384)
+    assert _launch.ws_candidates(pb)
     monkeypatch.setenv(_warpspec.ENV, "0")
-    pb = _problem()
-    assert _launch.ws_candidates(pb) and not any(c.ws for c in _launch.fwd_candidates(pb))
+    assert not any(c.ws for c in _launch.fwd_candidates(pb))
     monkeypatch.delenv(_warpspec.ENV)
     monkeypatch.setattr(_warpspec, "_triton_release", lambda: "3.9.0")
     assert not any(c.ws for c in _launch.fwd_candidates(pb))
@@ -106,17 +119,21 @@ def test_no_candidates_off_hopper_on_fp32_or_when_switched_off(sm90: None, monke
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_row_table_gives_every_row_index_exactly(dtype: torch.dtype) -> None:
-    """``max(table[16 + r] @ table[:16])`` is ``r`` for every row the table holds, in the dtype's own values."""
-    _launch._ROW_TABLES.clear()
+def test_row_table_gives_every_row_index_exactly(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``max(table[16 + r] @ table[:16])`` is ``r`` for every row the table holds, in the dtype's own values;
+    outgrown tables stay alive (kernels on other streams may still read them)."""
+    monkeypatch.setattr(_launch, "_ROW_TABLES", {})
+    monkeypatch.setattr(_launch, "_OLD_ROW_TABLES", [])
     small = _launch._row_table(torch.device("cpu"), dtype, 300)
     assert small.dtype == dtype and small.shape == (16 + 1024, 16)
+    assert _launch._row_table(torch.device("cpu"), dtype, 1000) is small  # reused while it is long enough
     table = _launch._row_table(torch.device("cpu"), dtype, _launch.WS_MAX_ROWS)
-    n = table.shape[0] - 16
-    assert n == _launch.WS_MAX_ROWS
+    assert table.shape == (16 + _launch.WS_MAX_ROWS, 16) and _launch._OLD_ROW_TABLES == [small]
     rows = (table[16:].double() @ table[:16].double()).amax(1)  # the products of the stored (rounded) values
-    assert torch.equal(rows, torch.arange(n, dtype=torch.float64))
-    assert _launch._row_table(torch.device("cpu"), dtype, 5000) is table  # reused while it is long enough
+    assert torch.equal(rows, torch.arange(_launch.WS_MAX_ROWS, dtype=torch.float64))
+    with pytest.raises(ValueError, match="at most"):
+        _launch._row_table(torch.device("cpu"), dtype, _launch.WS_MAX_ROWS + 1)
+    assert not _launch._row_table_ready(torch.device("cpu"), dtype, _launch.WS_MAX_ROWS + 1)
 
 
 def test_every_candidate_compiles_and_is_partitioned_for_sm90() -> None:

@@ -247,8 +247,9 @@ __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
 
       // Tiles inside the band with no bias (most of them) take the plain path: the row maximum of the raw
       // scores, then one FMA and one exp2 per element. Tiles on a band edge or a sequence end, and every
-      // tile with a bias, test each element against its row's key interval. m0 + kBM (r0 + 16), not m1: a
-      // partial last query tile takes the masked path (tile_all_visible requires every row inside the sequence).
+      // tile with a bias, test each element against its row's key interval. m0 + kBM (r0 + 16), not the rows'
+      // end in the sequence: a partial last query tile takes the masked path (tile_all_visible requires every
+      // row inside the sequence).
       if (p.bias == nullptr && p.scale_log2 > 0.f &&
           (kWarpMasks ? tile_all_visible(p, sq, r0, r0 + 16, n0, n0 + BN) : tile_all_visible(p, sq, m0, m0 + kBM, n0, n0 + BN))) {
         online_softmax<false, T, BN, D>(p, sq, g, h, m0 + warp * 16 + gr, n0 + 2 * tq, s, o, m_r, l_r);
