@@ -181,16 +181,23 @@ _ROW_TABLES: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 _OLD_ROW_TABLES: list[torch.Tensor] = []  # outgrown tables, kept: kernels on other streams may still read them
 
 
+def _row_table_held(device: torch.device, dtype: torch.dtype, rows: int) -> Optional[torch.Tensor]:
+    """The table of this device and dtype if it covers ``rows`` rows, else ``None``."""
+    t = _ROW_TABLES.get((device, dtype))
+    return t if t is not None and t.shape[0] >= 16 + rows else None
+
+
 def _row_table(device: torch.device, dtype: torch.dtype, rows: int) -> torch.Tensor:
     """``[16 + n, 16]`` in ``dtype`` (``rows <= n <= WS_MAX_ROWS``, a power of two): the digit weights, then
     the digits of each row index (see ``fwd_kernel``); one per device and dtype, regrown (doubling) when a
     longer sequence comes."""
     if rows > WS_MAX_ROWS:
         raise ValueError(f"rows: the warp-specialized forward's row table holds at most {WS_MAX_ROWS} rows; found {rows}")
-    t = _ROW_TABLES.get((device, dtype))
-    if t is None or t.shape[0] < 16 + rows:
-        if t is not None:
-            _OLD_ROW_TABLES.append(t)
+    t = _row_table_held(device, dtype, rows)
+    if t is None:
+        outgrown = _ROW_TABLES.get((device, dtype))
+        if outgrown is not None:
+            _OLD_ROW_TABLES.append(outgrown)
         n = max(1024, 1 << (max(rows, 1) - 1).bit_length())
         r = torch.arange(n, dtype=torch.int64)
         host = torch.zeros(16 + n, 16, dtype=torch.float32)
@@ -205,10 +212,7 @@ def _row_table_ready(device: torch.device, dtype: torch.dtype, rows: int) -> boo
     be built (not while a CUDA graph is being captured, where the copy to the device is not allowed)."""
     if rows > WS_MAX_ROWS:
         return False
-    t = _ROW_TABLES.get((device, dtype))
-    if t is not None and t.shape[0] >= 16 + rows:
-        return True
-    return device.type != "cuda" or not torch.cuda.is_current_stream_capturing()
+    return _row_table_held(device, dtype, rows) is not None or device.type != "cuda" or not torch.cuda.is_current_stream_capturing()
 
 
 def _i32(values: Sequence[int], device: torch.device) -> torch.Tensor:
