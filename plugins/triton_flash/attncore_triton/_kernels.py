@@ -10,7 +10,9 @@ Conventions shared by every kernel:
   band_br * (k_len - q_len)``; a missing side is a sentinel of magnitude 2**30. The loops over the other
   axis are split in three: tiles that may hold masked pairs before the band's full part, full tiles
   (no mask arithmetic at all), and masked tiles after. Tiles that cannot hold an allowed pair are never
-  visited. (The forward's warp-specialized variant, ``WS``, runs one loop instead; see ``fwd_kernel``.)
+  visited. With ``ONE_LOOP`` (a tuning choice) the three ranges run as one loop, one software pipeline, the
+  edge tiles masked on a branch and rows past the end read clamped; the forward's warp-specialized variant,
+  ``WS``, runs one loop with no branch (see ``fwd_kernel``).
 * Scores are kept in base 2: ``s2 = scale * log2(e) * q.k + log2(e) * bias`` so that ``exp2`` is used; the LSE
   written out is natural (``ln 2 * (m + log2 l)``). Fully masked rows give output 0 and LSE ``-inf``;
   the backward receives ``m2 = lse * log2(e)`` with ``-inf`` replaced by ``+inf`` so their ``P`` is 0.
@@ -170,40 +172,42 @@ def _fwd_tile(acc: tl.tensor, l_i: tl.tensor, m_i: tl.tensor, q: tl.tensor, n0: 
               k_base: tl.tensor, v_base: tl.tensor, k_desc: tl.tensor, v_desc: tl.tensor, bias_base: tl.tensor, keep_base: tl.tensor,
               s: tl.tensor, k_start: tl.tensor, k_len: tl.tensor, shift: tl.tensor, band_lo: tl.tensor, band_hi: tl.tensor,
               skm: tl.tensor, svm: tl.tensor, sbm: tl.tensor, sbn: tl.tensor, TABLES: tl.tensor, stab: tl.tensor, page_size: tl.tensor,
-              MK_LOG: tl.tensor, seed: tl.int64, drop_p: tl.tensor, qk_scale: tl.tensor,
+              MK_LOG: tl.tensor, seed: tl.int64, drop_p: tl.tensor, qk_scale: tl.tensor, edge: tl.tensor,
               K_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr,
               MASKED: tl.constexpr, PAGED: tl.constexpr, HAS_BIAS: tl.constexpr, DROPOUT: tl.constexpr, USE_TMA: tl.constexpr,
-              DOT: tl.constexpr, SCALE_POS: tl.constexpr, WS: tl.constexpr) -> tl.tensor:
+              DOT: tl.constexpr, SCALE_POS: tl.constexpr, WS: tl.constexpr, ONE_LOOP: tl.constexpr) -> tl.tensor:
     """One key tile. ``WS`` (the warp-specialized loop of ``fwd_kernel``): an unmasked tile still selects its
     scores by the row bound, a no-op on the values (rows past the sequence load zeros) that Triton 3.6's
-    partitioner needs: without the rows meeting the scores it rejects the loop."""
+    partitioner needs: without the rows meeting the scores it rejects the loop. ``ONE_LOOP`` (every tile
+    in one loop): the mask is evaluated only where the runtime flag ``edge`` says the tile has one."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
     n_ok = offs_n < k_len
     if USE_TMA:
         k = k_desc.load([n0, 0])
     else:
-        rows = _key_rows(offs_n, n_ok, s, k_start, TABLES, stab, page_size, PAGED)
+        if ONE_LOOP:  # keys past the end read the last key (no bounds check); only edge tiles hold them, masked
+            rows = _key_rows(tl.minimum(offs_n, k_len - 1), n_ok, s, k_start, TABLES, stab, page_size, PAGED)
+        else:
+            rows = _key_rows(offs_n, n_ok, s, k_start, TABLES, stab, page_size, PAGED)
         k = _load_tile(k_base, rows, n_ok, skm, K_DIM, BLOCK_K, MASKED)
     qk = _dot0(q, tl.trans(k), DOT)
     if WS and not MASKED:
         qk = tl.where(m_ok[:, None], qk, 0.0)
-    if HAS_BIAS or MASKED or not SCALE_POS:
+    if HAS_BIAS or MASKED or ONE_LOOP or not SCALE_POS:
+        # (with ONE_LOOP the scores are scaled before the branch: Triton 3.6's pipeliner fails on a loop whose
+        # branch reads the product directly)
         sc = qk * qk_scale
         if HAS_BIAS:
             bias = tl.load(bias_base + offs_m[:, None] * sbm + offs_n[None, :] * sbn, mask=m_ok[:, None] & n_ok[None, :], other=0.0)
             sc += bias.to(tl.float32) * LOG2E
         if MASKED:
-            d = offs_n[None, :] - offs_m[:, None] - shift
-            ok = (d >= band_lo) & (d <= band_hi) & n_ok[None, :]
-            sc = tl.where(ok, sc, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(sc, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(sc - m_use[:, None])
+            sc = _band_mask(sc, offs_m, offs_n, n_ok, shift, band_lo, band_hi)
+        elif ONE_LOOP:
+            if edge:
+                sc = _band_mask(sc, offs_m, offs_n, n_ok, shift, band_lo, band_hi)
+        m_new, m_use, p = _softmax_step(sc, m_i)
     else:
-        # no mask and no bias: every score is finite, and one FMA per score does scale and shift
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        m_use = m_new
-        p = tl.math.exp2(qk * qk_scale - m_use[:, None])
+        m_new, m_use, p = _softmax_step_fma(qk, m_i, qk_scale)
     alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
@@ -216,6 +220,37 @@ def _fwd_tile(acc: tl.tensor, l_i: tl.tensor, m_i: tl.tensor, q: tl.tensor, n0: 
         v = _load_tile(v_base, rows, n_ok, svm, V_DIM, BLOCK_V, MASKED)
     acc = _dot(p.to(v.dtype), v, acc, DOT)
     return acc, l_i, m_new
+
+
+@jit
+def _softmax_step(sc: tl.tensor, m_i: tl.tensor) -> tl.tensor:
+    """``(m_new, m_use, p)`` for base-2 scores ``sc`` that may hold ``-inf``: a row with nothing but ``-inf``
+    so far shifts by 0 (its ``p`` is 0, not NaN)."""
+    m_new = tl.maximum(m_i, tl.max(sc, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    return m_new, m_use, tl.math.exp2(sc - m_use[:, None])
+
+
+@jit
+def _softmax_step_fma(qk: tl.tensor, m_i: tl.tensor, qk_scale: tl.tensor) -> tl.tensor:
+    """``(m_new, m_use, p)`` for finite scores ``qk * qk_scale`` (``qk_scale >= 0``): one FMA per score scales and shifts."""
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    return m_new, m_new, tl.math.exp2(qk * qk_scale - m_new[:, None])
+
+
+@jit
+def _band_mask(sc: tl.tensor, offs_m: tl.tensor, offs_n: tl.tensor, n_ok: tl.tensor, shift: tl.tensor, band_lo: tl.tensor,
+               band_hi: tl.tensor) -> tl.tensor:
+    """``sc`` with the pairs outside the band (key ``n``, query ``m``: ``band_lo <= n - m - shift <= band_hi``)
+    or past the keys set to ``-inf``."""
+    return tl.where(_band_ok(offs_m[:, None], offs_n[None, :], n_ok[None, :], shift, band_lo, band_hi), sc, float("-inf"))
+
+
+@jit
+def _band_ok(m: tl.tensor, n: tl.tensor, valid: tl.tensor, shift: tl.tensor, band_lo: tl.tensor, band_hi: tl.tensor) -> tl.tensor:
+    """Whether query ``m`` may see key ``n`` (broadcast shapes): ``band_lo <= n - m - shift <= band_hi``, and ``valid``."""
+    d = n - m - shift
+    return (d >= band_lo) & (d <= band_hi) & valid
 
 
 @jit(do_not_specialize=["Mq", "Mk", "MK_LOG", "num_m_blocks", "band_lo", "band_hi", "band_br", "seed", "page_size", "drop_p"])
@@ -234,11 +269,12 @@ def fwd_kernel(Q: tl.tensor, K: tl.tensor, V: tl.tensor, OUT: tl.tensor, LSE: tl
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                VARLEN: tl.constexpr, PAGED: tl.constexpr, HAS_BIAS: tl.constexpr, DROPOUT: tl.constexpr,
                WRITE_LSE: tl.constexpr, USE_TMA: tl.constexpr, DOT: tl.constexpr, SCALE_POS: tl.constexpr,
-               WS: tl.constexpr, WS_MASKED: tl.constexpr) -> None:
+               WS: tl.constexpr, WS_MASKED: tl.constexpr, ONE_LOOP: tl.constexpr) -> None:
     """``WS``: one loop over every key tile, warp-specialized (Triton's automatic Hopper partitioning: a TMA
     producer warp group and two consumer warp groups of ``BLOCK_M / 2`` rows each; it takes exactly one loop
     with no branch inside, so with ``WS_MASKED`` every tile runs the mask arithmetic). Without ``WS``, three
-    loops: masked tiles, full tiles, masked tiles.
+    loops: masked tiles, full tiles, masked tiles; or with ``ONE_LOOP`` one loop over the same tiles (one
+    software pipeline), the edge tiles masked on a branch.
 
     With ``WS`` the query rows come from a product: Triton 3.6 splits a ``tl.arange`` over the rows into two
     ``[0, BLOCK_M / 2)`` ranges, one per consumer, so the second consumer's mask, stores and LSE would name
@@ -289,28 +325,25 @@ def fwd_kernel(Q: tl.tensor, K: tl.tensor, V: tl.tensor, OUT: tl.tensor, LSE: tl
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_V], dtype=tl.float32)
         n_start, nA, nB, n_end = _tile_ranges(m0, q_len, k_len, shift, band_lo, band_hi, BLOCK_M, BLOCK_N)
-        if WS:
-            for n0 in tl.range(n_start, n_end, BLOCK_N, warp_specialize=True):
-                acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, n0, offs_m, m_ok, k_base, v_base, k_desc, v_desc, bias_base, keep_base,
-                                          s, k_start, k_len, shift, band_lo, band_hi, skm, svm, sbm, sbn, TABLES, stab, page_size,
-                                          MK_LOG, seed, drop_p, qk_scale, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_N,
-                                          WS_MASKED, PAGED, HAS_BIAS, DROPOUT, USE_TMA, DOT, SCALE_POS, True)
-        else:
+        # one loop (ONE_LOOP: edge tiles masked on a branch; WS: warp-specialized, no branch) or three: the tiles
+        # before the band's full part (masked), the full tiles, the tiles after it (masked)
+        if not (ONE_LOOP or WS):
             for n0 in range(n_start, nA, BLOCK_N):
                 acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, n0, offs_m, m_ok, k_base, v_base, k_desc, v_desc, bias_base, keep_base,
                                           s, k_start, k_len, shift, band_lo, band_hi, skm, svm, sbm, sbn, TABLES, stab, page_size,
-                                          MK_LOG, seed, drop_p, qk_scale, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_N,
-                                          True, PAGED, HAS_BIAS, DROPOUT, USE_TMA, DOT, SCALE_POS, False)
-            for n0 in range(nA, nB, BLOCK_N):
-                acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, n0, offs_m, m_ok, k_base, v_base, k_desc, v_desc, bias_base, keep_base,
-                                          s, k_start, k_len, shift, band_lo, band_hi, skm, svm, sbm, sbn, TABLES, stab, page_size,
-                                          MK_LOG, seed, drop_p, qk_scale, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_N,
-                                          False, PAGED, HAS_BIAS, DROPOUT, USE_TMA, DOT, SCALE_POS, False)
+                                          MK_LOG, seed, drop_p, qk_scale, True, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_N,
+                                          True, PAGED, HAS_BIAS, DROPOUT, USE_TMA, DOT, SCALE_POS, False, False)
+        for n0 in tl.range(n_start if ONE_LOOP or WS else nA, n_end if ONE_LOOP or WS else nB, BLOCK_N, warp_specialize=WS):
+            acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, n0, offs_m, m_ok, k_base, v_base, k_desc, v_desc, bias_base, keep_base,
+                                      s, k_start, k_len, shift, band_lo, band_hi, skm, svm, sbm, sbn, TABLES, stab, page_size,
+                                      MK_LOG, seed, drop_p, qk_scale, ((n0 < nA) | (n0 >= nB)) if ONE_LOOP else False, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_N,
+                                      WS_MASKED, PAGED, HAS_BIAS, DROPOUT, USE_TMA, DOT, SCALE_POS, WS, ONE_LOOP)
+        if not (ONE_LOOP or WS):
             for n0 in range(nB, n_end, BLOCK_N):
                 acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, n0, offs_m, m_ok, k_base, v_base, k_desc, v_desc, bias_base, keep_base,
                                           s, k_start, k_len, shift, band_lo, band_hi, skm, svm, sbm, sbn, TABLES, stab, page_size,
-                                          MK_LOG, seed, drop_p, qk_scale, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_N,
-                                          True, PAGED, HAS_BIAS, DROPOUT, USE_TMA, DOT, SCALE_POS, False)
+                                          MK_LOG, seed, drop_p, qk_scale, True, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_N,
+                                          True, PAGED, HAS_BIAS, DROPOUT, USE_TMA, DOT, SCALE_POS, False, False)
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
         if DROPOUT:
             acc = acc * drop_scale
@@ -369,17 +402,20 @@ def _dkdv_tile(dk: tl.tensor, dv: tl.tensor, k: tl.tensor, v: tl.tensor, m0: tl.
                M2: tl.tensor, DELTA: tl.tensor, keep_base: tl.tensor, q_len: tl.tensor, shift: tl.tensor, band_lo: tl.tensor, band_hi: tl.tensor,
                sqm: tl.tensor, sdm: tl.tensor, sdqm: tl.tensor, sbm: tl.tensor, sbn: tl.tensor, sdbm: tl.tensor, sdbn: tl.tensor,
                MK_LOG: tl.tensor, seed: tl.int64, drop_p: tl.tensor, drop_scale: tl.tensor, qk_scale: tl.tensor, scale: tl.tensor,
-               K_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_M: tl.constexpr,
+               edge: tl.tensor, K_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_M: tl.constexpr,
                MASKED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DBIAS: tl.constexpr, DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr,
-               DOT: tl.constexpr, PART: tl.constexpr) -> tl.tensor:
-    """One query tile's contribution: ``PART`` 0 to dK and dV, 1 to dK only (and dQ), 2 to dV only."""
+               DOT: tl.constexpr, PART: tl.constexpr, ONE_LOOP: tl.constexpr) -> tl.tensor:
+    """One query tile's contribution: ``PART`` 0 to dK and dV, 1 to dK only (and dQ), 2 to dV only. ``ONE_LOOP``
+    (every query tile in one loop): rows are bounds-checked always, the band evaluated where ``edge``."""
     offs_m = m0 + tl.arange(0, BLOCK_M)
     m_ok = offs_m < q_len
-    q = _load_tile(q_base, offs_m, m_ok, sqm, K_DIM, BLOCK_K, MASKED)
+    # ONE_LOOP: rows past the end read the last row (no bounds check); only edge tiles hold them, masked
+    rows_m = tl.minimum(offs_m, q_len - 1) if ONE_LOOP else offs_m
+    q = _load_tile(q_base, rows_m, m_ok, sqm, K_DIM, BLOCK_K, MASKED)
     if MASKED:
         m2 = tl.load(M2 + md_base + offs_m, mask=m_ok, other=float("inf"))
     else:
-        m2 = tl.load(M2 + md_base + offs_m)
+        m2 = tl.load(M2 + md_base + rows_m)
     qkT = _dot0(k, tl.trans(q), DOT)
     sT = qkT * qk_scale
     if HAS_BIAS:
@@ -387,15 +423,16 @@ def _dkdv_tile(dk: tl.tensor, dv: tl.tensor, k: tl.tensor, v: tl.tensor, m0: tl.
         sT += biasT.to(tl.float32) * LOG2E
     pT = tl.math.exp2(sT - m2[None, :])
     if MASKED:
-        d = offs_n[:, None] - offs_m[None, :] - shift
-        okT = (d >= band_lo) & (d <= band_hi) & n_ok[:, None] & m_ok[None, :]
-        pT = tl.where(okT, pT, 0.0)
-    do = _load_tile(do_base, offs_m, m_ok, sdm, V_DIM, BLOCK_V, MASKED)
+        pT = tl.where(_band_ok(offs_m[None, :], offs_n[:, None], m_ok[None, :] & n_ok[:, None], shift, band_lo, band_hi), pT, 0.0)
+    elif ONE_LOOP:
+        if edge:
+            pT = tl.where(_band_ok(offs_m[None, :], offs_n[:, None], m_ok[None, :] & n_ok[:, None], shift, band_lo, band_hi), pT, 0.0)
+    do = _load_tile(do_base, rows_m, m_ok, sdm, V_DIM, BLOCK_V, MASKED)
     if PART != 2:
         if MASKED:
             delta = tl.load(DELTA + md_base + offs_m, mask=m_ok, other=0.0)
         else:
-            delta = tl.load(DELTA + md_base + offs_m)
+            delta = tl.load(DELTA + md_base + rows_m)
     if DROPOUT:
         keepT = _keep(seed, keep_base, offs_m, offs_n, MK_LOG, drop_p, True)
     if PART != 1:
@@ -459,7 +496,7 @@ def bwd_dkdv_kernel(Q: tl.tensor, K: tl.tensor, V: tl.tensor, DO: tl.tensor, M2:
                     K_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     VARLEN: tl.constexpr, PAGED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DBIAS: tl.constexpr, DROPOUT: tl.constexpr,
-                    ATOMIC_DQ: tl.constexpr, DOT: tl.constexpr, PART: tl.constexpr) -> None:
+                    ATOMIC_DQ: tl.constexpr, DOT: tl.constexpr, PART: tl.constexpr, ONE_LOOP: tl.constexpr) -> None:
     """dK and dV of one key tile (looping over the query tiles that reach it); with ``ATOMIC_DQ`` also dQ, added in fp32.
 
     ``PART`` 1 computes only dK (and dQ, and dS for the bias gradient), ``PART`` 2 only dV (``P^T dO``: no
@@ -510,18 +547,22 @@ def bwd_dkdv_kernel(Q: tl.tensor, K: tl.tensor, V: tl.tensor, DO: tl.tensor, M2:
         else:
             dv = tl.zeros([16, 16], dtype=tl.float32)
         m_start, mA, mB, m_end = _q_ranges(n0, q_len, k_len, shift, band_lo, band_hi, BLOCK_M, BLOCK_N)
-        for m0 in range(m_start, mA, BLOCK_M):
+        # one loop (ONE_LOOP: edge tiles masked on a branch) or three: masked, full, masked query tiles
+        if not ONE_LOOP:
+            for m0 in range(m_start, mA, BLOCK_M):
+                dk, dv = _dkdv_tile(dk, dv, k, v, m0, offs_n, n_ok, q_base, do_base, dq_base, md_base, bias_base, dbias_base, M2, DELTA, keep_base,
+                                    q_len, shift, band_lo, band_hi, sqm, sdm, sdqm, sbm, sbn, sdbm, sdbn, MK_LOG, seed, drop_p, drop_scale, qk_scale, scale,
+                                    True, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_M, True, HAS_BIAS, HAS_DBIAS, DROPOUT, ATOMIC_DQ, DOT, PART, False)
+        for m0 in range(m_start if ONE_LOOP else mA, m_end if ONE_LOOP else mB, BLOCK_M):
             dk, dv = _dkdv_tile(dk, dv, k, v, m0, offs_n, n_ok, q_base, do_base, dq_base, md_base, bias_base, dbias_base, M2, DELTA, keep_base,
-                                q_len, shift, band_lo, band_hi, sqm, sdm, sdqm, sbm, sbn, sdbm, sdbn, MK_LOG, seed, drop_p, drop_scale,
-                                qk_scale, scale, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_M, True, HAS_BIAS, HAS_DBIAS, DROPOUT, ATOMIC_DQ, DOT, PART)
-        for m0 in range(mA, mB, BLOCK_M):
-            dk, dv = _dkdv_tile(dk, dv, k, v, m0, offs_n, n_ok, q_base, do_base, dq_base, md_base, bias_base, dbias_base, M2, DELTA, keep_base,
-                                q_len, shift, band_lo, band_hi, sqm, sdm, sdqm, sbm, sbn, sdbm, sdbn, MK_LOG, seed, drop_p, drop_scale,
-                                qk_scale, scale, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_M, False, HAS_BIAS, HAS_DBIAS, DROPOUT, ATOMIC_DQ, DOT, PART)
-        for m0 in range(mB, m_end, BLOCK_M):
-            dk, dv = _dkdv_tile(dk, dv, k, v, m0, offs_n, n_ok, q_base, do_base, dq_base, md_base, bias_base, dbias_base, M2, DELTA, keep_base,
-                                q_len, shift, band_lo, band_hi, sqm, sdm, sdqm, sbm, sbn, sdbm, sdbn, MK_LOG, seed, drop_p, drop_scale,
-                                qk_scale, scale, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_M, True, HAS_BIAS, HAS_DBIAS, DROPOUT, ATOMIC_DQ, DOT, PART)
+                                q_len, shift, band_lo, band_hi, sqm, sdm, sdqm, sbm, sbn, sdbm, sdbn, MK_LOG, seed, drop_p, drop_scale, qk_scale, scale,
+                                (m0 < mA) | (m0 >= mB), K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_M, False, HAS_BIAS, HAS_DBIAS, DROPOUT, ATOMIC_DQ, DOT,
+                                PART, ONE_LOOP)
+        if not ONE_LOOP:
+            for m0 in range(mB, m_end, BLOCK_M):
+                dk, dv = _dkdv_tile(dk, dv, k, v, m0, offs_n, n_ok, q_base, do_base, dq_base, md_base, bias_base, dbias_base, M2, DELTA, keep_base,
+                                    q_len, shift, band_lo, band_hi, sqm, sdm, sdqm, sbm, sbn, sdbm, sdbn, MK_LOG, seed, drop_p, drop_scale, qk_scale, scale,
+                                    True, K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_M, True, HAS_BIAS, HAS_DBIAS, DROPOUT, ATOMIC_DQ, DOT, PART, False)
         if VARLEN:
             kw = tl.load(SEQ_KW + s).to(tl.int64)
         else:
@@ -539,12 +580,14 @@ def _dq_tile(dq: tl.tensor, q: tl.tensor, do: tl.tensor, m2: tl.tensor, delta: t
              k_base: tl.tensor, v_base: tl.tensor, bias_base: tl.tensor, keep_base: tl.tensor,
              s: tl.tensor, k_start: tl.tensor, k_len: tl.tensor, shift: tl.tensor, band_lo: tl.tensor, band_hi: tl.tensor,
              skm: tl.tensor, svm: tl.tensor, sbm: tl.tensor, sbn: tl.tensor, TABLES: tl.tensor, stab: tl.tensor, page_size: tl.tensor,
-             MK_LOG: tl.tensor, seed: tl.int64, drop_p: tl.tensor, drop_scale: tl.tensor, qk_scale: tl.tensor,
+             MK_LOG: tl.tensor, seed: tl.int64, drop_p: tl.tensor, drop_scale: tl.tensor, qk_scale: tl.tensor, edge: tl.tensor,
              K_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr,
-             MASKED: tl.constexpr, PAGED: tl.constexpr, HAS_BIAS: tl.constexpr, DROPOUT: tl.constexpr, DOT: tl.constexpr) -> tl.tensor:
+             MASKED: tl.constexpr, PAGED: tl.constexpr, HAS_BIAS: tl.constexpr, DROPOUT: tl.constexpr, DOT: tl.constexpr,
+             ONE_LOOP: tl.constexpr) -> tl.tensor:
     offs_n = n0 + tl.arange(0, BLOCK_N)
     n_ok = offs_n < k_len
-    rows = _key_rows(offs_n, n_ok, s, k_start, TABLES, stab, page_size, PAGED)
+    # ONE_LOOP: keys past the end read the last key (no bounds check); only edge tiles hold them, masked
+    rows = _key_rows(tl.minimum(offs_n, k_len - 1) if ONE_LOOP else offs_n, n_ok, s, k_start, TABLES, stab, page_size, PAGED)
     k = _load_tile(k_base, rows, n_ok, skm, K_DIM, BLOCK_K, MASKED)
     v = _load_tile(v_base, rows, n_ok, svm, V_DIM, BLOCK_V, MASKED)
     qk = _dot0(q, tl.trans(k), DOT)
@@ -554,9 +597,10 @@ def _dq_tile(dq: tl.tensor, q: tl.tensor, do: tl.tensor, m2: tl.tensor, delta: t
         sc += bias.to(tl.float32) * LOG2E
     p = tl.math.exp2(sc - m2[:, None])
     if MASKED:
-        d = offs_n[None, :] - offs_m[:, None] - shift
-        ok = (d >= band_lo) & (d <= band_hi) & n_ok[None, :]
-        p = tl.where(ok, p, 0.0)
+        p = tl.where(_band_ok(offs_m[:, None], offs_n[None, :], n_ok[None, :], shift, band_lo, band_hi), p, 0.0)
+    elif ONE_LOOP:
+        if edge:
+            p = tl.where(_band_ok(offs_m[:, None], offs_n[None, :], n_ok[None, :], shift, band_lo, band_hi), p, 0.0)
     dp = _dot0(do, tl.trans(v), DOT)
     if DROPOUT:
         keep = _keep(seed, keep_base, offs_m, offs_n, MK_LOG, drop_p, False)
@@ -584,7 +628,7 @@ def bwd_dq_kernel(Q: tl.tensor, K: tl.tensor, V: tl.tensor, DO: tl.tensor, M2: t
                   K_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                   VARLEN: tl.constexpr, PAGED: tl.constexpr, HAS_BIAS: tl.constexpr, DROPOUT: tl.constexpr, DOT: tl.constexpr,
-                  HAS_GLSE: tl.constexpr) -> None:
+                  HAS_GLSE: tl.constexpr, ONE_LOOP: tl.constexpr) -> None:
     """dQ of one query tile, looping over the key tiles it reaches (same tile split as the forward).
 
     It first computes its rows' ``delta = rowsum(dO * O) - grad_lse`` and ``m2 = lse * log2(e)`` (what
@@ -624,18 +668,21 @@ def bwd_dq_kernel(Q: tl.tensor, K: tl.tensor, V: tl.tensor, DO: tl.tensor, M2: t
         shift = band_br * (k_len - q_len)
         dq = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
         n_start, nA, nB, n_end = _tile_ranges(m0, q_len, k_len, shift, band_lo, band_hi, BLOCK_M, BLOCK_N)
-        for n0 in range(n_start, nA, BLOCK_N):
+        # one loop (ONE_LOOP: edge tiles masked on a branch) or three: masked, full, masked key tiles
+        if not ONE_LOOP:
+            for n0 in range(n_start, nA, BLOCK_N):
+                dq = _dq_tile(dq, q, do, m2, delta, n0, offs_m, m_ok, k_base, v_base, bias_base, keep_base, s, k_start, k_len, shift, band_lo, band_hi,
+                              skm, svm, sbm, sbn, TABLES, stab, page_size, MK_LOG, seed, drop_p, drop_scale, qk_scale, True,
+                              K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_N, True, PAGED, HAS_BIAS, DROPOUT, DOT, False)
+        for n0 in range(n_start if ONE_LOOP else nA, n_end if ONE_LOOP else nB, BLOCK_N):
             dq = _dq_tile(dq, q, do, m2, delta, n0, offs_m, m_ok, k_base, v_base, bias_base, keep_base, s, k_start, k_len, shift, band_lo, band_hi,
-                          skm, svm, sbm, sbn, TABLES, stab, page_size, MK_LOG, seed, drop_p, drop_scale, qk_scale,
-                          K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_N, True, PAGED, HAS_BIAS, DROPOUT, DOT)
-        for n0 in range(nA, nB, BLOCK_N):
-            dq = _dq_tile(dq, q, do, m2, delta, n0, offs_m, m_ok, k_base, v_base, bias_base, keep_base, s, k_start, k_len, shift, band_lo, band_hi,
-                          skm, svm, sbm, sbn, TABLES, stab, page_size, MK_LOG, seed, drop_p, drop_scale, qk_scale,
-                          K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_N, False, PAGED, HAS_BIAS, DROPOUT, DOT)
-        for n0 in range(nB, n_end, BLOCK_N):
-            dq = _dq_tile(dq, q, do, m2, delta, n0, offs_m, m_ok, k_base, v_base, bias_base, keep_base, s, k_start, k_len, shift, band_lo, band_hi,
-                          skm, svm, sbm, sbn, TABLES, stab, page_size, MK_LOG, seed, drop_p, drop_scale, qk_scale,
-                          K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_N, True, PAGED, HAS_BIAS, DROPOUT, DOT)
+                          skm, svm, sbm, sbn, TABLES, stab, page_size, MK_LOG, seed, drop_p, drop_scale, qk_scale, (n0 < nA) | (n0 >= nB),
+                          K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_N, False, PAGED, HAS_BIAS, DROPOUT, DOT, ONE_LOOP)
+        if not ONE_LOOP:
+            for n0 in range(nB, n_end, BLOCK_N):
+                dq = _dq_tile(dq, q, do, m2, delta, n0, offs_m, m_ok, k_base, v_base, bias_base, keep_base, s, k_start, k_len, shift, band_lo, band_hi,
+                              skm, svm, sbm, sbn, TABLES, stab, page_size, MK_LOG, seed, drop_p, drop_scale, qk_scale, True,
+                              K_DIM, V_DIM, BLOCK_K, BLOCK_V, BLOCK_N, True, PAGED, HAS_BIAS, DROPOUT, DOT, False)
         dq_base = DQ + b64 * sdqb + q64 * sdqm + g64 * sdqg + h64 * sdqh
         _store_tile(dq_base, offs_m, m_ok, sdqm, (dq * scale).to(DQ.dtype.element_ty), K_DIM, BLOCK_K)
 

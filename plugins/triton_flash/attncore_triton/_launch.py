@@ -55,10 +55,15 @@ class FwdConfig:
     num_stages: int
     tma: bool = False
     ws: bool = False
+    #: one loop over every key tile, the edge tiles (band ends, the causal diagonal, the tail) masked on a branch,
+    #: instead of three (masked / full / masked): one software pipeline per program (see ``fwd_kernel``)
+    one_loop: bool = False
 
     def __post_init__(self) -> None:
         if self.ws and not (self.tma and self.num_warps == 4 and (self.block_m, self.num_stages) in ((128, 2), (16, 1))):
             raise ValueError(f"FwdConfig: ws needs tma, num_warps=4 and 128-query tiles at 2 stages (16 x 1 under the interpreter); found {self}")
+        if self.ws and self.one_loop:
+            raise ValueError(f"FwdConfig: ws and one_loop exclude each other (the warp-specialized loop takes no branch); found {self}")
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,8 @@ class BwdConfig:
     dv_block_n: int = 0
     dv_warps: int = 4
     dv_stages: int = 1
+    #: one loop over the query (dK/dV) or key (dQ) tiles, edges masked on a branch (see ``FwdConfig.one_loop``)
+    one_loop: bool = False
 
     @property
     def split_dv(self) -> bool:
@@ -458,21 +465,25 @@ def fwd_candidates(pb: Problem) -> list[FwdConfig]:
         return [FwdConfig(64, 32, 4, 2), FwdConfig(32, 32, 4, 1), FwdConfig(16, 16, 4, 1)] if d <= 64 else [FwdConfig(32, 32, 4, 1), FwdConfig(16, 16, 4, 1)]
     tma = cc >= (9, 0) and _tma_eligible(pb)
     if cc >= (9, 0):  # measured on an H100 and an H200 (see the README): TMA helps BN=64/4-warp tiles most;
-        # the 64 x 32 tile (K <= 128) won short causal sequences on the H200, 128 x 32 / 8 warps short dense ones
+        # the 64 x 32 tile (K <= 128) won short causal sequences on the H200, 128 x 32 / 8 warps short dense ones;
+        # one loop (one_loop) won where programs are short: K = 256 everywhere, K = 128 up to M = 1024, K = 64
+        # causal up to M = 1024 (the H200, benchmarks/RESULTS.md "one software pipeline per program")
+        band = pb.has_band
         if d <= 64:
             out = [FwdConfig(128, 64, 4, 3), FwdConfig(128, 64, 4, 3, tma=True), FwdConfig(128, 128, 8, 3), FwdConfig(64, 64, 4, 3, tma=True)]
+            out += [FwdConfig(128, 64, 4, 3, one_loop=True)] if band else []
         elif d <= 128:
-            out = [
+            out = [  # (128 x 128 tiles through plain loads, never ahead of the TMA ones, come from the line below when TMA is out)
                 FwdConfig(128, 128, 8, 3, tma=True),
-                FwdConfig(128, 128, 8, 3),
                 FwdConfig(64, 32, 4, 3, tma=True),
                 FwdConfig(128, 32, 8, 3, tma=True),
                 FwdConfig(64, 64, 4, 3, tma=True),
             ]
+            out += [FwdConfig(64, 32, 4, 3, tma=True, one_loop=True)] if band else [FwdConfig(128, 32, 8, 3, tma=True, one_loop=True)]
         else:
-            out = [FwdConfig(128, 64, 8, 2, tma=True), FwdConfig(128, 64, 8, 2), FwdConfig(64, 64, 4, 2, tma=True)]
+            out = [FwdConfig(128, 64, 8, 2, one_loop=True), FwdConfig(128, 64, 8, 2, tma=True), FwdConfig(128, 64, 8, 2), FwdConfig(64, 64, 4, 2, tma=True)]
         if not tma:  # same tiles through plain loads
-            out = list(dict.fromkeys(FwdConfig(c.block_m, c.block_n, c.num_warps, c.num_stages) for c in out))
+            out = list(dict.fromkeys(FwdConfig(c.block_m, c.block_n, c.num_warps, c.num_stages, one_loop=c.one_loop) for c in out))
         return out + (ws_candidates(pb) if _warpspec.enabled() else [])
     if d <= 64:
         return [FwdConfig(128, 64, 4, 3), FwdConfig(64, 64, 4, 3)]
@@ -490,19 +501,22 @@ def bwd_candidates(pb: Problem) -> list[BwdConfig]:
     if pb.q.dtype == torch.float32:
         return [BwdConfig(32, 32, 4, 1, 32, 32, 4, 1), BwdConfig(16, 16, 4, 1, 16, 16, 4, 1)]
     if cc >= (9, 0):  # measured on an H100 (see the README); the first of each list won the first sweep
+        # one loop (one_loop) won the short programs: causal up to M = 1024 at K = 64, M <= 1024 at K = 128,
+        # causal M <= 1024 at K = 256 (the H200; benchmarks/RESULTS.md "one software pipeline per program")
         if d <= 64:
             return [
                 BwdConfig(32, 128, 4, 3, 128, 32, 4, 3),
                 BwdConfig(32, 128, 4, 3, 64, 64, 4, 3),
                 BwdConfig(32, 64, 4, 3, 128, 32, 4, 3),
                 BwdConfig(32, 128, 4, 3, 128, 32, 4, 3, atomic_dq=True),
-            ]
+            ] + ([BwdConfig(32, 128, 4, 3, 64, 64, 4, 3, one_loop=True)] if pb.has_band else [])
         if d <= 128:
             return [
                 BwdConfig(32, 64, 8, 2, 64, 64, 4, 2),
                 BwdConfig(32, 128, 8, 2, 64, 64, 4, 2),
                 BwdConfig(32, 64, 4, 3, 64, 64, 4, 2),
                 BwdConfig(64, 64, 8, 2, 64, 64, 4, 2),
+                BwdConfig(32, 128, 8, 2, 64, 64, 4, 2, one_loop=True),
             ]
         # K > 128: two [BLOCK_N, K] fp32 accumulators fill the registers, so dK and dV run as two launches
         # (one accumulator each) and dQ comes from its own kernel (no atomics: deterministic). What decides
@@ -517,7 +531,7 @@ def bwd_candidates(pb: Problem) -> list[BwdConfig]:
             BwdConfig(32, 64, 8, 3, 128, 32, 8, 3, dv_block_m=64, dv_block_n=128, dv_warps=8, dv_stages=2),
             BwdConfig(32, 128, 8, 3, 128, 32, 8, 3, dv_block_m=32, dv_block_n=128, dv_warps=8, dv_stages=3),
             BwdConfig(32, 64, 8, 2, 64, 32, 8, 2, atomic_dq=True),
-        ]
+        ] + ([BwdConfig(32, 128, 8, 3, 128, 32, 8, 3, dv_block_m=64, dv_block_n=128, dv_warps=8, dv_stages=2, one_loop=True)] if pb.has_band else [])
     if d <= 64:
         return [BwdConfig(32, 128, 4, 3, 128, 32, 4, 3), BwdConfig(64, 64, 4, 2, 64, 64, 4, 2)]
     if d <= 128:
@@ -636,6 +650,7 @@ def forward(
                 VARLEN=pb.varlen, PAGED=pb.paged, HAS_BIAS=pb.bias is not None, DROPOUT=drop, WRITE_LSE=lse is not None,
                 USE_TMA=cfg.tma, DOT=dot, SCALE_POS=pb.scale >= 0.0,
                 WS=cfg.ws, WS_MASKED=cfg.ws and (pb.has_band or pb.varlen or pb.num_keys % cfg.block_n != 0),
+                ONE_LOOP=cfg.one_loop,
             ),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
@@ -790,7 +805,7 @@ def backward(
                     dict(
                         K_DIM=kd, V_DIM=kv, BLOCK_K=bk, BLOCK_V=bv, BLOCK_M=cfg.block_m2, BLOCK_N=cfg.block_n2,
                         VARLEN=pb.varlen, PAGED=pb.paged, HAS_BIAS=pb.bias is not None, DROPOUT=drop, DOT=dot,
-                        HAS_GLSE=glse is not None,
+                        HAS_GLSE=glse is not None, ONE_LOOP=cfg.one_loop,
                     ),
                     num_warps=cfg.warps2, num_stages=cfg.stages2,
                 )  # fmt: skip
@@ -818,7 +833,7 @@ def backward(
                 dict(
                     K_DIM=kd, V_DIM=kv, BLOCK_K=bk, BLOCK_V=bv, BLOCK_M=bm, BLOCK_N=bn,
                     VARLEN=pb.varlen, PAGED=pb.paged, HAS_BIAS=pb.bias is not None, HAS_DBIAS=dbias is not None and part != 2, DROPOUT=drop,
-                    ATOMIC_DQ=cfg.atomic_dq and part != 2, DOT=dot, PART=part,
+                    ATOMIC_DQ=cfg.atomic_dq and part != 2, DOT=dot, PART=part, ONE_LOOP=cfg.one_loop,
                 ),
                 num_warps=warps, num_stages=stages,
             )  # fmt: skip

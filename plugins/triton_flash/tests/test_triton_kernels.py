@@ -7,6 +7,7 @@ plus odd and long sequences and every autotuning candidate at the benchmark's sh
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 from dataclasses import dataclass
@@ -430,6 +431,7 @@ def test_triton_dropout_reproducible(kind: str) -> None:
 # different tiles for the two parts so that their loop phases differ
 SPLIT_ATOMIC = _launch.BwdConfig(16, 32, 4, 1, 16, 16, 4, 1, atomic_dq=True, dv_block_m=32, dv_block_n=16)
 SPLIT_DQ_KERNEL = _launch.BwdConfig(32, 16, 4, 1, 16, 32, 4, 1, dv_block_m=16, dv_block_n=32)
+ONE_LOOP_FUSED = _launch.BwdConfig(16, 32, 4, 1, 32, 16, 4, 1, one_loop=True)
 
 
 @pytest.mark.skipif(ON_GPU, reason="the GPU runs every autotuning candidate instead (test_triton_every_candidate)")
@@ -444,6 +446,19 @@ def test_triton_split_dkdv_every_bias_kind(case: Case) -> None:
 
 
 @pytest.mark.skipif(ON_GPU, reason="the GPU runs every autotuning candidate instead (test_triton_every_candidate)")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_triton_one_loop_every_bias_kind(case: Case) -> None:
+    """The one-loop kernels (edge tiles masked on a branch, rows past the end read clamped) on every bias kind of
+    the conformance suite, forward and backward, with the dQ kernel or with split dK / dV launches (fp32, interpreter)."""
+    g = _gen("oneloop" + case.name)
+    q, k, v, bias = _case_inputs(case, torch.float32, g)
+    grad = rnd(g, *q.shape[:-1], v.shape[-1], dtype=torch.float32)
+    fwd = _launch.FwdConfig(16, 16, 4, 1, one_loop=True)
+    bwd = dataclasses.replace(SPLIT_DQ_KERNEL if zlib.crc32(case.name.encode()) % 2 else ONE_LOOP_FUSED, one_loop=True)
+    check(run_triton(q, k, v, bias, grad_out=grad, fwd_config=fwd, bwd_config=bwd), q, k, v, bias, grad_out=grad)
+
+
+@pytest.mark.skipif(ON_GPU, reason="the GPU runs every autotuning candidate instead (test_triton_every_candidate)")
 @pytest.mark.parametrize("what", ["dropout", "tensor-bias-grad"])
 def test_triton_split_dkdv_dropout_and_dbias(what: str) -> None:
     """The split launches with dropout (the dV part draws the same mask) and with a bias gradient (from the dK part)."""
@@ -451,7 +466,7 @@ def test_triton_split_dkdv_dropout_and_dbias(what: str) -> None:
     b, mq, mk, h, kd = 2, 27, 35, 2, 16
     q, k, v = rnd(g, b, mq, h, kd), rnd(g, b, mk, h, kd), rnd(g, b, mk, h, kd)
     grad = rnd(g, b, mq, h, kd)
-    for cfg in (SPLIT_ATOMIC, SPLIT_DQ_KERNEL):
+    for cfg in (SPLIT_ATOMIC, SPLIT_DQ_KERNEL, dataclasses.replace(SPLIT_DQ_KERNEL, one_loop=True)):
         if what == "dropout":
             p, seed = 0.3, 4242
             bias: Bias = ab.LowerTriangularFromBottomRightMask()
@@ -472,6 +487,8 @@ def _explicit_configs() -> list[tuple[_launch.FwdConfig, _launch.BwdConfig]]:
             (_launch.FwdConfig(32, 16, 4, 1), _launch.BwdConfig(32, 16, 4, 1, 16, 32, 4, 1)),
             (_launch.FwdConfig(16, 16, 4, 1), SPLIT_ATOMIC),
             (_launch.FwdConfig(16, 16, 4, 1), SPLIT_DQ_KERNEL),
+            (_launch.FwdConfig(16, 16, 4, 1, one_loop=True), _launch.BwdConfig(16, 32, 4, 1, 32, 16, 4, 1, one_loop=True)),
+            (_launch.FwdConfig(16, 32, 4, 1, tma=True, one_loop=True), dataclasses.replace(SPLIT_ATOMIC, one_loop=True)),
         ]
     return []
 
@@ -640,12 +657,14 @@ def test_triton_every_candidate(kd: int, dtype: torch.dtype, direction: str, ind
     h, m = 2048 // kd, 700
     q, k, v = (rnd(g, 1, m, h, kd, dtype=dtype) for _ in range(3))
     grad = rnd(g, 1, m, h, kd, dtype=dtype)
-    pb = _launch.problem(Inputs.create(q, k, v))
-    cands: list[object] = list(_launch.fwd_candidates(pb) if direction == "fwd" else _launch.bwd_candidates(pb))
-    if index >= len(cands):
-        pytest.skip(f"{len(cands)} candidates")
-    cfg = cands[index]
-    for bias in (None, ab.LowerTriangularMask()):
+    ran = 0
+    for bias in (None, ab.LowerTriangularMask()):  # (the lists differ: one-loop candidates for banded calls)
+        pb = _launch.problem(Inputs.create(q, k, v, bias))
+        cands: list[object] = list(_launch.fwd_candidates(pb) if direction == "fwd" else _launch.bwd_candidates(pb))
+        if index >= len(cands):
+            continue
+        cfg = cands[index]
+        ran += 1
         try:
             if isinstance(cfg, _launch.FwdConfig):
                 got = run_triton(q, k, v, bias, fwd_config=cfg)
@@ -658,6 +677,8 @@ def test_triton_every_candidate(kd: int, dtype: torch.dtype, direction: str, ind
             if "OutOfResources" in type(exc).__name__:
                 pytest.skip(f"{cfg}: {exc}")
             raise
+    if not ran:
+        pytest.skip("fewer candidates")
 
 
 @gpu

@@ -1,5 +1,6 @@
 """The warp-specialized forward's switch, where its candidates are offered, its row table, and (on the
-Triton release it was verified on) that every candidate compiles and is partitioned for sm_90."""
+Triton release it was verified on) that every candidate compiles and is partitioned for sm_90; the sm_90
+candidate lists' length and where their one-loop entries are offered."""
 
 from __future__ import annotations
 
@@ -61,6 +62,22 @@ def test_candidates_follow_the_plain_tiles_where_they_won(kd: int, kv: int) -> N
         ws = [c for c in cands if c.ws]
         assert ws == list(_launch.WS_CONFIGS[128]) and cands[-len(ws) :] == ws, cands
         assert not cands[0].ws
+
+
+@pytest.mark.usefixtures("sm90")
+@pytest.mark.parametrize("kd", [64, 128, 256])
+def test_one_loop_candidates_where_they_won(kd: int) -> None:
+    """At most seven candidates per list; one-loop ones for banded calls at every head dim and for dense ones
+    at head dims 128 (forward and backward) and 256 (forward, where it is the first guess)."""
+    for bias in (None, ab.LowerTriangularMask(), ab.LocalAttentionFromBottomRightMask(40, 0)):
+        pb = _problem(kd, kd, torch.bfloat16, bias, mk=384)
+        fwd, bwd = _launch.fwd_candidates(pb), _launch.bwd_candidates(pb)
+        assert len(fwd) <= 7 and len(bwd) <= 7 and len(set(fwd)) == len(fwd) and len(set(bwd)) == len(bwd), (fwd, bwd)
+        banded = bias is not None
+        assert any(c.one_loop for c in fwd) == (banded or kd >= 128), (bias, fwd)
+        assert any(c.one_loop for c in bwd) == (banded or kd == 128), (bias, bwd)
+        assert fwd[0].one_loop == (kd == 256) and not bwd[0].one_loop
+        assert not any(c.one_loop and c.ws for c in fwd)
 
 
 def test_configurations_are_two_stage_warp_group_tiles() -> None:

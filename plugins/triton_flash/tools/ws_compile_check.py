@@ -80,7 +80,7 @@ def compile_one(cfg: _launch.FwdConfig, kd: int, kv: int, dtype: str, variant: d
     fn = _kernels.fwd_kernel
     const: dict[str, Any] = dict(
         K_DIM=kd, V_DIM=kv, BLOCK_K=kd, BLOCK_V=kv, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, VARLEN=False, PAGED=False,
-        HAS_BIAS=False, DROPOUT=False, WRITE_LSE=True, USE_TMA=True, DOT=0, SCALE_POS=True, WS=True, WS_MASKED=False,
+        HAS_BIAS=False, DROPOUT=False, WRITE_LSE=True, USE_TMA=True, DOT=0, SCALE_POS=True, WS=True, WS_MASKED=False, ONE_LOOP=False,
     )  # fmt: skip
     const.update(variant)
     sig = signature(fn.arg_names, const, dtype)
