@@ -173,6 +173,7 @@ def _compile_job(job: tuple[str, int, str, dict[str, Any]]) -> str:
 def prewarm(dtypes: Sequence[str], head_dims: Sequence[int], jobs: int) -> None:
     from dataclasses import asdict
 
+    from attncore.attn_bias import LowerTriangularMask
     from attncore.inputs import Inputs
     from attncore_triton import _launch
 
@@ -180,9 +181,11 @@ def prewarm(dtypes: Sequence[str], head_dims: Sequence[int], jobs: int) -> None:
     for dt in dtypes:
         for kd in head_dims:
             q, k, v = _inputs(Cell(dt, kd, 256, False), requires_grad=False)
-            pb = _launch.problem(Inputs.create(q, k, v))
-            work += [(dt, kd, "fwd", asdict(c)) for c in _launch.fwd_candidates(pb)]
-            work += [(dt, kd, "bwd", asdict(c)) for c in _launch.bwd_candidates(pb)]
+            for bias in (None, LowerTriangularMask()):  # (banded calls have candidates of their own: one_loop)
+                pb = _launch.problem(Inputs.create(q, k, v, bias))
+                work += [(dt, kd, "fwd", asdict(c)) for c in _launch.fwd_candidates(pb)]
+                work += [(dt, kd, "bwd", asdict(c)) for c in _launch.bwd_candidates(pb)]
+    work = list({json.dumps(job, sort_keys=True): job for job in work}.values())  # each configuration once
     t0 = time.time()
     ctx = __import__("multiprocessing").get_context("spawn")
     with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx) as pool:

@@ -186,7 +186,8 @@ def _fwd_tile(acc: tl.tensor, l_i: tl.tensor, m_i: tl.tensor, q: tl.tensor, n0: 
         k = k_desc.load([n0, 0])
     else:
         if ONE_LOOP:  # keys past the end read the last key (no bounds check); only edge tiles hold them, masked
-            rows = _key_rows(tl.minimum(offs_n, k_len - 1), n_ok, s, k_start, TABLES, stab, page_size, PAGED)
+            last = tl.minimum(offs_n, k_len - 1)
+            rows = _key_rows(last, last < k_len, s, k_start, TABLES, stab, page_size, PAGED)
         else:
             rows = _key_rows(offs_n, n_ok, s, k_start, TABLES, stab, page_size, PAGED)
         k = _load_tile(k_base, rows, n_ok, skm, K_DIM, BLOCK_K, MASKED)
@@ -406,7 +407,8 @@ def _dkdv_tile(dk: tl.tensor, dv: tl.tensor, k: tl.tensor, v: tl.tensor, m0: tl.
                MASKED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DBIAS: tl.constexpr, DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr,
                DOT: tl.constexpr, PART: tl.constexpr, ONE_LOOP: tl.constexpr) -> tl.tensor:
     """One query tile's contribution: ``PART`` 0 to dK and dV, 1 to dK only (and dQ), 2 to dV only. ``ONE_LOOP``
-    (every query tile in one loop): rows are bounds-checked always, the band evaluated where ``edge``."""
+    (every query tile in one loop): rows past the end read the last row, and the band (with the row bound) is
+    evaluated where ``edge``."""
     offs_m = m0 + tl.arange(0, BLOCK_M)
     m_ok = offs_m < q_len
     # ONE_LOOP: rows past the end read the last row (no bounds check); only edge tiles hold them, masked
@@ -586,8 +588,10 @@ def _dq_tile(dq: tl.tensor, q: tl.tensor, do: tl.tensor, m2: tl.tensor, delta: t
              ONE_LOOP: tl.constexpr) -> tl.tensor:
     offs_n = n0 + tl.arange(0, BLOCK_N)
     n_ok = offs_n < k_len
-    # ONE_LOOP: keys past the end read the last key (no bounds check); only edge tiles hold them, masked
-    rows = _key_rows(tl.minimum(offs_n, k_len - 1) if ONE_LOOP else offs_n, n_ok, s, k_start, TABLES, stab, page_size, PAGED)
+    # ONE_LOOP: keys past the end read the last key (no bounds check on the tiles; a paged one's table entry is
+    # the last key's too); only edge tiles hold them, masked
+    last = tl.minimum(offs_n, k_len - 1) if ONE_LOOP else offs_n
+    rows = _key_rows(last, last < k_len, s, k_start, TABLES, stab, page_size, PAGED)
     k = _load_tile(k_base, rows, n_ok, skm, K_DIM, BLOCK_K, MASKED)
     v = _load_tile(v_base, rows, n_ok, svm, V_DIM, BLOCK_V, MASKED)
     qk = _dot0(q, tl.trans(k), DOT)

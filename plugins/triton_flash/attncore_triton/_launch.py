@@ -501,7 +501,7 @@ def bwd_candidates(pb: Problem) -> list[BwdConfig]:
     if pb.q.dtype == torch.float32:
         return [BwdConfig(32, 32, 4, 1, 32, 32, 4, 1), BwdConfig(16, 16, 4, 1, 16, 16, 4, 1)]
     if cc >= (9, 0):  # measured on an H100 (see the README); the first of each list won the first sweep
-        # one loop (one_loop) won the short programs: causal up to M = 1024 at K = 64, M <= 1024 at K = 128,
+        # one loop (one_loop) won the short programs: causal up to M = 1024 at K = 64, M = 512 (causal 1024) at K = 128,
         # causal M <= 1024 at K = 256 (the H200; benchmarks/RESULTS.md "one software pipeline per program")
         if d <= 64:
             return [

@@ -66,9 +66,13 @@ def test_candidates_follow_the_plain_tiles_where_they_won(kd: int, kv: int) -> N
 
 @pytest.mark.usefixtures("sm90")
 @pytest.mark.parametrize("kd", [64, 128, 256])
-def test_one_loop_candidates_where_they_won(kd: int) -> None:
+@pytest.mark.parametrize("tma", [True, False], ids=["tensor descriptors", "plain loads"])
+def test_one_loop_candidates_where_they_won(kd: int, tma: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """At most seven candidates per list; one-loop ones for banded calls at every head dim and for dense ones
-    at head dims 128 (forward and backward) and 256 (forward, where it is the first guess)."""
+    at head dims 128 (forward and backward) and 256 (forward, where it is the first guess); the same through
+    plain loads (paged keys, misaligned tensors: the tiles mapped to plain loads keep their loop form)."""
+    if not tma:
+        monkeypatch.setattr(_launch, "_tma_eligible", lambda pb: False)
     for bias in (None, ab.LowerTriangularMask(), ab.LocalAttentionFromBottomRightMask(40, 0)):
         pb = _problem(kd, kd, torch.bfloat16, bias, mk=384)
         fwd, bwd = _launch.fwd_candidates(pb), _launch.bwd_candidates(pb)
@@ -78,6 +82,7 @@ def test_one_loop_candidates_where_they_won(kd: int) -> None:
         assert any(c.one_loop for c in bwd) == (banded or kd == 128), (bias, bwd)
         assert fwd[0].one_loop == (kd == 256) and not bwd[0].one_loop
         assert not any(c.one_loop and c.ws for c in fwd)
+        assert tma or not any(c.tma or c.ws for c in fwd)
 
 
 def test_configurations_are_two_stage_warp_group_tiles() -> None:
