@@ -73,9 +73,14 @@ def _sequence(s: tl.tensor, SEQ_Q: tl.tensor, SEQ_K: tl.tensor, SEQ_KLEN: tl.ten
 
 
 @jit
-def _key_rows(offs_n: tl.tensor, n_ok: tl.tensor, s: tl.tensor, k_start: tl.tensor, TABLES: tl.tensor, stab: tl.tensor, page_size: tl.tensor,
-              PAGED: tl.constexpr) -> tl.tensor:
-    """Row (relative to the head's base pointer) of each key of the tile: direct, or through the page table."""
+def _key_rows(offs_n: tl.tensor, n_ok: tl.tensor, k_len: tl.tensor, s: tl.tensor, k_start: tl.tensor, TABLES: tl.tensor, stab: tl.tensor,
+              page_size: tl.tensor, PAGED: tl.constexpr, CLAMP: tl.constexpr) -> tl.tensor:
+    """Row (relative to the head's base pointer) of each key of the tile: direct, or through the page table.
+    ``CLAMP`` (the one-loop kernels, which load tiles without a bounds check): a key past the end is the
+    last key, its table entry included."""
+    if CLAMP:
+        offs_n = tl.minimum(offs_n, k_len - 1)
+        n_ok = offs_n < k_len
     if PAGED:
         t = k_start + offs_n
         page = tl.load(TABLES + s * stab + t // page_size, mask=n_ok, other=0)
@@ -185,11 +190,8 @@ def _fwd_tile(acc: tl.tensor, l_i: tl.tensor, m_i: tl.tensor, q: tl.tensor, n0: 
     if USE_TMA:
         k = k_desc.load([n0, 0])
     else:
-        if ONE_LOOP:  # keys past the end read the last key (no bounds check); only edge tiles hold them, masked
-            last = tl.minimum(offs_n, k_len - 1)
-            rows = _key_rows(last, last < k_len, s, k_start, TABLES, stab, page_size, PAGED)
-        else:
-            rows = _key_rows(offs_n, n_ok, s, k_start, TABLES, stab, page_size, PAGED)
+        # (ONE_LOOP: keys past the end read the last key; only edge tiles hold them, masked)
+        rows = _key_rows(offs_n, n_ok, k_len, s, k_start, TABLES, stab, page_size, PAGED, ONE_LOOP)
         k = _load_tile(k_base, rows, n_ok, skm, K_DIM, BLOCK_K, MASKED)
     qk = _dot0(q, tl.trans(k), DOT)
     if WS and not MASKED:
@@ -206,9 +208,14 @@ def _fwd_tile(acc: tl.tensor, l_i: tl.tensor, m_i: tl.tensor, q: tl.tensor, n0: 
         elif ONE_LOOP:
             if edge:
                 sc = _band_mask(sc, offs_m, offs_n, n_ok, shift, band_lo, band_hi)
-        m_new, m_use, p = _softmax_step(sc, m_i)
+        m_new = tl.maximum(m_i, tl.max(sc, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(sc - m_use[:, None])
     else:
-        m_new, m_use, p = _softmax_step_fma(qk, m_i, qk_scale)
+        # no mask and no bias: every score is finite, and one FMA per score does scale and shift
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_use = m_new
+        p = tl.math.exp2(qk * qk_scale - m_use[:, None])
     alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
@@ -221,22 +228,6 @@ def _fwd_tile(acc: tl.tensor, l_i: tl.tensor, m_i: tl.tensor, q: tl.tensor, n0: 
         v = _load_tile(v_base, rows, n_ok, svm, V_DIM, BLOCK_V, MASKED)
     acc = _dot(p.to(v.dtype), v, acc, DOT)
     return acc, l_i, m_new
-
-
-@jit
-def _softmax_step(sc: tl.tensor, m_i: tl.tensor) -> tl.tensor:
-    """``(m_new, m_use, p)`` for base-2 scores ``sc`` that may hold ``-inf``: a row with nothing but ``-inf``
-    so far shifts by 0 (its ``p`` is 0, not NaN)."""
-    m_new = tl.maximum(m_i, tl.max(sc, 1))
-    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-    return m_new, m_use, tl.math.exp2(sc - m_use[:, None])
-
-
-@jit
-def _softmax_step_fma(qk: tl.tensor, m_i: tl.tensor, qk_scale: tl.tensor) -> tl.tensor:
-    """``(m_new, m_use, p)`` for finite scores ``qk * qk_scale`` (``qk_scale >= 0``): one FMA per score scales and shifts."""
-    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-    return m_new, m_new, tl.math.exp2(qk * qk_scale - m_new[:, None])
 
 
 @jit
@@ -521,7 +512,7 @@ def bwd_dkdv_kernel(Q: tl.tensor, K: tl.tensor, V: tl.tensor, DO: tl.tensor, M2:
         else:
             k_base = K + b64 * skb + k_start.to(tl.int64) * skm + g64 * skg + h64 * skh
             v_base = V + b64 * svb + k_start.to(tl.int64) * svm + g64 * svg + h64 * svh
-        rows = _key_rows(offs_n, n_ok, s, k_start, TABLES, stab, page_size, PAGED)
+        rows = _key_rows(offs_n, n_ok, k_len, s, k_start, TABLES, stab, page_size, PAGED, False)
         k = _load_tile(k_base, rows, n_ok, skm, K_DIM, BLOCK_K, True)
         if PART != 2:
             v = _load_tile(v_base, rows, n_ok, svm, V_DIM, BLOCK_V, True)
@@ -588,10 +579,8 @@ def _dq_tile(dq: tl.tensor, q: tl.tensor, do: tl.tensor, m2: tl.tensor, delta: t
              ONE_LOOP: tl.constexpr) -> tl.tensor:
     offs_n = n0 + tl.arange(0, BLOCK_N)
     n_ok = offs_n < k_len
-    # ONE_LOOP: keys past the end read the last key (no bounds check on the tiles; a paged one's table entry is
-    # the last key's too); only edge tiles hold them, masked
-    last = tl.minimum(offs_n, k_len - 1) if ONE_LOOP else offs_n
-    rows = _key_rows(last, last < k_len, s, k_start, TABLES, stab, page_size, PAGED)
+    # (ONE_LOOP: keys past the end read the last key; only edge tiles hold them, masked)
+    rows = _key_rows(offs_n, n_ok, k_len, s, k_start, TABLES, stab, page_size, PAGED, ONE_LOOP)
     k = _load_tile(k_base, rows, n_ok, skm, K_DIM, BLOCK_K, MASKED)
     v = _load_tile(v_base, rows, n_ok, svm, V_DIM, BLOCK_V, MASKED)
     qk = _dot0(q, tl.trans(k), DOT)

@@ -12,7 +12,7 @@ import functools
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
 import torch
@@ -483,7 +483,7 @@ def fwd_candidates(pb: Problem) -> list[FwdConfig]:
         else:
             out = [FwdConfig(128, 64, 8, 2, one_loop=True), FwdConfig(128, 64, 8, 2, tma=True), FwdConfig(128, 64, 8, 2), FwdConfig(64, 64, 4, 2, tma=True)]
         if not tma:  # same tiles through plain loads
-            out = list(dict.fromkeys(FwdConfig(c.block_m, c.block_n, c.num_warps, c.num_stages, one_loop=c.one_loop) for c in out))
+            out = list(dict.fromkeys(replace(c, tma=False) for c in out))
         return out + (ws_candidates(pb) if _warpspec.enabled() else [])
     if d <= 64:
         return [FwdConfig(128, 64, 4, 3), FwdConfig(64, 64, 4, 3)]
