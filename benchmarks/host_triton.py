@@ -4,9 +4,10 @@ For each cell: microseconds of host time per call while the GPU is kept busy (a 
 first, then 50 calls queued without a sync; the best of 3 rounds that alternate the two modes below),
 layer by layer: ``_launch.forward`` / ``_launch.backward`` alone, the public forward (no grad, with grad) and ``torch.autograd.grad``; then the
 ``triton.testing.do_bench`` median of the forward and the backward as ``bench_triton.py`` times them,
-each with the relauncher reusing compiled binaries ("reuse") and with every launch through
+in three modes: repeated calls replaying their launch plans ("plans", the default: attncore_triton._plans),
+the full host path with the relauncher reusing compiled binaries (plans off: "reuse"), and every launch through
 ``kernel[grid](...)`` ("triton": the relauncher with reuse off, which adds only an argument-count check to
-Triton's path), and SDPA flash beside them.
+Triton's path); SDPA flash beside them.
 
     python benchmarks/host_triton.py [--json FILE]
 """
@@ -69,11 +70,19 @@ def kernel_ms(fn: Callable[[], Any], n: int = 10) -> float:
     return float(sum(e.self_device_time_total for e in kernels)) / n / 1000
 
 
-def set_reuse(on: bool) -> None:
-    from attncore_triton import _launch
+MODES = ("plans", "reuse", "triton")
+
+
+def set_mode(mode: str) -> None:
+    """``plans``: the defaults; ``reuse``: plans off (``ATTNCORE_TRITON_PLANS=0``: the full path as before
+    plans); ``triton``: plans and reuse off."""
+    import os
+
+    from attncore_triton import _launch, _plans
 
     for name in KERNELS:
-        _launch._relauncher(name).reuse = on
+        _launch._relauncher(name).reuse = mode != "triton"
+    os.environ[_plans.ENV] = "1" if mode == "plans" else "0"
 
 
 def measure(dtype: str, head_dim: int, seqlen: int, causal: bool) -> dict[str, Any]:
@@ -129,18 +138,19 @@ def measure(dtype: str, head_dim: int, seqlen: int, causal: bool) -> dict[str, A
         "host_api_fwd_grad": api_fwd,
         "host_autograd_bwd": bwd,
     }
-    # the two modes alternate, three rounds, the best of each kept: a drift of the host's speed during the
-    # run (seen on the H200's host) then favours neither
+    # the modes alternate, three rounds, the best of each kept: a drift of the host's speed during the
+    # run (seen on the H200's host) then favours none
     before = {name: _launch._relauncher(name).reuse for name in KERNELS}
     for _ in range(3):
-        for mode in ("reuse", "triton"):
-            set_reuse(mode == "reuse")
+        for mode in MODES:
+            set_mode(mode)
             for name, fn in layers.items():
                 key = f"{name}_{mode}"
                 row[key] = min(row.get(key, float("inf")), host_us(fn, repeats=1))
             for name, fn in (("fwd_ms", nograd_fwd), ("bwd_ms", bwd)):
                 key = f"{name}_{mode}"
                 row[key] = min(row.get(key, float("inf")), bench_ms(fn))
+    set_mode("plans")
     for name, on in before.items():  # back to what this process had (SDPA's figures below do not depend on it)
         _launch._relauncher(name).reuse = on
     row["host_sdpa_fwd_nograd"] = host_us(sdpa_nograd)
@@ -160,24 +170,26 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
         ("host_launch_bwd", "launch bwd"),
         ("host_autograd_bwd", "autograd bwd"),
     ]
-    out = ["Host microseconds per call (reuse / triton):", ""]
+    out = ["Host microseconds per call (" + " / ".join(MODES) + "):", ""]
     out.append("| dtype | K | M | causal | " + " | ".join(c[1] for c in cols) + " | SDPA fwd | SDPA bwd |")
     out.append("|---|---:|---:|---|" + "---:|" * (len(cols) + 2))
     for r in rows:
-        cells = [f"{r[c + '_reuse']:.0f} / {r[c + '_triton']:.0f}" for c, _ in cols]
+        cells = [" / ".join(f"{r[f'{c}_{m}']:.0f}" for m in MODES) for c, _ in cols]
         sdpa = f"{r['host_sdpa_fwd_nograd']:.0f} | {r['host_sdpa_bwd']:.0f}"
         out.append(f"| {r['dtype']} | {r['K']} | {r['M']} | {'yes' if r['causal'] else 'no'} | " + " | ".join(cells) + f" | {sdpa} |")
     out += ["", "End to end (do_bench median, ms) and the backward's kernel time (profiler):", ""]
     out.append(
-        "| dtype | K | M | causal | fwd reuse | fwd triton | fwd flash | reuse/flash "
-        "| bwd reuse | bwd triton | bwd flash | reuse/flash | bwd kernels | flash kernels |"
+        "| dtype | K | M | causal | fwd " + " / ".join(MODES) + " | fwd flash | plans/flash "
+        "| bwd " + " / ".join(MODES) + " | bwd flash | plans/flash | bwd kernels | flash kernels |"
     )
-    out.append("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        fwd = " / ".join(f"{r[f'fwd_ms_{m}']:.3f}" for m in MODES)
+        bwd = " / ".join(f"{r[f'bwd_ms_{m}']:.3f}" for m in MODES)
         out.append(
-            f"| {r['dtype']} | {r['K']} | {r['M']} | {'yes' if r['causal'] else 'no'} | {r['fwd_ms_reuse']:.3f} | {r['fwd_ms_triton']:.3f} | "
-            f"{r['fwd_ms_flash']:.3f} | {r['fwd_ms_flash'] / r['fwd_ms_reuse']:.2f} | {r['bwd_ms_reuse']:.3f} | {r['bwd_ms_triton']:.3f} | "
-            f"{r['bwd_ms_flash']:.3f} | {r['bwd_ms_flash'] / r['bwd_ms_reuse']:.2f} | {r['bwd_kernel_ms']:.3f} | {r['flash_bwd_kernel_ms']:.3f} |"
+            f"| {r['dtype']} | {r['K']} | {r['M']} | {'yes' if r['causal'] else 'no'} | {fwd} | "
+            f"{r['fwd_ms_flash']:.3f} | {r['fwd_ms_flash'] / r['fwd_ms_plans']:.2f} | {bwd} | "
+            f"{r['bwd_ms_flash']:.3f} | {r['bwd_ms_flash'] / r['bwd_ms_plans']:.2f} | {r['bwd_kernel_ms']:.3f} | {r['flash_bwd_kernel_ms']:.3f} |"
         )
     return "\n".join(out)
 

@@ -14,6 +14,7 @@ import attncore
 from attncore import dispatch, registry
 from attncore.capabilities import Capabilities, check_capabilities
 from attncore.device import DeviceInfo
+from attncore.errors import NotSupportedError
 from attncore.inputs import Inputs
 from fakeops import EVERY_BIAS, fake_bw, fake_fw
 
@@ -315,6 +316,36 @@ def test_a_non_deterministic_backward_is_rejected_in_torchs_deterministic_mode(f
         assert fw_op is not None and fw_op.NAME == "racy.fw"
     finally:
         torch.use_deterministic_algorithms(before, warn_only=warn_only)
+
+
+def test_a_backward_that_cannot_run_is_explained_when_it_is_needed(fakes: None) -> None:
+    """Where no backward fits a call (forced to a racy backward, then torch's deterministic mode switched on
+    after the forward; or a forced backward that rejects the call), the forward still runs and the backward
+    raises the dispatcher's explanation, naming the call's shapes and the reason; without the mode the same
+    graph's backward runs."""
+    registry.register(fake_bw("racy.bw", 30, bias=EVERY_BIAS, deterministic=False))
+    before, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        torch.use_deterministic_algorithms(False)
+        q, k, v = qkv(torch.float32, grad=True)
+        out = attncore.memory_efficient_attention(q, k, v, op=(None, "racy.bw"))
+        torch.use_deterministic_algorithms(True)
+        with pytest.raises(NotSupportedError) as err:
+            torch.autograd.backward(out.sum(), retain_graph=True)
+        text = str(err.value)
+        assert "no operator can run this backward call" in text and "[2, 8, 4, 64]" in text
+        assert "determinism: found torch.use_deterministic_algorithms(True)" in text
+        assert err.value.selection is not None and err.value.selection.chosen is None
+        torch.use_deterministic_algorithms(False)
+        torch.autograd.backward(out.sum())
+        assert q.grad is not None and q.grad.flatten()[0].item() == 30
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
+    q, k, v = qkv(torch.float32, grad=True)
+    bias = torch.randn(2, 4, 8, 8, requires_grad=True)
+    out = attncore.memory_efficient_attention(q, k, v, bias, op=(None, "slow.bw"))  # slow.bw computes no bias gradient
+    with pytest.raises(NotSupportedError, match=r"(?s)backward call.*attn_bias +Tensor\[2, 4, 8, 8\].*slow\.bw +10 +rejected"):
+        torch.autograd.backward(out.sum())
 
 
 def test_shape_and_flag_reasons_snapshot() -> None:

@@ -16,8 +16,7 @@ import torch
 from attncore import _compile
 from attncore._compile import compiled_attention
 from attncore.attn_bias import AttentionBias
-from attncore.dispatch import OpArg, select
-from attncore.errors import NotSupportedError
+from attncore.dispatch import OpArg, Selection, lookup, not_supported, select
 from attncore.inputs import Inputs, strict_determinism
 from attncore.ops import AttentionBwOpBase, AttentionFwOpBase
 
@@ -65,22 +64,15 @@ class _Attention(torch.autograd.Function):
         fw = _fw_op(inputs, op)
         # The backward operator is chosen now, under the caller's policy: autograd runs backward on its
         # own threads, where a `with dispatch.policy(...)` block around the forward is not active. Where
-        # no backward fits, the forward still runs and the backward raises that explained error.
-        bw: Optional[type[AttentionBwOpBase]] = None
-        bw_error: Optional[NotSupportedError] = None
-        try:
-            bw = _bw_op(inputs, op, fw)
-        except NotSupportedError as exc:
-            bw_error = exc
+        # no backward fits, the forward still runs and the backward raises that explained error (built
+        # then: its text costs more host time than the whole forward).
+        bw_sel = lookup(inputs, "backward", op=op, fw_rng=fw.CAPABILITIES.dropout_rng)
         # torch's deterministic mode may be switched on between this forward and its backward: the choice
         # under it is made now too (same policy), where the op chosen above does not declare determinism
-        bw_strict: Optional[type[AttentionBwOpBase]] = bw
-        bw_strict_error: Optional[NotSupportedError] = bw_error
-        if bw is not None and not bw.CAPABILITIES.deterministic and not inputs.features.deterministic:
-            try:
-                bw_strict = _bw_op(inputs._replace(features=inputs.features._replace(deterministic=True)), op, fw)
-            except NotSupportedError as exc:
-                bw_strict, bw_strict_error = None, exc
+        bw_strict = bw_sel
+        if bw_sel.chosen is not None and not bw_sel.chosen.CAPABILITIES.deterministic and not inputs.features.deterministic:
+            strict = inputs._replace(features=inputs.features._replace(deterministic=True))
+            bw_strict = lookup(strict, "backward", op=op, fw_rng=fw.CAPABILITIES.dropout_rng)
         seed = _seed(inputs.p)
         res = fw.apply(inputs, needs_lse=True, dropout_seed=seed)
         assert res.lse is not None  # operators must honour needs_lse=True
@@ -95,8 +87,7 @@ class _Attention(torch.autograd.Function):
             geometry=dataclasses.replace(geo, tensor=None) if geo is not None and bias_tensor is not None else geo,
         )
         ctx.has_bias = bias_tensor is not None
-        ctx.op, ctx.fw, ctx.bw, ctx.bw_error, ctx.seed = op, fw, bw, bw_error, seed
-        ctx.bw_strict, ctx.bw_strict_error = bw_strict, bw_strict_error
+        ctx.bw_sel, ctx.bw_strict, ctx.seed = bw_sel, bw_strict, seed
         ctx.save_for_backward(query, key, value, bias_tensor, Inputs._to5(res.out), res.lse)  # canonical out for backward ops
         ctx.set_materialize_grads(False)
         return inputs.from5(res.out), inputs.lse_from5(res.lse)
@@ -107,10 +98,12 @@ class _Attention(torch.autograd.Function):
         inputs: Inputs = ctx.inputs._replace(query=query, key=key, value=value)
         if ctx.has_bias and inputs.geometry is not None:
             inputs = inputs._replace(geometry=dataclasses.replace(inputs.geometry, tensor=bias_tensor))
-        bw, bw_error = (ctx.bw_strict, ctx.bw_strict_error) if strict_determinism() else (ctx.bw, ctx.bw_error)
-        if bw_error is not None:
-            raise bw_error
-        assert bw is not None  # a selection holds an op or an error
+        sel: Selection = ctx.bw_strict if strict_determinism() else ctx.bw_sel
+        if sel.chosen is None:
+            if ctx.has_bias and inputs.attn_bias is None:
+                inputs = inputs._replace(attn_bias=bias_tensor)  # (the error names the bias)
+            raise not_supported(inputs._replace(features=inputs.features._replace(deterministic=inputs.features.deterministic or sel is not ctx.bw_sel)), sel)
+        bw = cast(type[AttentionBwOpBase], sel.chosen)  # backward selections hold backward ops
         g5 = torch.zeros_like(out5) if grad_out is None else Inputs._to5(grad_out)
         gl5 = None if grad_lse is None else inputs.lse_to5(grad_lse)
         grads = bw.apply(inputs, g5, out5, lse5, dropout_seed=ctx.seed, grad_lse=gl5)

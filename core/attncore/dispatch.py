@@ -35,6 +35,8 @@ __all__ = [
     "current_policy",
     "evaluate",
     "explain",
+    "lookup",
+    "not_supported",
     "policy",
     "reload_environment",
     "select",
@@ -197,8 +199,9 @@ def evaluate(inputs: Inputs, direction: Direction, *, forced: Forced = None, fw_
     return Selection(direction, chosen, tuple(candidates + excluded), pol, forced)
 
 
-def select(inputs: Inputs, direction: Direction, *, op: OpArg = None, fw_rng: Optional[str] = None) -> Selection:
-    """The cached :class:`Selection` for ``inputs``; raises :class:`NotSupportedError` if none fits."""
+def lookup(inputs: Inputs, direction: Direction, *, op: OpArg = None, fw_rng: Optional[str] = None) -> Selection:
+    """The cached :class:`Selection` for ``inputs``, whether or not it holds an operator (:func:`select`
+    raises when it does not; :func:`not_supported` builds that error later, e.g. in a backward)."""
     forced = None if op is None else _forced(op, direction)
     pol = _CURRENT.get() or current_policy()
     generation, thresholds = _REGISTRY.dispatch_state()
@@ -211,8 +214,19 @@ def select(inputs: Inputs, direction: Direction, *, op: OpArg = None, fw_rng: Op
             if len(_CACHE) >= _CACHE_MAX:
                 _CACHE.clear()
             _CACHE[key] = sel
+    return sel
+
+
+def not_supported(inputs: Inputs, sel: Selection) -> NotSupportedError:
+    """The error for a selection that holds no operator: the call's description and the verdicts table."""
+    return NotSupportedError(f"attncore: no operator can run this {sel.direction} call\n" + describe_inputs(inputs) + "\n" + sel.table(), sel)
+
+
+def select(inputs: Inputs, direction: Direction, *, op: OpArg = None, fw_rng: Optional[str] = None) -> Selection:
+    """The cached :class:`Selection` for ``inputs``; raises :class:`NotSupportedError` if none fits."""
+    sel = lookup(inputs, direction, op=op, fw_rng=fw_rng)
     if sel.chosen is None:
-        raise NotSupportedError(f"attncore: no operator can run this {direction} call\n" + describe_inputs(inputs) + "\n" + sel.table(), sel)
+        raise not_supported(inputs, sel)
     return sel
 
 

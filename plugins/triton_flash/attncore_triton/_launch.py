@@ -20,7 +20,7 @@ import torch
 from attncore.geometry import Anchor, BlockLayout, Paging
 from attncore.inputs import Inputs
 
-from . import _warpspec, autotune
+from . import _plans, _warpspec, autotune
 from ._relaunch import Relauncher, _triton_release
 from ._relaunch import enabled as relaunch_enabled
 
@@ -569,13 +569,16 @@ def _cfg_dict(cfg: Any) -> dict[str, Any]:
 _CHOSEN: dict[str, Any] = {}
 
 
-def _run_tuned(key: str, candidates: Callable[[], list[Any]], launch: Callable[[Any], None]) -> None:
+def _run_tuned(key: str, candidates: Callable[[], list[Any]], launch: Callable[[Any], None]) -> bool:
+    """Launch with the key's configuration (tuning it first when this process has none): ``True`` when it
+    was settled before this call (only then do the launches form a :class:`_plans.Plan`)."""
     cfg = _CHOSEN.get(key)
     if cfg is not None:
         launch(cfg)
-        return
+        return True
     choice = autotune.tune(key, candidates(), launch, _cfg_dict)
     _CHOSEN[key] = choice.config
+    return False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -610,7 +613,18 @@ def _bias_args(pb: Problem) -> tuple[torch.Tensor, tuple[int, int, int, int, int
 def forward(
     inputs: Inputs, *, needs_lse: bool, dropout_seed: int, config: Optional[FwdConfig] = None, pb: Optional[Problem] = None
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """``(out [B, Mq, G, H, Kv], lse [B, G, H, Mq] float32 or None)``."""
+    """``(out [B, Mq, G, H, Kv], lse [B, G, H, Mq] float32 or None)``. A call with neither ``config`` nor
+    ``pb`` replays the launch plan of its signature when there is one (:mod:`._plans`), and records it
+    otherwise."""
+    plan_key: Optional[tuple[Any, ...]] = None  # set when this call records a plan
+    if config is None and pb is None and _plans.enabled():
+        base = _plans.call_key(inputs)
+        if base is not None:
+            key = ("fwd", base, inputs.out_dtype, needs_lse)
+            plan = _plans.get(key)
+            if plan is not None and plan.ready():
+                return _replay_forward(inputs, plan, dropout_seed)
+            plan_key = key if _recordable(key) else None
     pb = pb if pb is not None else problem(inputs)
     b, g, h, mq, kv = pb.batch, pb.groups, pb.heads, pb.num_queries, pb.value_dim
     dev = pb.device
@@ -618,6 +632,8 @@ def forward(
     lse = _empty((b, g, h, mq), torch.float32, dev) if needs_lse else None
     if out.numel() == 0 and (lse is None or lse.numel() == 0):
         return out, lse
+    rec = _plans.Recorder(_plans.FWD_VALUES) if plan_key is not None else None
+    live = ("Q", "K", "V", "OUT", "seed") + (("LSE",) if needs_lse else ()) + (("BIAS",) if pb.bias is not None else ())
     seq_q, seq_k, seq_klen, seq_klog, tables, stab, page_size = _seq_args(pb)
     bias, bst = _bias_args(pb)
     lse_arg = lse if lse is not None else _dummy(dev)
@@ -652,7 +668,7 @@ def forward(
                 WS=cfg.ws, WS_MASKED=cfg.ws and (pb.has_band or pb.varlen or pb.num_keys % cfg.block_n != 0),
                 ONE_LOOP=cfg.one_loop,
             ),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, record=rec.hook(kern, live) if rec is not None else None,
         )  # fmt: skip
 
     if config is not None:
@@ -660,7 +676,35 @@ def forward(
     else:
         # keys in whole 128-key tiles or not: a separate key, as only whole tiles get warp-specialized candidates
         sig = pb.signature() if pb.varlen or pb.num_keys % 128 == 0 else pb.signature() + "+ragged"
-        _run_tuned(_key("fwd", pb, sig), lambda: fwd_candidates(pb), launch)
+        if _run_tuned(_key("fwd", pb, sig), lambda: fwd_candidates(pb), launch) and rec is not None and plan_key is not None:
+            recorded = rec.plan((out.shape, lse.shape if lse is not None else None))
+            if recorded is not None:
+                _plans.put(plan_key, recorded)
+    return out, lse
+
+
+def _recordable(key: tuple[Any, ...]) -> bool:
+    """Whether a call of this signature records its launches now: its second call (:func:`_plans.repeated`),
+    outside CUDA-graph capture (where a configuration may have fallen back for want of a row table)."""
+    if not _plans.repeated(key):
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+
+
+def _replay_forward(inputs: Inputs, plan: _plans.Plan, dropout_seed: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The forward through a recorded plan: outputs allocated, the call's addresses and seed launched."""
+    q = inputs.query
+    out_shape, lse_shape = plan.shapes
+    out = _empty(out_shape, inputs.out_dtype, q.device)
+    lse = _empty(lse_shape, torch.float32, q.device) if lse_shape is not None else None
+    geo = inputs.geometry
+    tb = geo.tensor if geo is not None else None
+    plan.launch(
+        (
+            q.data_ptr(), inputs.key.data_ptr(), inputs.value.data_ptr(), out.data_ptr(), lse.data_ptr() if lse is not None else 0,
+            tb.data_ptr() if tb is not None else 0, dropout_seed,
+        )
+    )  # fmt: skip
     return out, lse
 
 
@@ -682,16 +726,28 @@ def backward(
     """``(dq, dk, dv, dbias)`` in the canonical layouts. dbias (when the bias needs a gradient) is
     ``[B, G, H, Mq, Mk]``, or ``[1, G, H, Mq, Mk]`` summed over the batch when the bias tensor is shared by
     every batch entry (``inputs.bias_shared_over_batch``; dense layouts without dropout): the batch then
-    runs in pieces (``inputs.shared_bias_batch_step``)."""
+    runs in pieces (``inputs.shared_bias_batch_step``). A call with neither ``config`` nor ``pb`` (and no
+    bias gradient) replays the launch plan of its signature when there is one (:mod:`._plans`)."""
+    qdt = inputs.query.dtype
+    do = _last_contiguous(grad_out if grad_out.dtype == qdt else grad_out.to(qdt))  # the dots take dO in the inputs' dtype
+    o = _last_contiguous(out)
+    lse_c = lse.to(torch.float32).contiguous()  # the kernels index rows with stride 1
+    glse = grad_lse.to(torch.float32).contiguous() if grad_lse is not None else None  # (an expanded gradient has stride 0)
+    plan_key: Optional[tuple[Any, ...]] = None  # set when this call records a plan
+    if config is None and pb is None and not inputs.features.bias_requires_grad and _plans.enabled():
+        base = _plans.call_key(inputs)
+        if base is not None:
+            tk = _plans.tensor_key
+            key = ("bwd", base, tk(do), tk(o), tk(lse_c), tk(glse) if glse is not None else None)
+            plan = _plans.get(key)
+            if plan is not None and plan.ready():
+                return _replay_backward(inputs, plan, (do, o, lse_c, glse), dropout_seed)
+            plan_key = key if _recordable(key) else None
     pb = pb if pb is not None else problem(inputs)
     b, g, h, mq, mk = pb.batch, pb.groups, pb.heads, pb.num_queries, pb.num_keys
     kd, kv = pb.head_dim, pb.value_dim
     dev = pb.device
     q, k, v = pb.q, pb.k, pb.v
-    do = _last_contiguous(grad_out if grad_out.dtype == q.dtype else grad_out.to(q.dtype))  # the dots take dO in the inputs' dtype
-    o = _last_contiguous(out)
-    lse_c = lse.to(torch.float32).contiguous()  # the kernels index rows with stride 1
-    glse = grad_lse.to(torch.float32).contiguous() if grad_lse is not None else None  # (an expanded gradient has stride 0)
     dummy = _dummy(dev)
     bk, bv = _pow2(kd), _pow2(kv)
     dot = _dot_mode(q.dtype)
@@ -737,10 +793,19 @@ def backward(
                 ),
                 dict(V_DIM=kv, BLOCK_V=bv, BLOCK_M=pre_bm, HAS_GLSE=glse is not None),
                 num_warps=4, num_stages=3,
+                record=hook("bwd_preprocess_kernel", "OUT", "DO", "LSE", "M2", "DELTA", *has_glse),
             )  # fmt: skip
 
     direct = pb.meta is None or pb.meta.direct
     write_rows = mk if direct else (pb.meta.write_rows if pb.meta is not None else mk)
+    rec = _plans.Recorder(_plans.BWD_VALUES) if plan_key is not None and direct else None
+    # the call's own tensors each kernel takes besides Q, K, V, dO, the row statistics and the gradients
+    has_bias, has_glse = (("BIAS",) if pb.bias is not None else ()), (("GLSE",) if glse is not None else ())
+
+    def hook(kernel: str, *live: str) -> Optional[Callable[[Any, tuple[int, int, int], list[Any]], None]]:
+        """The recorder's callback for a launch of ``kernel`` whose parameters ``live`` take the call's values."""
+        return rec.hook(_relauncher(kernel), live) if rec is not None else None
+
     grads: list[torch.Tensor] = []  # dK, dV
 
     def dkdv_buffers() -> tuple[torch.Tensor, torch.Tensor]:
@@ -760,6 +825,7 @@ def backward(
     # a contiguous [n, G, H, Mq, Mk] buffer has these strides for any n
     dbst = (g * h * mq * mk, h * mq * mk, mq * mk, mk, 1) if want_dbias else (0, 0, 0, 0, 0)
     dq_holder: list[torch.Tensor] = []
+    launched: list[BwdConfig] = []  # the configuration of the last launch
 
     def launch(cfg: BwdConfig) -> None:
         dq_holder.clear()
@@ -768,6 +834,7 @@ def backward(
         else:
             dq = _empty((b, mq, g, h, kd), q.dtype, dev)
         dq_holder.append(dq)
+        launched[:] = [cfg]
         if summed and dbias is not None:
             dbias.zero_()  # the tuner may launch several configurations
         if cfg.atomic_dq:
@@ -808,6 +875,7 @@ def backward(
                         HAS_GLSE=glse is not None, ONE_LOOP=cfg.one_loop,
                     ),
                     num_warps=cfg.warps2, num_stages=cfg.stages2,
+                    record=hook("bwd_dq_kernel", "Q", "K", "V", "DO", "M2", "DELTA", "DQ", "OUT", "LSE", "seed", *has_bias, *has_glse),
                 )  # fmt: skip
         dk, dv = dkdv_buffers()
         dk_, dv_ = cut(dk), cut(dv)
@@ -836,12 +904,16 @@ def backward(
                     ATOMIC_DQ=cfg.atomic_dq and part != 2, DOT=dot, PART=part, ONE_LOOP=cfg.one_loop,
                 ),
                 num_warps=warps, num_stages=stages,
+                record=hook("bwd_dkdv_kernel", "Q", "K", "V", "DO", "M2", "DELTA", "DK", "DV", "DQ", "seed", *has_bias),
             )  # fmt: skip
 
     if config is not None:
         launch(config)
-    else:
-        _run_tuned(_key("bwd", pb, pb.signature(dbias=want_dbias)), lambda: bwd_candidates(pb), launch)
+    elif _run_tuned(_key("bwd", pb, pb.signature(dbias=want_dbias)), lambda: bwd_candidates(pb), launch) and rec is not None and plan_key is not None:
+        dq0, (dk0, dv0) = dq_holder[0], dkdv_buffers()
+        recorded = rec.plan((stats.shape, dq0.shape, dq0.dtype, launched[0].atomic_dq, dk0.shape, dv0.shape, pb.meta is not None))
+        if recorded is not None:
+            _plans.put(plan_key, recorded)
     dq = dq_holder[0]
     if dq.dtype != q.dtype:
         dq = dq.to(q.dtype)
@@ -851,6 +923,35 @@ def backward(
     if summed and dbias is not None and pb.bias is not None:
         dbias = dbias.to(pb.bias.dtype)
     return dq, dk, dv, dbias
+
+
+def _replay_backward(
+    inputs: Inputs, plan: _plans.Plan, tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]], dropout_seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """The backward through a recorded plan (``tensors``: dO, O, the LSE and its gradient as the kernels
+    take them): row statistics, dQ, dK and dV allocated as the full path does, the call's addresses and
+    seed launched."""
+    do, o, lse_c, glse = tensors
+    q = inputs.query
+    dev = q.device
+    stats_shape, dq_shape, dq_dtype, atomic_dq, dk_shape, dv_shape, zeroed = plan.shapes
+    stats = _empty(stats_shape, torch.float32, dev)
+    dq = torch.zeros(dq_shape, dtype=dq_dtype, device=dev) if atomic_dq else _empty(dq_shape, dq_dtype, dev)
+    if zeroed:  # keys outside every block get no gradient
+        dk, dv = torch.zeros(dk_shape, dtype=q.dtype, device=dev), torch.zeros(dv_shape, dtype=q.dtype, device=dev)
+    else:
+        dk, dv = _empty(dk_shape, q.dtype, dev), _empty(dv_shape, q.dtype, dev)
+    geo = inputs.geometry
+    tb = geo.tensor if geo is not None else None
+    m2 = stats.data_ptr()
+    plan.launch(
+        (
+            q.data_ptr(), inputs.key.data_ptr(), inputs.value.data_ptr(), do.data_ptr(), m2, m2 + 4 * stats_shape[1], dq.data_ptr(),
+            dk.data_ptr(), dv.data_ptr(), tb.data_ptr() if tb is not None else 0, o.data_ptr(), lse_c.data_ptr(),
+            glse.data_ptr() if glse is not None else 0, dropout_seed,
+        )
+    )  # fmt: skip
+    return (dq.to(q.dtype) if dq.dtype != q.dtype else dq), dk, dv, None
 
 
 def _scatter_back(pb: Problem, dk: torch.Tensor, dv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -102,6 +102,11 @@ def _triton_path_required(kernel: Any) -> bool:
 _Key = tuple[Any, ...]
 
 
+def _grid3(grid: tuple[int, ...]) -> tuple[int, int, int]:
+    """The grid as the compiled kernel's launcher takes it: 3-D (Triton's own path pads it)."""
+    return (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
+
+
 class _Plan(NamedTuple):
     """Getters that pick the pointers, the width-only integers and the specialized integers out of the arguments."""
 
@@ -201,8 +206,25 @@ class Relauncher:
         if set(trailing) != set(constexprs):
             raise ValueError(f"Relauncher({name}): the keywords must be the trailing parameters {sorted(trailing)}, got {sorted(constexprs)}")
 
-    def launch(self, grid: tuple[int, ...], args: Sequence[Any], constexprs: dict[str, Any], *, num_warps: int, num_stages: int) -> None:
-        """``kernel[grid](*args, **constexprs, num_warps=..., num_stages=...)``, through the known binary when there is one."""
+    def bypass_allowed(self) -> bool:
+        """Whether a launch may skip ``kernel[grid](...)`` now (no hook, debug mode or instrumentation
+        requires Triton's path; see :mod:`attncore_triton._plans`, which replays binaries)."""
+        return self.reuse and not _triton_path_required(self.kernel)
+
+    def launch(
+        self,
+        grid: tuple[int, ...],
+        args: Sequence[Any],
+        constexprs: dict[str, Any],
+        *,
+        num_warps: int,
+        num_stages: int,
+        record: Optional[Callable[[Any, tuple[int, int, int], list[Any]], None]] = None,
+    ) -> None:
+        """``kernel[grid](*args, **constexprs, num_warps=..., num_stages=...)``, through the known binary when
+        there is one. ``record``, when given, is called with the binary, the 3-D grid and every argument in
+        declaration order (constexprs included) when the launch went through a binary that can be launched
+        again that way (not when reuse is off or Triton's path returned none)."""
         if not self.reuse:
             self._check(args, constexprs)
             self.kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
@@ -219,15 +241,18 @@ class Relauncher:
         if binary is not None and not _triton_path_required(self.kernel):
             self.hits += 1
             ordered = [*args, *(constexprs[n] for n in self._names[len(args) :])]
-            # the compiled kernel's launcher takes a 3-D grid (Triton's own path pads it)
-            grid3 = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
+            grid3 = _grid3(grid)
             binary[grid3](*ordered)
+            if record is not None:
+                record(binary, grid3, ordered)
             return
         self.misses += 1
         self._check(args, constexprs)
         compiled = self.kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
         if compiled is not None and callable(getattr(compiled, "__getitem__", None)):
             self._remember(exact, spec if spec is not None else self._specialization(common, ints), compiled)
+            if record is not None:
+                record(compiled, _grid3(grid), [*args, *(constexprs[n] for n in self._names[len(args) :])])
 
     def _remember(self, exact: _Key, spec: _Key, binary: Any) -> None:
         """Keep ``binary`` under both keys; when either table is full, both start over (Triton's own cache

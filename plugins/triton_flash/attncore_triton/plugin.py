@@ -16,7 +16,7 @@ DISTRIBUTION = "attncore-triton"
 
 @hookimpl
 def attncore_plugin_info() -> PluginInfo:
-    from . import _launch, _relaunch, _warpspec
+    from . import _launch, _plans, _relaunch, _warpspec
     from .autotune import KEY_FORMAT, cache_path
 
     return PluginInfo(
@@ -28,6 +28,7 @@ def attncore_plugin_info() -> PluginInfo:
             "autotune_cache": str(cache_path()),
             "autotune_key": KEY_FORMAT,
             "relaunch": _relaunch.status(interpreting=_launch.interpreting()),
+            "launch_plans": _plans.status(),
             "warp_specialized_forward": _warpspec.status(interpreting=_launch.interpreting()),
         },
         description="Triton flash attention (forward + backward) for NVIDIA sm_80..sm_90: every mask kind in-kernel, GQA, dropout, LSE",
