@@ -175,12 +175,16 @@ def _dummy(device: torch.device) -> torch.Tensor:
 
 
 #: Warp-specialized forward configurations by padded largest head dim: what the autotuner is offered at 128
-#: (:func:`ws_candidates`), and what the loop is compiled with for sm_90 at every head dim
-#: (tools/ws_compile_check.py) and run with on the GPU (the GPU tests: 16-256, masks included).
+#: (:func:`ws_candidates`), and what the loop is compiled with for sm_90 at every head dim it runs
+#: (tools/ws_compile_check.py) and run with on the GPU (the GPU tests: 16-128, masks included).
 WS_CONFIGS: dict[int, tuple[FwdConfig, ...]] = {
-    **{d: (FwdConfig(128, 128, 4, 2, tma=True, ws=True), FwdConfig(128, 64, 4, 2, tma=True, ws=True)) for d in (16, 32, 64, 128)},
-    256: (FwdConfig(128, 32, 4, 2, tma=True, ws=True),),  # 2 stages of 64 keys asked 234440 B of shared memory (of 232448)
+    d: (FwdConfig(128, 128, 4, 2, tma=True, ws=True), FwdConfig(128, 64, 4, 2, tma=True, ws=True)) for d in (16, 32, 64, 128)
 }
+#: The largest padded head dim the warp-specialized loop runs (:func:`_can_take` refuses it above). At 256 its
+#: one configuration that fits shared memory (128 x 32, 2 stages) was never ahead in the autotuner's timings
+#: (0.88-1.00x) and left output rows unwritten (NaN) in 3 of 7 whole GPU-suite runs under load (stops 19-21):
+#: Triton 3.6's partitioner, benchmarks/RESULTS.md "a warp-specialized forward on Hopper", defect 3.
+WS_MAX_HEAD_DIM = max(WS_CONFIGS)
 #: The warp-specialized forward's row table covers row indices below this (base-64 digits, 3 of them, the
 #: leading one below 256 to stay exact in bf16).
 WS_MAX_ROWS = 1 << 20
@@ -449,8 +453,11 @@ def ws_candidates(pb: Problem) -> list[FwdConfig]:
 def _can_take(pb: Problem, cfg: FwdConfig) -> bool:
     """Whether this call can run ``cfg``, which may have been tuned for another call of its autotune key
     (the key holds neither the tensors' alignment nor lengths past the shape buckets): tensor descriptors
-    need 16-byte aligned tensors, and the warp-specialized loop a row table for every row."""
+    need 16-byte aligned tensors, and the warp-specialized loop a head dim up to :data:`WS_MAX_HEAD_DIM` and
+    a row table for every row."""
     if cfg.tma and not _tma_aligned(pb):
+        return False
+    if cfg.ws and max(_pow2(pb.head_dim), _pow2(pb.value_dim)) > WS_MAX_HEAD_DIM:
         return False
     return not cfg.ws or _row_table_ready(pb.device, pb.q.dtype, -(-pb.max_q // cfg.block_m) * cfg.block_m)
 

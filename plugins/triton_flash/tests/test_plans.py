@@ -13,24 +13,27 @@ from typing import Any, Callable, Optional
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from attncore import attn_bias as ab
 from attncore.inputs import Inputs
 from attncore_triton import _launch, _plans, _relaunch, autotune
 
 KERNELS = ("fwd_kernel", "bwd_preprocess_kernel", "bwd_dq_kernel", "bwd_dkdv_kernel")
-Launch = tuple[str, tuple[int, int, int], tuple[Any, ...], str]  # kernel, grid, arguments, "binary" | "triton"
+Launch = tuple[str, tuple[int, int, int], tuple[Any, ...], str]  # kernel, grid, arguments, "binary #n" | "triton #n"
+_SERIALS = iter(range(1 << 62))
 
 
 class FakeBinary:
     """A compiled kernel's stand-in: its launcher logs the grid and the arguments."""
 
     def __init__(self, name: str, log: list[Launch]) -> None:
-        self.name, self.log = name, log
+        self.name, self.log, self.serial = name, log, next(_SERIALS)
 
     def __getitem__(self, grid3: tuple[int, int, int]) -> Callable[..., None]:
         def run(*args: Any) -> None:
-            self.log.append((self.name, grid3, args, "binary"))
+            self.log.append((self.name, grid3, args, f"binary #{self.serial}"))
 
         return run
 
@@ -51,8 +54,9 @@ class FakeKernel:
         def run(*args: Any, num_warps: int, num_stages: int, **constexprs: Any) -> FakeBinary:
             del num_warps, num_stages
             ordered = (*args, *(constexprs[n] for n in self.arg_names[len(args) :]))
-            self.log.append((self.__name__, _relaunch._grid3(grid), ordered, "triton"))
-            return FakeBinary(self.__name__, self.log)
+            binary = FakeBinary(self.__name__, self.log)  # (a new specialization each time Triton's path is taken)
+            self.log.append((self.__name__, _relaunch._grid3(grid), ordered, f"triton #{binary.serial}"))
+            return binary
 
         return run
 
@@ -61,6 +65,12 @@ class FakeKernel:
 def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Launch]]:
     """sm_90 as seen by the launch path, every kernel a :class:`FakeKernel` behind a reusing relauncher,
     the first candidate settled without timing, a fresh plan table; yields the launch log."""
+    yield faked(monkeypatch)
+    _plans.clear()
+
+
+def faked(monkeypatch: pytest.MonkeyPatch) -> list[Launch]:
+    """What :func:`fake_gpu` sets up, through ``monkeypatch`` (for tests that cannot take a fixture per example)."""
     log: list[Launch] = []
     mod = _launch.kernels()  # (imported first: the module records whether it is interpreted)
     monkeypatch.setattr(_launch, "_capability", lambda device: (9, 0))
@@ -84,8 +94,7 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Launch]]:
 
     monkeypatch.setattr(_launch, "_empty", empty)
     _plans.clear()
-    yield log
-    _plans.clear()
+    return log
 
 
 @pytest.fixture
@@ -102,10 +111,10 @@ def atomic_dq(fake_gpu: list[Launch], monkeypatch: pytest.MonkeyPatch) -> list[L
     return fake_gpu
 
 
-ALLOCATED: list[torch.Tensor] = []  # what the launch path allocated through _empty since the last _allocated()
+ALLOCATED: list[torch.Tensor] = []  # what the launch path allocated through _empty since the last allocated()
 
 
-def _allocated() -> dict[int, str]:
+def allocated() -> dict[int, str]:
     """Roles of the buffers allocated since the last call: by shape and dtype (the row statistics' second
     row too), then forgotten."""
     roles: dict[int, str] = {}
@@ -123,7 +132,7 @@ def _normalized(launches: list[Launch], roles: dict[int, str], pointers: list[se
     appears in these launches."""
     seen: dict[int, str] = {}
     out = []
-    for (name, grid, args, _), where in zip(launches, pointers, strict=True):
+    for (name, grid, args, how), where in zip(launches, pointers, strict=True):
         norm: list[Any] = []
         for i, a in enumerate(args):
             if i not in where:
@@ -131,7 +140,7 @@ def _normalized(launches: list[Launch], roles: dict[int, str], pointers: list[se
                 continue
             addr = a.data_ptr() if isinstance(a, torch.Tensor) else a
             norm.append(roles.get(addr) or seen.setdefault(addr, f"buffer{len(seen)}"))
-        out.append((name, grid, tuple(norm)))
+        out.append((name, grid, tuple(norm), how.split()[1]))  # the binary, as Triton's specialization chose it
     return out
 
 
@@ -140,8 +149,8 @@ def _pointers(launches: list[Launch]) -> list[set[int]]:
     return [{i for i, a in enumerate(args) if isinstance(a, torch.Tensor)} for _, _, args, _ in launches]
 
 
-def _compare(replayed: list[Launch], full: list[Launch], roles_replayed: dict[int, str], roles_full: dict[int, str]) -> None:
-    assert replayed and all(how == "binary" for *_, how in replayed), "the call did not go through the plan's binaries"
+def compare(replayed: list[Launch], full: list[Launch], roles_replayed: dict[int, str], roles_full: dict[int, str]) -> None:
+    assert replayed and all(how.startswith("binary") for *_, how in replayed), "the call did not go through the plan's binaries"
     assert all(isinstance(a, (int, float, bool)) for _, _, args, _ in replayed for a in args), "a replay passes addresses, not tensors"
     where = _pointers(full)
     assert len(replayed) == len(full)
@@ -193,18 +202,18 @@ def test_a_replayed_call_launches_what_the_full_path_launches(case: str, dq: str
         assert _plans.count() >= 1
         inp, named = _call(spec, g)
         log.clear()
-        _allocated()
+        allocated()
         out, lse = _launch.forward(inp, needs_lse=needs_lse, dropout_seed=99)
-        replayed, a1 = list(log), _allocated()
+        replayed, a1 = list(log), allocated()
         _plans.clear()
         log.clear()
         out2, lse2 = _launch.forward(inp, needs_lse=needs_lse, dropout_seed=99)  # the full path
-        full, a2 = list(log), _allocated()
+        full, a2 = list(log), allocated()
         assert out.shape == out2.shape and out.dtype == out2.dtype and (lse is None) == (lse2 is None) == (not needs_lse)
         roles = {t.data_ptr(): n for n, t in named.items()}
         r1 = a1 | roles | {out.data_ptr(): "out"} | ({lse.data_ptr(): "lse"} if lse is not None else {})
         r2 = a2 | roles | {out2.data_ptr(): "out"} | ({lse2.data_ptr(): "lse"} if lse2 is not None else {})
-        _compare(replayed, full, r1, r2)
+        compare(replayed, full, r1, r2)
     # backward
     glse = spec.get("glse", False)
     for step in range(3):
@@ -214,22 +223,22 @@ def test_a_replayed_call_launches_what_the_full_path_launches(case: str, dq: str
         do = torch.randn(out.shape, generator=g).to(out.dtype)
         gl = torch.randn(lse.shape, generator=g) if glse else None
         log.clear()
-        _allocated()
+        allocated()
         grads = _launch.backward(inp, do, out, lse, dropout_seed=5, grad_lse=gl)
         if step < 2:
             continue
-        replayed, a1 = list(log), _allocated()
+        replayed, a1 = list(log), allocated()
         _plans.clear()
         log.clear()
         grads2 = _launch.backward(inp, do, out, lse, dropout_seed=5, grad_lse=gl)
-        full, a2 = list(log), _allocated()
+        full, a2 = list(log), allocated()
         for a, b in zip(grads, grads2, strict=True):
             assert (a is None and b is None) or (a is not None and b is not None and a.shape == b.shape and a.dtype == b.dtype)
         base = {t.data_ptr(): n for n, t in named.items()}
         base |= {do.data_ptr(): "do", out.data_ptr(): "out", lse.data_ptr(): "lse"} | ({gl.data_ptr(): "glse"} if gl is not None else {})
         r1 = a1 | base | {grads[0].data_ptr(): "dq", grads[1].data_ptr(): "dk", grads[2].data_ptr(): "dv"}
         r2 = a2 | base | {grads2[0].data_ptr(): "dq", grads2[1].data_ptr(): "dk", grads2[2].data_ptr(): "dv"}
-        _compare(replayed, full, r1, r2)
+        compare(replayed, full, r1, r2)
 
 
 def test_no_replay_where_triton_must_see_the_launch(fake_gpu: list[Launch]) -> None:
@@ -243,11 +252,11 @@ def test_no_replay_where_triton_must_see_the_launch(fake_gpu: list[Launch]) -> N
     kernel.debug = True
     fake_gpu.clear()
     _launch.forward(inp, needs_lse=False, dropout_seed=0)
-    assert [how for *_, how in fake_gpu] == ["triton"]
+    assert [how.split()[0] for *_, how in fake_gpu] == ["triton"]
     kernel.debug = False
     fake_gpu.clear()
     _launch.forward(inp, needs_lse=False, dropout_seed=0)
-    assert [how for *_, how in fake_gpu] == ["binary"] and all(isinstance(a, (int, float)) for a in fake_gpu[0][2])
+    assert [how.split()[0] for *_, how in fake_gpu] == ["binary"] and all(isinstance(a, (int, float)) for a in fake_gpu[0][2])
 
 
 def test_what_is_never_planned_and_what_tells_plans_apart(fake_gpu: list[Launch]) -> None:
@@ -302,14 +311,14 @@ def test_a_plan_holds_no_tensor_of_the_call_that_recorded_it(fake_gpu: list[Laun
     refs = [weakref.ref(t) for t in (*named.values(), out, lse)]
     del inp, named, out, lse
     fake_gpu.clear()  # (the fakes' log and allocation list hold what they saw)
-    _allocated()
+    allocated()
     gc.collect()
     assert all(r() is None for r in refs), "a plan keeps the recording call's tensors alive"
     inp, named = _call(CASES["varlen causal"], g)
     fake_gpu.clear()
     _launch.forward(inp, needs_lse=True, dropout_seed=0)
     (_, _, args, how), = fake_gpu
-    assert how == "binary" and {named["q"].data_ptr(), named["k"].data_ptr(), named["v"].data_ptr()} <= set(args)
+    assert how.startswith("binary") and {named["q"].data_ptr(), named["k"].data_ptr(), named["v"].data_ptr()} <= set(args)
 
 
 def test_signatures_that_never_repeat_record_nothing(fake_gpu: list[Launch], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -434,3 +443,137 @@ def test_a_replayed_call_matches_the_full_path_on_the_gpu(case: str, monkeypatch
             assert (a.float() - b.float()).abs().max() <= 1e-2 * b.float().abs().max(), name
         else:
             assert torch.equal(a, b), name
+
+
+# ------------------------------------------------------------------------------------------------
+# property test: is a plan's key complete?
+# ------------------------------------------------------------------------------------------------
+# Hypothesis draws a call (shapes, head dims, dtype, layout and alignment, mask kind, tensor bias, dropout,
+# scale, output dtype, LSE wanted or not, a gradient for the LSE) and a second call that differs from it in
+# one drawn field, or not at all. The first call's signature runs until it has a plan; then the second call
+# runs. Wherever it replays that plan (its key matched), its launches must be exactly what the full path
+# launches for it (pointers by role, everything else by value); where the two calls are the same, it must
+# replay. So a field that changes the kernels' arguments but is missing from the key fails here.
+
+#: Each field's values (drawn from, and each tried as the second call's).
+CHOICES: dict[str, list[Any]] = {
+    "h": [1, 2, 3],
+    "k": [16, 24, 64, 128, 256],
+    "kv": [None, 16, 40, 128],  # None: as K
+    "dtype": [torch.bfloat16, torch.float16, torch.float32],
+    "layout": ["4-D", "3-D", "5-D stride-0 keys", "transposed", "misaligned"],
+    "mask": ["none", "causal", "bottom-right", "local 5", "local 9", "tensor", "broadcast tensor", "causal+tensor", "varlen"],
+    "p": [0.0, 0.25, 0.5],
+    "scale": [None, 0.3, -0.5],
+    "out_dtype": [None, torch.float32],
+    "needs_lse": [False, True],
+    "glse": [False, True],
+}
+FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "b": st.integers(1, 2),
+    "mq": st.integers(1, 40),
+    "mk": st.integers(1, 40),
+    **{name: st.sampled_from(values) for name, values in CHOICES.items()},
+}
+
+
+def _build(spec: dict[str, Any], g: torch.Generator) -> tuple[Inputs, dict[str, torch.Tensor]]:
+    """The call ``spec`` describes, on fresh CPU tensors; and the tensors a kernel reads, by role."""
+    b, mq, mk, h, k, dt = spec["b"], spec["mq"], spec["mk"], spec["h"], spec["k"], spec["dtype"]
+    kv = spec["kv"] or k
+    mask, layout = spec["mask"], spec["layout"]
+    if mask == "varlen":
+        b, mk = 1, mq
+    if layout == "3-D":
+        h = 1
+
+    def rnd(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(dt)
+
+    def make(m: int, d: int) -> torch.Tensor:
+        if layout == "3-D":
+            return rnd(b, m, d)
+        if layout == "transposed":
+            return rnd(b, h, m, d).transpose(1, 2)
+        if layout == "misaligned":
+            return rnd(b * m * h * d + 1)[1:].view(b, m, h, d)
+        return rnd(b, m, h, d)
+
+    if layout == "5-D stride-0 keys":
+        q = rnd(b, mq, 2, h, k)
+        key, v = rnd(b, mk, 2, 1, k).expand(b, mk, 2, h, k), rnd(b, mk, 2, 1, kv).expand(b, mk, 2, h, kv)
+    else:
+        q, key, v = make(mq, k), make(mk, k), make(mk, kv)
+    named = {"q": q, "k": key, "v": v}
+    bias: Any = None
+    heads = q.shape[2:-1]
+    if mask == "causal":
+        bias = ab.LowerTriangularMask()
+    elif mask == "bottom-right":
+        bias = ab.LowerTriangularFromBottomRightMask()
+    elif mask.startswith("local"):
+        bias = ab.LowerTriangularFromBottomRightLocalAttentionMask(int(mask.split()[1]))
+    elif mask in ("tensor", "causal+tensor"):
+        named["bias"] = rnd(b, *heads, mq, mk)
+        bias = named["bias"] if mask == "tensor" else ab.LowerTriangularMaskWithTensorBias(named["bias"])
+    elif mask == "broadcast tensor":
+        named["bias"] = bias = rnd(1, *([1] * len(heads)), mq, mk).expand(b, *heads, mq, mk)
+    elif mask == "varlen":
+        cut = max(1, mq // 3)
+        bias = ab.BlockDiagonalCausalMask.from_seqlens([cut, mq - cut] if mq > cut else [mq])
+    return Inputs.create(q, key, v, bias, spec["p"], spec["scale"], spec["out_dtype"]), named
+
+
+def _run(inputs: Inputs, spec: dict[str, Any], g: torch.Generator, log: list[Launch]) -> tuple[list[Launch], dict[int, str], list[Launch], dict[int, str]]:
+    """Forward then backward of ``inputs``: each one's launches and the roles of its pointers."""
+    log.clear()
+    allocated()
+    out, lse = _launch.forward(inputs, needs_lse=spec["needs_lse"], dropout_seed=3)
+    fwd, fwd_roles = list(log), allocated()
+    fwd_roles |= {out.data_ptr(): "out"} | ({lse.data_ptr(): "lse"} if lse is not None else {})
+    if lse is None:  # the backward takes the forward's LSE
+        out, lse = _launch.forward(inputs, needs_lse=True, dropout_seed=3)
+    assert lse is not None
+    do = torch.randn(out.shape, generator=g).to(out.dtype)
+    gl = torch.randn(lse.shape, generator=g) if spec["glse"] else None
+    log.clear()
+    dq, dk, dv, _ = _launch.backward(inputs, do, out, lse, dropout_seed=3, grad_lse=gl)
+    bwd, bwd_roles = list(log), allocated()
+    bwd_roles |= {do.data_ptr(): "do", out.data_ptr(): "out", lse.data_ptr(): "lse", dq.data_ptr(): "dq", dk.data_ptr(): "dk", dv.data_ptr(): "dv"}
+    if gl is not None:
+        bwd_roles[gl.data_ptr()] = "glse"
+    return fwd, fwd_roles, bwd, bwd_roles
+
+
+def _replayed(launches: list[Launch]) -> bool:
+    return bool(launches) and all(how.startswith("binary") and all(not isinstance(a, torch.Tensor) for a in args) for _, _, args, how in launches)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.fixed_dictionaries(FIELDS), st.fixed_dictionaries(FIELDS), st.integers(0, 2**31 - 1))
+def test_a_call_that_replays_a_plan_launches_what_its_full_path_would(first: dict[str, Any], other: dict[str, Any], seed: int) -> None:
+    """After ``first``'s signature has its plans: a call that changes nothing, and calls that change one
+    field each, to ``other``'s value (sizes) or to each value of its list (:data:`CHOICES`)."""
+    g = torch.Generator().manual_seed(seed)
+    with pytest.MonkeyPatch.context() as mp:
+        log = faked(mp)
+        try:
+            for _ in range(2):  # tunes, then records
+                inputs, _ = _build(first, g)
+                _run(inputs, first, g, log)
+            changes = [(None, None)] + [(f, other[f]) for f in FIELDS if f not in CHOICES] + [(f, v) for f, vs in CHOICES.items() for v in vs]
+            for field, value in changes:
+                second = first if field is None else {**first, field: value}
+                inputs, named = _build(second, g)
+                roles = {t.data_ptr(): n for n, t in named.items()}
+                fwd, fr, bwd, br = _run(inputs, second, g, log)
+                mp.setenv(_plans.ENV, "0")  # the same call through the full path
+                fwd_full, fr_full, bwd_full, br_full = _run(inputs, second, g, log)
+                mp.delenv(_plans.ENV)
+                if field is None:
+                    assert _replayed(fwd) and _replayed(bwd), "the same signature did not replay"
+                for got, got_roles, full, full_roles in ((fwd, fr, fwd_full, fr_full), (bwd, br, bwd_full, br_full)):
+                    if _replayed(got):
+                        compare(got, full, roles | got_roles, roles | full_roles)
+        finally:
+            _plans.clear()

@@ -3,13 +3,13 @@
 Triton's automatic warp specialization for Hopper is young: on a loop shape its partitioner cannot handle,
 Triton 3.6 fails the compile, at times with an LLVM error that aborts the process. This check compiles, in
 this process, each configuration of :data:`attncore_triton._launch.WS_CONFIGS` (what the autotuner may
-offer, and what the GPU tests run) at every head dim the tensor-descriptor path takes (16-256, and
+offer, and what the GPU tests run) at every head dim the loop runs (16-128, ``WS_MAX_HEAD_DIM``, and
 Kv != K), in the variants a call can reach (see :data:`VARIANTS`), and requires of each:
 
 * the compile succeeds (run it in a subprocess: an abort is a failure too, not a crash of the caller);
 * the loop was partitioned: one ``ttg.warp_specialize`` with two consumer partitions;
 * its shared memory fits sm_90's 227 KiB per block with 16 KiB to spare: on the H200, 256-dim tiles of 64
-  keys at 2 stages (not a configuration, for that reason) asked 234440 B at run time against 218056 B
+  keys at 2 stages (never a configuration, for that reason; 256 is not run at all now) asked 234440 B at run time against 218056 B
   compiled here.
 
 It compiles without the run time's specialization of integer arguments (divisibility by 16, ``== 1``).
@@ -39,7 +39,7 @@ POINTERS = ("Q", "K", "V", "OUT", "BIAS", "ROWS")  # in the inputs' dtype
 INT_POINTERS = ("SEQ_Q", "SEQ_K", "SEQ_KLEN", "SEQ_KLOG", "TABLES")
 FLOATS = ("qk_scale", "drop_p", "drop_scale")
 INT64S = ("seed",)
-HEAD_DIMS = ((16, 16), (32, 32), (64, 64), (128, 128), (256, 256), (64, 128), (128, 64))
+HEAD_DIMS = ((16, 16), (32, 32), (64, 64), (128, 128), (64, 128), (128, 64))  # (not above WS_MAX_HEAD_DIM)
 #: (name, dtype, constexprs): keys in whole tiles or not (every tile masked), packed blocks, inference (no
 #: LSE), a negative scale.
 VARIANTS: tuple[tuple[str, str, dict[str, bool]], ...] = (
