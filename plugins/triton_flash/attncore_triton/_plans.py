@@ -16,12 +16,12 @@ LSE is wanted, the backward's the gradient's, output's and LSE's layouts. Paged 
 are data) and calls that want a bias gradient are never planned.
 
 A plan is recorded only by the second call of a signature (one that repeats; packed batches whose lengths
-change every step never record), from a call that ran with its autotune key's settled configuration and
-outside CUDA-graph capture; it is replayed
-only while each kernel's relauncher may bypass Triton's launch path (:meth:`Relauncher.bypass_allowed`:
-reuse on, no launch hook, debug mode or instrumentation), and holds the fixed tensors whose addresses it
-launches with (never the recording call's own tensors). Addresses go to the compiled launcher as integers,
-which it takes in place of tensors. ``ATTNCORE_TRITON_PLANS=0`` turns plans off.
+change every step never record), when that call ran with its autotune key's settled configuration outside
+CUDA-graph capture. It is replayed only while each kernel's relauncher may bypass Triton's launch path
+(:meth:`Relauncher.bypass_allowed`: reuse on, no launch hook, debug mode or instrumentation), and holds the
+fixed tensors whose addresses it launches with (never the recording call's own tensors). Addresses go to
+the compiled launcher as integers, which it takes in place of tensors. ``ATTNCORE_TRITON_PLANS=0`` turns
+plans off.
 """
 
 from __future__ import annotations
