@@ -623,15 +623,15 @@ def forward(
     """``(out [B, Mq, G, H, Kv], lse [B, G, H, Mq] float32 or None)``. A call with neither ``config`` nor
     ``pb`` replays the launch plan of its signature when there is one (:mod:`._plans`), and records it
     otherwise."""
-    plan_key: Optional[tuple[Any, ...]] = None  # set when this call records a plan
+    rec: Optional[_plans.Recorder] = None  # set when this call records a plan
     if config is None and pb is None and _plans.enabled():
         base = _plans.call_key(inputs)
         if base is not None:
             key = ("fwd", base, inputs.out_dtype, needs_lse)
-            plan = _plans.get(key)
-            if plan is not None and plan.ready():
+            plan, record = _plans.find(key)
+            if plan is not None:
                 return _replay_forward(inputs, plan, dropout_seed)
-            plan_key = key if _recordable(key) else None
+            rec = _plans.Recorder(_plans.FWD_VALUES, key) if record else None
     pb = pb if pb is not None else problem(inputs)
     b, g, h, mq, kv = pb.batch, pb.groups, pb.heads, pb.num_queries, pb.value_dim
     dev = pb.device
@@ -639,7 +639,6 @@ def forward(
     lse = _empty((b, g, h, mq), torch.float32, dev) if needs_lse else None
     if out.numel() == 0 and (lse is None or lse.numel() == 0):
         return out, lse
-    rec = _plans.Recorder(_plans.FWD_VALUES) if plan_key is not None else None
     live = ("Q", "K", "V", "OUT", "seed") + (("LSE",) if needs_lse else ()) + (("BIAS",) if pb.bias is not None else ())
     seq_q, seq_k, seq_klen, seq_klog, tables, stab, page_size = _seq_args(pb)
     bias, bst = _bias_args(pb)
@@ -683,19 +682,9 @@ def forward(
     else:
         # keys in whole 128-key tiles or not: a separate key, as only whole tiles get warp-specialized candidates
         sig = pb.signature() if pb.varlen or pb.num_keys % 128 == 0 else pb.signature() + "+ragged"
-        if _run_tuned(_key("fwd", pb, sig), lambda: fwd_candidates(pb), launch) and rec is not None and plan_key is not None:
-            recorded = rec.plan((out.shape, lse.shape if lse is not None else None))
-            if recorded is not None:
-                _plans.put(plan_key, recorded)
+        if _run_tuned(_key("fwd", pb, sig), lambda: fwd_candidates(pb), launch) and rec is not None:
+            rec.store((out.shape, lse.shape if lse is not None else None))
     return out, lse
-
-
-def _recordable(key: tuple[Any, ...]) -> bool:
-    """Whether a call of this signature records its launches now: its second call (:func:`_plans.repeated`),
-    outside CUDA-graph capture (where a configuration may have fallen back for want of a row table)."""
-    if not _plans.repeated(key):
-        return False
-    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
 def _replay_forward(inputs: Inputs, plan: _plans.Plan, dropout_seed: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -740,16 +729,16 @@ def backward(
     o = _last_contiguous(out)
     lse_c = lse.to(torch.float32).contiguous()  # the kernels index rows with stride 1
     glse = grad_lse.to(torch.float32).contiguous() if grad_lse is not None else None  # (an expanded gradient has stride 0)
-    plan_key: Optional[tuple[Any, ...]] = None  # set when this call records a plan
+    rec: Optional[_plans.Recorder] = None  # set when this call records a plan
     if config is None and pb is None and not inputs.features.bias_requires_grad and _plans.enabled():
         base = _plans.call_key(inputs)
         if base is not None:
             tk = _plans.tensor_key
             key = ("bwd", base, tk(do), tk(o), tk(lse_c), tk(glse) if glse is not None else None)
-            plan = _plans.get(key)
-            if plan is not None and plan.ready():
+            plan, record = _plans.find(key)
+            if plan is not None:
                 return _replay_backward(inputs, plan, (do, o, lse_c, glse), dropout_seed)
-            plan_key = key if _recordable(key) else None
+            rec = _plans.Recorder(_plans.BWD_VALUES, key) if record else None
     pb = pb if pb is not None else problem(inputs)
     b, g, h, mq, mk = pb.batch, pb.groups, pb.heads, pb.num_queries, pb.num_keys
     kd, kv = pb.head_dim, pb.value_dim
@@ -805,7 +794,8 @@ def backward(
 
     direct = pb.meta is None or pb.meta.direct
     write_rows = mk if direct else (pb.meta.write_rows if pb.meta is not None else mk)
-    rec = _plans.Recorder(_plans.BWD_VALUES) if plan_key is not None and direct else None
+    if not direct:  # (dK/dV summed back onto the key rows afterwards: never planned)
+        rec = None
     # the call's own tensors each kernel takes besides Q, K, V, dO, the row statistics and the gradients
     has_bias, has_glse = (("BIAS",) if pb.bias is not None else ()), (("GLSE",) if glse is not None else ())
 
@@ -916,11 +906,9 @@ def backward(
 
     if config is not None:
         launch(config)
-    elif _run_tuned(_key("bwd", pb, pb.signature(dbias=want_dbias)), lambda: bwd_candidates(pb), launch) and rec is not None and plan_key is not None:
+    elif _run_tuned(_key("bwd", pb, pb.signature(dbias=want_dbias)), lambda: bwd_candidates(pb), launch) and rec is not None:
         dq0, (dk0, dv0) = dq_holder[0], dkdv_buffers()
-        recorded = rec.plan((stats.shape, dq0.shape, dq0.dtype, launched[0].atomic_dq, dk0.shape, dv0.shape, pb.meta is not None))
-        if recorded is not None:
-            _plans.put(plan_key, recorded)
+        rec.store((stats.shape, dq0.shape, dq0.dtype, launched[0].atomic_dq, dk0.shape, dv0.shape, pb.meta is not None))
     dq = dq_holder[0]
     if dq.dtype != q.dtype:
         dq = dq.to(q.dtype)

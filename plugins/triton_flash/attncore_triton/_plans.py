@@ -49,6 +49,7 @@ __all__ = [
     "clear",
     "count",
     "enabled",
+    "find",
     "get",
     "put",
     "repeated",
@@ -98,11 +99,12 @@ class Plan(NamedTuple):
 
 
 class Recorder:
-    """Collects the launches of one full-path call. ``names``: the call's values (:data:`FWD_VALUES` or
-    :data:`BWD_VALUES`), by the kernel parameter names they are passed as."""
+    """Collects the launches of one full-path call, to be stored as the plan of ``key``. ``names``: the call's
+    values (:data:`FWD_VALUES` or :data:`BWD_VALUES`), by the kernel parameter names they are passed as."""
 
-    def __init__(self, names: Sequence[str]) -> None:
+    def __init__(self, names: Sequence[str], key: tuple[Any, ...]) -> None:
         self._index = {n: i for i, n in enumerate(names)}
+        self._key = key
         self._steps: list[Step] = []
         self._expected = 0
 
@@ -122,11 +124,11 @@ class Recorder:
 
         return record
 
-    def plan(self, shapes: tuple[Any, ...]) -> Optional[Plan]:
-        """The plan, when every launch was recorded (none is when reuse is off)."""
-        if not self._steps or len(self._steps) != self._expected:
-            return None
-        return Plan(tuple(self._steps), shapes)
+    def store(self, shapes: tuple[Any, ...]) -> None:
+        """Keep the plan (with what the call allocates, ``shapes``) when every launch was recorded (none is
+        when reuse is off)."""
+        if self._steps and len(self._steps) == self._expected:
+            put(self._key, Plan(tuple(self._steps), shapes))
 
 
 def tensor_key(t: torch.Tensor) -> tuple[Any, ...]:
@@ -173,6 +175,18 @@ def repeated(key: tuple[Any, ...]) -> bool:
 
 def get(key: tuple[Any, ...]) -> Optional[Plan]:
     return _PLANS.get(key)
+
+
+def find(key: tuple[Any, ...]) -> tuple[Optional[Plan], bool]:
+    """``(plan, record)``: the plan of ``key`` when it can be replayed now (:meth:`Plan.ready`); else whether
+    this call records one: the signature's second call (:func:`repeated`), outside CUDA-graph capture (where
+    a configuration may have fallen back for want of a row table)."""
+    plan = get(key)
+    if plan is not None and plan.ready():
+        return plan, False
+    if not repeated(key):
+        return None, False
+    return None, not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
 def put(key: tuple[Any, ...], plan: Plan) -> None:

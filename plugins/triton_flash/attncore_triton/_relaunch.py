@@ -240,7 +240,7 @@ class Relauncher:
                 self._remember(exact, spec, binary)
         if binary is not None and not _triton_path_required(self.kernel):
             self.hits += 1
-            ordered = [*args, *(constexprs[n] for n in self._names[len(args) :])]
+            ordered = self._ordered(args, constexprs)
             grid3 = _grid3(grid)
             binary[grid3](*ordered)
             if record is not None:
@@ -252,7 +252,11 @@ class Relauncher:
         if compiled is not None and callable(getattr(compiled, "__getitem__", None)):
             self._remember(exact, spec if spec is not None else self._specialization(common, ints), compiled)
             if record is not None:
-                record(compiled, _grid3(grid), [*args, *(constexprs[n] for n in self._names[len(args) :])])
+                record(compiled, _grid3(grid), self._ordered(args, constexprs))
+
+    def _ordered(self, args: Sequence[Any], constexprs: dict[str, Any]) -> list[Any]:
+        """Every argument in declaration order, constexprs included (how a compiled binary's launcher takes them)."""
+        return [*args, *(constexprs[n] for n in self._names[len(args) :])]
 
     def _remember(self, exact: _Key, spec: _Key, binary: Any) -> None:
         """Keep ``binary`` under both keys; when either table is full, both start over (Triton's own cache

@@ -161,29 +161,17 @@ def _tensors(n: int, *shape: int, dtype: torch.dtype = torch.bfloat16, g: Option
     return [torch.randn(*shape, generator=g).to(dtype) for _ in range(n)]
 
 
+#: The call :func:`_build` makes unless a case says otherwise.
+BASE: dict[str, Any] = dict(
+    b=2, mq=256, mk=256, h=4, k=128, kv=None, dtype=torch.bfloat16, layout="4-D", mask="none", p=0.0, scale=None, out_dtype=None, needs_lse=True, glse=False
+)
 CASES: dict[str, dict[str, Any]] = {
-    "causal": dict(bias="causal"),
-    "dense K=256 (split dK / dV launches)": dict(k=256),
-    "causal with a bias tensor, dropout": dict(bias="causal+tensor", p=0.25),
-    "varlen causal": dict(bias="varlen"),
-    "grad_lse, fp16 K=64 M=300": dict(glse=True, dtype=torch.float16, k=64, m=300),
+    "causal": {**BASE, "mask": "causal"},
+    "dense K=256 (split dK / dV launches)": {**BASE, "k": 256},
+    "causal with a bias tensor, dropout": {**BASE, "mask": "causal+tensor", "p": 0.25},
+    "varlen causal": {**BASE, "mask": "varlen"},
+    "grad_lse, fp16 K=64 M=300": {**BASE, "glse": True, "dtype": torch.float16, "k": 64, "mq": 300, "mk": 300},
 }
-
-
-def _call(case: dict[str, Any], g: torch.Generator) -> tuple[Inputs, dict[str, torch.Tensor]]:
-    k, m, dtype = case.get("k", 128), case.get("m", 256), case.get("dtype", torch.bfloat16)
-    b = 1 if case.get("bias") == "varlen" else 2
-    q, key, v = _tensors(3, b, m, 4, k, dtype=dtype, g=g)
-    named = {"q": q, "k": key, "v": v}
-    bias: Any = None
-    if case.get("bias") == "causal":
-        bias = ab.LowerTriangularMask()
-    elif case.get("bias") == "causal+tensor":
-        named["bias"] = torch.randn(b, 4, m, m, generator=g).to(dtype)
-        bias = ab.LowerTriangularMaskWithTensorBias(named["bias"])
-    elif case.get("bias") == "varlen":
-        bias = ab.BlockDiagonalCausalMask.from_seqlens([m // 4, m // 2, m - m // 4 - m // 2])
-    return Inputs.create(q, key, v, bias, case.get("p", 0.0)), named
 
 
 @pytest.mark.parametrize("dq", ["dQ kernel", "atomic dQ"])
@@ -197,10 +185,10 @@ def test_a_replayed_call_launches_what_the_full_path_launches(case: str, dq: str
     log: list[Launch] = request.getfixturevalue("atomic_dq" if dq == "atomic dQ" else "fake_gpu")
     for needs_lse in (True, False):
         for _ in range(2):
-            inp, _named = _call(spec, g)
+            inp, _named = _build(spec, g)
             _launch.forward(inp, needs_lse=needs_lse, dropout_seed=11)
         assert _plans.count() >= 1
-        inp, named = _call(spec, g)
+        inp, named = _build(spec, g)
         log.clear()
         allocated()
         out, lse = _launch.forward(inp, needs_lse=needs_lse, dropout_seed=99)
@@ -215,9 +203,9 @@ def test_a_replayed_call_launches_what_the_full_path_launches(case: str, dq: str
         r2 = a2 | roles | {out2.data_ptr(): "out"} | ({lse2.data_ptr(): "lse"} if lse2 is not None else {})
         compare(replayed, full, r1, r2)
     # backward
-    glse = spec.get("glse", False)
+    glse = spec["glse"]
     for step in range(3):
-        inp, named = _call(spec, g)
+        inp, named = _build(spec, g)
         out, lse = _launch.forward(inp, needs_lse=True, dropout_seed=5)
         assert lse is not None
         do = torch.randn(out.shape, generator=g).to(out.dtype)
@@ -246,7 +234,7 @@ def test_no_replay_where_triton_must_see_the_launch(fake_gpu: list[Launch]) -> N
     path even though a plan is recorded; off again, the plan is replayed."""
     g = torch.Generator().manual_seed(3)
     for _ in range(2):
-        inp, _ = _call(CASES["causal"], g)
+        inp, _ = _build(CASES["causal"], g)
         _launch.forward(inp, needs_lse=False, dropout_seed=0)
     kernel = _launch._relauncher("fwd_kernel").kernel
     kernel.debug = True
@@ -303,9 +291,9 @@ def test_a_plan_holds_no_tensor_of_the_call_that_recorded_it(fake_gpu: list[Laun
     import weakref
 
     g = torch.Generator().manual_seed(9)
-    inp, _ = _call(CASES["varlen causal"], g)
+    inp, _ = _build(CASES["varlen causal"], g)
     _launch.forward(inp, needs_lse=True, dropout_seed=0)
-    inp, named = _call(CASES["varlen causal"], g)
+    inp, named = _build(CASES["varlen causal"], g)
     out, lse = _launch.forward(inp, needs_lse=True, dropout_seed=0)  # records
     assert _plans.count() == 1 and lse is not None
     refs = [weakref.ref(t) for t in (*named.values(), out, lse)]
@@ -314,7 +302,7 @@ def test_a_plan_holds_no_tensor_of_the_call_that_recorded_it(fake_gpu: list[Laun
     allocated()
     gc.collect()
     assert all(r() is None for r in refs), "a plan keeps the recording call's tensors alive"
-    inp, named = _call(CASES["varlen causal"], g)
+    inp, named = _build(CASES["varlen causal"], g)
     fake_gpu.clear()
     _launch.forward(inp, needs_lse=True, dropout_seed=0)
     (_, _, args, how), = fake_gpu
@@ -354,7 +342,7 @@ GPU_CASES = [
 ]
 
 
-def _gpu_call(case: str, g: torch.Generator) -> tuple[Callable[[], tuple[torch.Tensor, ...]], list[torch.Tensor]]:
+def _gpu_build(case: str, g: torch.Generator) -> tuple[Callable[[], tuple[torch.Tensor, ...]], list[torch.Tensor]]:
     """A public call of ``case`` on fresh CUDA tensors: a function running forward and backward (its
     outputs and gradients), and the leaves."""
     import attncore
@@ -427,9 +415,9 @@ def test_a_replayed_call_matches_the_full_path_on_the_gpu(case: str, monkeypatch
     g = torch.Generator().manual_seed(sum(map(ord, case)))
     _plans.clear()
     for _ in range(3):  # tunes (or reads the tuning cache), records, replays
-        _gpu_call(case, g)[0]()
+        _gpu_build(case, g)[0]()
     replays.clear()
-    run, _ = _gpu_call(case, g)
+    run, _ = _gpu_build(case, g)
     planned = run()
     assert replays == ["f", "b"], replays
     _plans.clear()
