@@ -5,10 +5,10 @@
 # tf32 compiles and runs plugins/cutlass_like/tools/tf32_check.cu (the 3xTF32 split and products on this
 # GPU, seconds, no torch). Results go to $OUT (default /tmp/attncore-cutlass): tf32.log, build.log, tests.log, matrix.log, bench.log,
 # results.md, results.json. TEST_K narrows the tests (pytest -k), MATRIX_ARGS is passed to gpu_matrix's pytest.
-# fwd-ab (not part of all) times the fp32 forward at K = 64, 128 and 256 under each
-# ATTNCORE_CUTLASS_FP32_FWD_KEYS setting in FWD_AB (space-separated; "unset" leaves it unset, "none" sets it
-# empty; default "unset none 128=16"): fwd_<setting>.md, after printing the tile configuration each setting
-# runs without a mask and under a causal one (fwd_variants.log). masks-ab (not part of all) times the forward
+# fwd-ab (not part of all) times the fp32 forward at K = 64, 128 and 256 under each setting in FWD_AB of the
+# variable FWD_AB_VAR (default ATTNCORE_CUTLASS_FP32_FWD_KEYS; space-separated; "unset" leaves it unset, "none"
+# sets it empty; default "unset none 128=16"): fwd_<setting>.md ("/" written "-"), after printing the tile
+# configuration each setting runs without a mask and under a causal one (fwd_variants.log). masks-ab (not part of all) times the forward
 # (every dtype) with ATTNCORE_CUTLASS_FWD_WARP_MASKS empty (off) and =1: masks_off.md and masks_on.md, after
 # printing the causal calls' kernels (masks_variants.log); the warps and key-tile switches are unset for both.
 set -o pipefail
@@ -39,17 +39,19 @@ if want matrix; then
   python3 -m nox -s gpu_matrix -- $par ${MATRIX_ARGS:-} 2>&1 | tee "$OUT/matrix.log" || status=1
 fi
 if [[ " ${modes[*]} " == *" fwd-ab "* ]]; then
+  var="${FWD_AB_VAR:-ATTNCORE_CUTLASS_FP32_FWD_KEYS}"
   setenv() {  # the setting under test, and no warp masks (they would run on the default tiles only)
-    if [ "$name" = unset ]; then env -u ATTNCORE_CUTLASS_FP32_FWD_KEYS -u ATTNCORE_CUTLASS_FWD_WARP_MASKS "$@"
-    else env -u ATTNCORE_CUTLASS_FWD_WARP_MASKS ATTNCORE_CUTLASS_FP32_FWD_KEYS="$keys" "$@"; fi
+    if [ "$name" = unset ]; then env -u "$var" -u ATTNCORE_CUTLASS_FWD_WARP_MASKS "$@"
+    else env -u ATTNCORE_CUTLASS_FWD_WARP_MASKS "$var=$keys" "$@"; fi
   }
   read -r -a settings <<< "${FWD_AB:-unset none 128=16}"
   rm -f "$OUT/fwd_variants.log"
   for name in "${settings[@]}"; do
     keys=$([ "$name" = none ] || echo "$name")
     setenv python3 benchmarks/cutlass_variants.py "fwd-ab $name" 2>&1 | tee -a "$OUT/fwd_variants.log" || status=1
+    file="${name//\//-}"  # "256=2x2/16" names fwd_256=2x2-16.md
     setenv python3 benchmarks/bench_cutlass.py --dtypes fp32 --dirs fwd --heads 64,128,256 \
-      --out "$OUT/fwd_$name.md" --json "$OUT/fwd_$name.json" "$@" 2>&1 | tee "$OUT/fwd_$name.log" || status=1
+      --out "$OUT/fwd_$file.md" --json "$OUT/fwd_$file.json" "$@" 2>&1 | tee "$OUT/fwd_$file.log" || status=1
   done
 fi
 if [[ " ${modes[*]} " == *" masks-ab "* ]]; then  # the forward with key tiles classified per CTA, then per warp

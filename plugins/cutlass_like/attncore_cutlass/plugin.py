@@ -57,6 +57,7 @@ WARPS_ENV = "ATTNCORE_CUTLASS_FWD_WARPS"
 KEYS_ENV = "ATTNCORE_CUTLASS_FP32_FWD_KEYS"
 WARP_MASKS_ENV = "ATTNCORE_CUTLASS_FWD_WARP_MASKS"
 SPLIT_ENV = "ATTNCORE_CUTLASS_FP32_FWD_SPLIT"
+WIDE_ENV = "ATTNCORE_CUTLASS_FP32_FWD_WIDE"
 
 
 def _env_list(env: Mapping[str, str], name: str, unset: str) -> list[str]:
@@ -143,6 +144,45 @@ def fp32_forward_split(env: Mapping[str, str]) -> tuple[int, ...]:
 SPLIT_SMEM = {64: 87552, 128: 101632}
 
 
+class WideWarps(NamedTuple):
+    """The fp32 forward's wide warps at one padded head dim: ``groups`` row groups of 32 queries times
+    ``slices`` slices of the head dim (one warp each), ``keys`` per tile, and the shared memory per block."""
+
+    groups: int
+    slices: int
+    keys: int
+    smem: int
+
+
+#: ATTNCORE_CUTLASS_FP32_FWD_WIDE's entries, in the order csrc/fwd_tc.cu's ``launch_wide_256`` and
+#: ``launch_wide_128`` try them (``fwd_f32_wide_kernel``; shared memory from its ``fwd_wide_smem_bytes``).
+WIDE_ENTRIES = {
+    "256=4x2": (256, WideWarps(4, 2, 32, 232448)),
+    "256=2x2/16": (256, WideWarps(2, 2, 16, 108032)),
+    "128=4x1": (128, WideWarps(4, 1, 32, 101376)),
+    "128=2x2": (128, WideWarps(2, 2, 32, 83968)),
+}
+
+
+def fp32_forward_wide(env: Mapping[str, str], banded: bool = False) -> dict[int, WideWarps]:
+    """The padded head dims whose fp32 tensor-core forward runs wide warps, and their shape, as csrc/fwd_tc.cu's
+    ``launch_wide_*`` read ``ATTNCORE_CUTLASS_FP32_FWD_WIDE``: comma-separated entries of :data:`WIDE_ENTRIES`,
+    spaces ignored, the first one a head dim lists wins (where a block's shared memory holds it; else the next,
+    then the key-tile choice of :func:`fp32_forward_key_tiles`); "" = none. Unset: at 128, 4 row groups x 1
+    slice for calls without a causal or local band and 2 x 2 for calls with one (``banded``); none at 256.
+    Not with ``ATTNCORE_CUTLASS_FWD_WARPS`` set to 4 or 8."""
+    if _atoi(env.get(WARPS_ENV, "")) in (4, 8):
+        return {}
+    if WIDE_ENV not in env:
+        return {128: WIDE_ENTRIES["128=2x2" if banded else "128=4x1"][1]}
+    entries = _env_list(env, WIDE_ENV, "")
+    chosen: dict[int, WideWarps] = {}
+    for name, (dim, shape) in WIDE_ENTRIES.items():
+        if name in entries and dim not in chosen:
+            chosen[dim] = shape
+    return chosen
+
+
 def kernel_choices(env: Mapping[str, str]) -> str:
     """The kernel variants the environment selects, as the launchers read it (:func:`fp32_paired_head_dims`;
     csrc/fwd_tc.cu's ``forced_warps``: 4 or 8, anything else ignored; :func:`fp32_forward_key_tiles`;
@@ -179,9 +219,23 @@ def kernel_choices(env: Mapping[str, str]) -> str:
         f"fp32 backward dQ: {dq}; "
         f"tensor-core forward: {fwd} (the process keeps the value its first forward saw), "
         f"fp32 key tiles by padded head dim, {keys} (read at every forward), "
+        f"fp32 wide warps (before the key tiles) {_wide(env)}, "
         f"fp32 K and V split once per CTA {_split(env)}, "
         f"key tiles classified {_classified(env, warps)}"
     )
+
+
+def _wide(env: Mapping[str, str]) -> str:
+    """Where the fp32 forward runs wide warps (:func:`fp32_forward_wide`), with and without a band."""
+    if _atoi(env.get(WARPS_ENV, "")) in (4, 8):
+        return f"nowhere ({WARPS_ENV} is set)"
+    origin = "default" if WIDE_ENV not in env else f"{WIDE_ENV}={env[WIDE_ENV]!r}"
+    described = []
+    for banded in (False, True):
+        shapes = sorted(fp32_forward_wide(env, banded).items())
+        where = ", ".join(f"head dim {d}: {w.groups} row groups x {w.slices} slices, {w.keys}-key tiles, {w.smem} bytes of shared memory" for d, w in shapes)
+        described.append(f"{'with' if banded else 'without'} a causal or local band {where or 'none'}")
+    return f"{'; '.join(described)} ({origin})"
 
 
 def _split(env: Mapping[str, str]) -> str:

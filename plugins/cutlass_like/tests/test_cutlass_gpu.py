@@ -25,8 +25,10 @@ from attncore_cutlass.plugin import (
     WARP_MASKS_ENV,
     WARPS_ENV,
     WIDE_256_SMEM,
+    WIDE_ENV,
     _atoi,
     fp32_forward_key_tiles,
+    fp32_forward_wide,
     fp32_paired_head_dims,
 )
 from attncore_reference import testing
@@ -121,6 +123,12 @@ def test_every_bias_kind(case: testing.Case, layout: str, dtype: torch.dtype, fa
         assert _launch.last_family("backward") == _expected_family(fam, dtype, head_dim=max(q.shape[-1], v.shape[-1]), bias=tb is not None)
 
 
+def _bias_333x517(kind: str, seed: int) -> testing.Bias:
+    """The bias an fp32 forward test names (:func:`testing.named_bias`), a tensor one of 2 x 3 x 333 x 517 on the GPU."""
+    bias = testing.named_bias(kind, (2, 3, 333, 517), torch.Generator().manual_seed(seed), torch.float32)
+    return bias.to(CUDA) if isinstance(bias, torch.Tensor) else bias
+
+
 def _qkv(b: int, mq: int, mk: int, h: int, kd: int, kv: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     q = testing.randn(b, mq, h, kd, gen=gen, dtype=dtype).to(CUDA)
@@ -186,6 +194,7 @@ def test_fp32_forward_key_tiles(kd: int, kv: int, keys: Optional[str], bias_kind
         monkeypatch.delenv(KEYS_ENV, raising=False)
     else:
         monkeypatch.setenv(KEYS_ENV, keys)
+    monkeypatch.setenv(WIDE_ENV, "")  # the key tiles, not the wide warps (their own test)
     env = {KEYS_ENV: keys} if keys is not None else {}
     if WARPS_ENV in os.environ:  # the process's warps
         env[WARPS_ENV] = os.environ[WARPS_ENV]
@@ -223,17 +232,11 @@ def test_fp32_forward_tf32_split(kd: int, kv: int, kind: str, monkeypatch: pytes
     padded = 64 if max(kd, kv) <= 64 else 128
     monkeypatch.delenv(WARP_MASKS_ENV, raising=False)
     monkeypatch.delenv(KEYS_ENV, raising=False)
+    monkeypatch.setenv(WIDE_ENV, "")  # the kernel to compare with: one warp per 16 rows
     if _atoi(os.environ.get(WARPS_ENV, "")) in (4, 8):
         pytest.skip("ATTNCORE_CUTLASS_FWD_WARPS is set: the plain kernel to compare with would differ")
     q, k, v = _qkv(2, 333, 517, 3, kd, kv, torch.float32, seed=kd + kv + 1)
-    bias: testing.Bias = None
-    if kind == "causal":
-        bias = attncore.LowerTriangularFromBottomRightMask()
-    elif kind.startswith("local"):
-        left, right = map(int, kind.split()[1:])
-        bias = attncore.LocalAttentionFromBottomRightMask(window_left=left, window_right=right)
-    elif kind == "tensor":
-        bias = testing.randn(2, 3, 333, 517, gen=torch.Generator().manual_seed(kv), dtype=torch.float32).to(CUDA)
+    bias = _bias_333x517(kind, seed=kv)
     monkeypatch.setenv(SPLIT_ENV, "64,128")
     testing.compare_forward(CutlassFwOp, q, k, v, bias)
     keys = 64 if padded == 64 else 32
@@ -247,6 +250,49 @@ def test_fp32_forward_tf32_split(kd: int, kv: int, kind: str, monkeypatch: pytes
     assert _launch.last_forward_variant() == f"D={padded} keys={keys} stages=2 warps=4"
     assert got.lse is not None and want.lse is not None
     assert torch.equal(got.out, want.out) and torch.equal(got.lse, want.lse)
+
+
+@pytest.mark.parametrize(
+    ("entry", "kd", "kv"),
+    [
+        ("256=4x2", 256, 256),
+        ("256=4x2", 198, 136),
+        ("256=4x2", 136, 256),
+        ("256=2x2/16", 256, 256),
+        ("256=2x2/16", 198, 136),
+        ("128=2x2", 128, 128),
+        ("128=2x2", 100, 72),
+        ("128=4x1", 128, 128),
+        ("128=4x1", 72, 128),
+        (None, 128, 128),
+        (None, 100, 72),
+    ],
+)
+@pytest.mark.parametrize("kind", ["causal", "local 20 5", "tensor", "none"])
+def test_fp32_forward_wide_warps(entry: Optional[str], kd: int, kv: int, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ATTNCORE_CUTLASS_FP32_FWD_WIDE: warps of 32 query rows and a slice of the head dim (partial scores of
+    two slices added through shared memory, or one slice), and the default (None: unset; by the band). Against the float64 truth over 17 key
+    tiles of 32 (the split K/V pipeline's barriers, which the emulation cannot check, and the partial scores'
+    buffer reused every tile), odd lengths, Kv != K (a slice of the output past Kv), element loads (198, 100,
+    72 and 136 columns), causal and local bands, a tensor bias; the launcher reports the wide kernel where the
+    block's shared memory holds it."""
+    if _atoi(os.environ.get(WARPS_ENV, "")) in (4, 8):
+        pytest.skip("ATTNCORE_CUTLASS_FWD_WARPS is set: it vetoes the wide warps")
+    monkeypatch.delenv(WARP_MASKS_ENV, raising=False)
+    if entry is None:
+        monkeypatch.delenv(WIDE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(WIDE_ENV, entry)
+    q, k, v = _qkv(2, 333, 517, 3, kd, kv, torch.float32, seed=kd + kv + 2)
+    bias = _bias_333x517(kind, seed=kv)
+    testing.compare_forward(CutlassFwOp, q, k, v, bias)
+    smem = torch.cuda.get_device_properties(CUDA).shared_memory_per_block_optin  # type: ignore[attr-defined]  # in the CUDA build's properties, not in the stubs
+    banded = kind == "causal" or kind.startswith("local")
+    shape = fp32_forward_wide({} if entry is None else {WIDE_ENV: entry}, banded).get(256 if kd > 128 or kv > 128 else 128)
+    assert shape is not None
+    if smem >= shape.smem:
+        variant = _launch.last_forward_variant()
+        assert variant is not None and variant.endswith(f" wide={shape.groups}x{shape.slices}"), variant
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, *HALF], ids=str)

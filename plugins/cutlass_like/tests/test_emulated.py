@@ -201,6 +201,7 @@ def test_fp32_forward_key_tiles(kd: int, mk: int, keys: Optional[str], variant: 
     else:
         monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_FWD_KEYS", keys)
     monkeypatch.delenv("ATTNCORE_CUTLASS_FWD_WARP_MASKS", raising=False)  # the default kernels' names
+    monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_FWD_WIDE", "")  # the key tiles, not the wide warps (their own test)
     gen = torch.Generator().manual_seed(37)
     q = testing.randn(1, 150, 1, kd, gen=gen, dtype=torch.float32)
     k = testing.randn(1, mk, 1, kd, gen=gen, dtype=torch.float32)
@@ -216,16 +217,8 @@ def test_fp32_forward_key_tiles(kd: int, mk: int, keys: Optional[str], variant: 
 
 
 def _bias(kind: str, mq: int, mk: int, gen: torch.Generator, dtype: torch.dtype) -> testing.Bias:
-    """The bias a test case names: "causal" (from the bottom right), "local LEFT RIGHT" (a window from the
-    bottom right), "tensor" (1 x 2 heads x mq x mk, random) or "none"."""
-    if kind == "causal":
-        return attncore.LowerTriangularFromBottomRightMask()
-    if kind.startswith("local"):
-        left, right = map(int, kind.split()[1:])
-        return attncore.LocalAttentionFromBottomRightMask(window_left=left, window_right=right)
-    if kind == "tensor":
-        return testing.randn(1, 2, mq, mk, gen=gen, dtype=dtype)
-    return None
+    """The bias a test case names (:func:`testing.named_bias`), a tensor one of 1 x 2 heads x mq x mk."""
+    return testing.named_bias(kind, (1, 2, mq, mk), gen, dtype)
 
 
 @pytest.mark.slow
@@ -249,6 +242,7 @@ def test_fp32_forward_tf32_split(kd: int, kv: int, mk: int, kind: str, split: st
     at 128 and 64-key tiles at 64."""
     monkeypatch.delenv("ATTNCORE_CUTLASS_FWD_WARP_MASKS", raising=False)
     monkeypatch.delenv("ATTNCORE_CUTLASS_FWD_WARPS", raising=False)
+    monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_FWD_WIDE", "")  # the kernel to compare with: one warp per 16 rows
     gen = torch.Generator().manual_seed(kd + mk)
     q = testing.randn(1, 150, 2, kd, gen=gen, dtype=torch.float32)
     k = testing.randn(1, mk, 2, kd, gen=gen, dtype=torch.float32)
@@ -266,6 +260,49 @@ def test_fp32_forward_tf32_split(kd: int, kv: int, mk: int, kind: str, split: st
     assert _launch.last_forward_variant() == tiles
     assert split_out.lse is not None and plain.lse is not None
     assert torch.equal(split_out.out, plain.out) and torch.equal(split_out.lse, plain.lse)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("entry", "kd", "kv", "mq", "kind", "variant"),
+    [
+        ("256=4x2", 198, 170, 150, "causal", "D=256 keys=32 stages=split-kv warps=8 wide=4x2"),
+        ("256=4x2", 256, 100, 200, "tensor", "D=256 keys=32 stages=split-kv warps=8 wide=4x2"),
+        ("256=4x2", 160, 256, 150, "local 40 10", "D=256 keys=32 stages=split-kv warps=8 wide=4x2"),
+        ("256=2x2/16", 256, 256, 70, "tensor", "D=256 keys=16 stages=split-kv warps=4 wide=2x2"),
+        ("256=2x2/16", 200, 180, 150, "local 40 10", "D=256 keys=16 stages=split-kv warps=4 wide=2x2"),
+        ("128=2x2", 100, 72, 150, "causal", "D=128 keys=32 stages=split-kv warps=4 wide=2x2"),
+        ("128=2x2", 128, 128, 70, "none", "D=128 keys=32 stages=split-kv warps=4 wide=2x2"),
+        ("128=4x1", 98, 128, 150, "local 30 0", "D=128 keys=32 stages=split-kv warps=4 wide=4x1"),
+        ("128=4x1", 128, 120, 150, "tensor", "D=128 keys=32 stages=split-kv warps=4 wide=4x1"),
+        (None, 100, 72, 150, "causal", "D=128 keys=32 stages=split-kv warps=4 wide=2x2"),
+        (None, 128, 100, 150, "tensor", "D=128 keys=32 stages=split-kv warps=4 wide=4x1"),
+        (None, 198, 136, 150, "causal", "D=256 keys=32 stages=split-kv warps=8"),
+    ],
+    ids=str,
+)
+def test_fp32_forward_wide_warps(entry: Optional[str], kd: int, kv: int, mq: int, kind: str, variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ATTNCORE_CUTLASS_FP32_FWD_WIDE: warps of 32 query rows and a slice of the head dim (entries "dim=GxS": G
+    row groups, S slices whose partial scores meet in shared memory; "/16": 16-key tiles), and the default
+    (None: unset), which runs 2 x 2 at head dim 128 under a band, 4 x 1 without, and nothing new at 256.
+    Matches the float64 truth with the output's columns split between warps where the slice past Kv is
+    padding or partial (Kv = 100, 170, 72, 120, 180), element loads (198, 98, 170 columns: rows not 16-byte
+    aligned), a partial last query tile and key tile, causal and local bands from the bottom right (rows that
+    see no key of a tile skip it), a tensor bias, and a call of 70 queries (a row group past the sequence's
+    end); the log-sum-exp written by slice 0."""
+    monkeypatch.delenv("ATTNCORE_CUTLASS_FWD_WARP_MASKS", raising=False)
+    monkeypatch.delenv("ATTNCORE_CUTLASS_FWD_WARPS", raising=False)
+    if entry is None:
+        monkeypatch.delenv("ATTNCORE_CUTLASS_FP32_FWD_WIDE", raising=False)
+    else:
+        monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_FWD_WIDE", entry)
+    gen = torch.Generator().manual_seed(kd + kv + mq)
+    mk = 90 if kind == "local 40 10" else 200
+    q = testing.randn(1, mq, 2, kd, gen=gen, dtype=torch.float32)
+    k = testing.randn(1, mk, 2, kd, gen=gen, dtype=torch.float32)
+    v = testing.randn(1, mk, 2, kv, gen=gen, dtype=torch.float32)
+    testing.compare_forward(CutlassFwOp, q, k, v, _bias(kind, mq, mk, gen, torch.float32))
+    assert (_launch.last_family("forward"), _launch.last_forward_variant()) == ("tc", variant)
 
 
 @pytest.mark.slow

@@ -333,6 +333,7 @@ def test_a_broadcast_bias_of_another_dtype_is_converted_without_its_copies() -> 
 
 
 KEYS = "ATTNCORE_CUTLASS_FP32_FWD_KEYS"
+WIDE = "ATTNCORE_CUTLASS_FP32_FWD_WIDE"
 
 
 @pytest.mark.parametrize(
@@ -393,6 +394,11 @@ def test_fp32_forward_key_tiles_follow_the_call_and_the_device(
         ({"ATTNCORE_CUTLASS_FP32_FWD_SPLIT": " 128"}, ("(default;", "once per CTA at padded head dim 128 (101632 bytes of shared memory per block) (ATTNCORE")),
         ({"ATTNCORE_CUTLASS_FP32_FWD_SPLIT": "128,64"}, ("(default;", "at padded head dim 64 (87552 bytes of shared memory per block) and 128 (101632")),
         ({"ATTNCORE_CUTLASS_FP32_FWD_SPLIT": "1280,256"}, ("(default;", "nowhere (ATTNCORE_CUTLASS_FP32_FWD_SPLIT='1280,256' names neither 64 nor 128)")),
+        ({}, ("(default;", "(before the key tiles) without a causal or local band head dim 128: 4 row groups x 1 slices, 32-key tiles, 101376 bytes")),
+        ({}, ("(default;", "with a causal or local band head dim 128: 2 row groups x 2 slices, 32-key tiles, 83968 bytes of shared memory (default)")),
+        ({WIDE: ""}, ("(default;", "(before the key tiles) without a causal or local band none; with a causal or local band none (ATTNCORE")),
+        ({WIDE: " 256=2x2/16"}, ("(default;", "band head dim 256: 2 row groups x 2 slices, 16-key tiles, 108032 bytes of shared memory; with")),
+        ({WIDE: "256=4x2", "ATTNCORE_CUTLASS_FWD_WARPS": "4"}, ("(default;", "wide warps (before the key tiles) nowhere (ATTNCORE_CUTLASS_FWD_WARPS is set)")),
         (
             {"ATTNCORE_CUTLASS_FP32_FWD_SPLIT": "64", "ATTNCORE_CUTLASS_FWD_WARPS": "8"},
             ("(default;", "split once per CTA nowhere (ATTNCORE_CUTLASS_FP32_FWD_SPLIT='64', but ATTNCORE_CUTLASS_FWD_WARPS=8: 4-warp CTAs only)"),
@@ -409,6 +415,27 @@ def test_info_names_the_kernel_variants_the_environment_selects(env: dict[str, s
     text = kernel_choices(env)
     backward, forward = text.split("; tensor-core forward: ")
     assert expected[0] in backward and expected[1] in forward, text
+
+
+@pytest.mark.parametrize(
+    ("value", "banded", "expected"),
+    [
+        (None, False, {128: (4, 1, 32)}),
+        (None, True, {128: (2, 2, 32)}),
+        ("", False, {}),
+        ("256=2x2/16, 128=2x2", False, {256: (2, 2, 16), 128: (2, 2, 32)}),
+        ("128=2x2,128=4x1,256=2x2/16,256=4x2", True, {256: (4, 2, 32), 128: (4, 1, 32)}),  # the launcher's order, not the list's
+        ("256,128x2,128=2x2/16,256=2x4", False, {}),  # no such entries
+    ],
+)
+def test_fp32_forward_wide_warps_by_head_dim(value: Optional[str], banded: bool, expected: dict[int, tuple[int, int, int]]) -> None:
+    """ATTNCORE_CUTLASS_FP32_FWD_WIDE as csrc/fwd_tc.cu's launch_wide_* read it: unset, by the call's band at
+    head dim 128; set, the first entry of the launcher's order that the list names, per head dim."""
+    from attncore_cutlass.plugin import WIDE_ENV, fp32_forward_wide
+
+    env = {} if value is None else {WIDE_ENV: value}
+    got = {d: (w.groups, w.slices, w.keys) for d, w in fp32_forward_wide(env, banded).items()}
+    assert got == expected
 
 
 @pytest.mark.parametrize("determ", [False, True])

@@ -143,6 +143,21 @@ def randn(*shape: int, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor
     return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
 
 
+def named_bias(kind: str, shape: tuple[int, int, int, int], gen: torch.Generator, dtype: torch.dtype) -> Bias:
+    """The bias a parametrized test names: "causal" (from the bottom right), "local LEFT RIGHT" (a window
+    from the bottom right), "tensor" (random, of ``shape``: batch x heads x queries x keys) or "none"."""
+    if kind == "causal":
+        return ab.LowerTriangularFromBottomRightMask()
+    if kind.startswith("local"):
+        left, right = map(int, kind.split()[1:])
+        return ab.LocalAttentionFromBottomRightMask(window_left=left, window_right=right)
+    if kind == "tensor":
+        return randn(*shape, gen=gen, dtype=dtype)
+    if kind != "none":
+        raise ValueError(f"kind: expected 'causal', 'local LEFT RIGHT', 'tensor' or 'none', found {kind!r}")
+    return None
+
+
 def moved(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Bias, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Bias]:
     """The same call on ``dev`` (tensors inside structured biases move too; GQA stride-0 views stay views)."""
     if dev.type == "cpu":

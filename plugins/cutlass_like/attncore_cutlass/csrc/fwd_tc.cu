@@ -11,7 +11,8 @@
 // for fp32). Head dims are padded with zeros to D (64, 128 or 256). Tiles inside the band with no bias take an unmasked path (the scale
 // folded into one FMA before exp2); tiles on a band edge or a sequence end, or with a bias, test each
 // score against its row's key interval. Query tiles are scheduled last-first, so under a causal mask
-// the longest rows start first and the short ones fill the tail.
+// the longest rows start first and the short ones fill the tail. fp32 at D = 128 runs "wide" warps by
+// default instead (fwd_f32_wide_kernel): 32 query rows each, every split K/V fragment serving two m-tiles.
 #include "common.cuh"
 #include "kernels.h"
 #include "mma.cuh"
@@ -106,9 +107,11 @@ __device__ __forceinline__ void online_softmax(const Params& p, const Seq& sq, i
 
 // The end of a warp's rows i0 and i0 + 8 (this thread's share of them): the output rows divided by their sums
 // (the quad's shares added), and the log-sum-exp in natural log.
+// c0: the first output column o holds (a warp that owns a slice of the columns); with_lse: whether this warp
+// writes the rows' log-sum-exp (one of the warps sharing rows does).
 template <typename T, int D>
 __device__ __forceinline__ void store_outputs(const Params& p, const Seq& sq, int g, int h, int i0, int tq, const float (&o)[D / 8][4],
-                                              const float (&m_r)[2], const float (&l_r)[2]) {
+                                              const float (&m_r)[2], const float (&l_r)[2], int c0 = 0, bool with_lse = true) {
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) {
     const float l = quad_sum(l_r[hr]);
@@ -116,11 +119,11 @@ __device__ __forceinline__ void store_outputs(const Params& p, const Seq& sq, in
     if (i >= sq.qlen) continue;
     const float inv = l > 0.f ? 1.f / l : 0.f;
     if (p.out_f32) {
-      tc::store_row<float, D>(row_ptr_mut<float>(p.out, p.o_s, sq.b, sq.q0 + i, g, h), p.Kv, o, hr, tq, inv);
+      tc::store_row<float, D>(row_ptr_mut<float>(p.out, p.o_s, sq.b, sq.q0 + i, g, h) + c0, p.Kv - c0, o, hr, tq, inv);
     } else {
-      tc::store_row<T, D>(row_ptr_mut<T>(p.out, p.o_s, sq.b, sq.q0 + i, g, h), p.Kv, o, hr, tq, inv);
+      tc::store_row<T, D>(row_ptr_mut<T>(p.out, p.o_s, sq.b, sq.q0 + i, g, h) + c0, p.Kv - c0, o, hr, tq, inv);
     }
-    if (p.lse != nullptr && tq == 0) {
+    if (with_lse && p.lse != nullptr && tq == 0) {
       const int64_t at = ((int64_t)(sq.b * p.G + g) * p.H + h) * p.Mq + sq.q0 + i;
       p.lse[at] = l > 0.f ? (m_r[hr] + log2f(l)) * kLn2 : -INFINITY;
     }
@@ -287,6 +290,145 @@ __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
 #endif
 }
 
+// fp32 with "wide" warps: each warp owns 32 query rows (two m16 tiles) and a slice of D / CG of the head dim,
+// so every K and V fragment it loads from shared memory and splits into tf32 parts serves two products instead
+// of one (the loads and splits, not the tensor cores, bound the fp32 kernels: three instructions per split
+// element, stop 16's Nsight Compute reading). RG row groups of 32 rows times CG column slices:
+//   - S: a warp multiplies its rows of Q with the key tile over its slice of the head dim (partial scores);
+//     with CG > 1 the partials of a row group meet in shared memory and every warp of the group adds them in
+//     slice order, so each holds the same bits (IEEE addition is commutative: p0 + p1 == p1 + p0);
+//   - each warp runs the online softmax of its 32 rows (the CG warps of a group the same one) and multiplies P
+//     with its slice of V's columns; the warp of slice 0 writes the log-sum-exp.
+// K and V in one buffer each, as kSplitKV: the next K loads during the softmax and P V, the next V during
+// the next Q K^T. A row group none of whose rows sees any key of a tile skips it (both warps of a group decide
+// alike); one whose rows see all of them takes the plain softmax. KG: chunk groups of the P V product.
+template <int D, int BN, int RG, int CG>
+constexpr int fwd_wide_smem_bytes() {
+  return (32 * RG + 2 * BN) * row_pitch<float, D>() * 4 + (CG > 1 ? RG * CG * 32 * BN * 4 : 0);
+}
+
+template <int D, int BN, int RG, int CG, int KG>
+__global__ void __launch_bounds__(RG * CG * 32) fwd_f32_wide_kernel(Params p) {
+#if ATTNCORE_TC
+  constexpr int kThreads = RG * CG * 32;
+  constexpr int kBM = 32 * RG;
+  constexpr int DC = D / CG;
+  constexpr int LD = row_pitch<float, D>();
+  constexpr int kNT = BN / 8;
+  ATTNCORE_DYNAMIC_SMEM(smem_raw);
+  float* Qs = reinterpret_cast<float*>(smem_raw);
+  float* Ks = Qs + kBM * LD;
+  float* Vs = Ks + BN * LD;
+  float* Xs = Vs + BN * LD;  // CG > 1: each warp's partial scores, in fragment order (2 kNT float4 per lane)
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int gr = lane / 4, tq = lane % 4;
+  const int rg = warp / CG, cg = warp % CG;
+  FwdCta cta;
+  if (!fwd_cta<kBM>(p, cta)) return;
+  const int g = cta.g, h = cta.h, m0 = cta.m0, n_lo = cta.n_lo, n_hi = cta.n_hi;
+  const Seq& sq = cta.sq;
+  const bool vec = p.vec != 0;
+  auto load_k = [&](int n0) {
+    tc::load_rows<float, BN, D, LD, kThreads>(Ks, p.k, p.k_s, sq.b, sq.k0 + n0, g, h, n_hi - n0, p.K, vec);
+  };
+  auto load_v = [&](int n0) {
+    tc::load_rows<float, BN, D, LD, kThreads>(Vs, p.v, p.v_s, sq.b, sq.k0 + n0, g, h, n_hi - n0, p.Kv, vec);
+  };
+
+  tc::load_rows<float, kBM, D, LD, kThreads>(Qs, p.q, p.q_s, sq.b, sq.q0 + m0, g, h, sq.qlen - m0, p.K, vec);
+  if (n_lo < n_hi) load_k(n_lo);
+  tc::cp_async_commit();  // Q and K
+  if (n_lo < n_hi) load_v(n_lo);
+  tc::cp_async_commit();
+
+  const int r0 = m0 + rg * 32;  // this warp's rows, and the keys any of them may see (none past the sequence's end)
+  int w_lo = 0, w_hi = 0;
+  if (r0 < sq.qlen) key_range(p, sq, r0, min(r0 + 32, sq.qlen), &w_lo, &w_hi);
+
+  float o[2][DC / 8][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int i = 0; i < DC / 8; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
+  }
+  float m_r[2][2] = {{-INFINITY, -INFINITY}, {-INFINITY, -INFINITY}};
+  float l_r[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
+
+  for (int n0 = n_lo; n0 < n_hi; n0 += BN) {
+    const bool more = n0 + BN < n_hi;
+    const bool skip = w_lo >= w_hi || n0 >= w_hi || n0 + BN <= w_lo;
+    tc::cp_async_wait<1>();  // K of tile n0 (and Q); its V may still be in flight
+    __syncthreads();
+    float s[2][kNT][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+      for (int i = 0; i < kNT; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
+    }
+    if (!skip) {
+      tc::tf32_rows_with<DC, BN, LD, 2>(s, Qs + rg * 32 * LD + cg * DC, tc::SplitRowsB<LD>{Ks + cg * DC, gr, tq}, gr, tq);
+      if constexpr (CG > 1) {
+        float4* mine = reinterpret_cast<float4*>(Xs) + warp * 2 * kNT * 32 + lane;
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt) mine[(mt * kNT + nt) * 32] = make_float4(s[mt][nt][0], s[mt][nt][1], s[mt][nt][2], s[mt][nt][3]);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with K, and the partial scores are in place
+    if (more) load_k(n0 + BN);
+    tc::cp_async_commit();
+    if (!skip) {
+      if constexpr (CG > 1) {  // the group's partials in slice order, this warp's own from its registers
+        const float4* group = reinterpret_cast<const float4*>(Xs) + rg * CG * 2 * kNT * 32 + lane;
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt) {
+            const float4 own = make_float4(s[mt][nt][0], s[mt][nt][1], s[mt][nt][2], s[mt][nt][3]);
+            float4 acc = cg == 0 ? own : group[(mt * kNT + nt) * 32];
+#pragma unroll
+            for (int c = 1; c < CG; ++c) {
+              const float4 x = c == cg ? own : group[(c * 2 * kNT + mt * kNT + nt) * 32];
+              acc.x += x.x;
+              acc.y += x.y;
+              acc.z += x.z;
+              acc.w += x.w;
+            }
+            s[mt][nt][0] = acc.x;
+            s[mt][nt][1] = acc.y;
+            s[mt][nt][2] = acc.z;
+            s[mt][nt][3] = acc.w;
+          }
+        }
+      }
+      const bool plain = p.bias == nullptr && p.scale_log2 > 0.f && tile_all_visible(p, sq, r0, r0 + 32, n0, n0 + BN);
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        if (plain) {
+          online_softmax<false, float, BN, DC>(p, sq, g, h, r0 + mt * 16 + gr, n0 + 2 * tq, s[mt], o[mt], m_r[mt], l_r[mt]);
+        } else {
+          online_softmax<true, float, BN, DC>(p, sq, g, h, r0 + mt * 16 + gr, n0 + 2 * tq, s[mt], o[mt], m_r[mt], l_r[mt]);
+        }
+      }
+    }
+    tc::cp_async_wait<1>();  // V of tile n0
+    __syncthreads();
+    if (!skip) tc::tf32_frag_with<DC, BN, KG, 2>(o, s, tc::SplitFragB<LD>{Vs + cg * DC, gr, tq});
+    __syncthreads();  // every warp is done with V (and with reading the partial scores)
+    if (more) load_v(n0 + BN);
+    tc::cp_async_commit();
+  }
+  tc::cp_async_wait<0>();
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) store_outputs<float, DC>(p, sq, g, h, r0 + mt * 16 + gr, tq, o[mt], m_r[mt], l_r[mt], cg * DC, cg == 0);
+#else
+  __trap();  // never launched: the host checks tc_compiled_for_device() first
+#endif
+}
+
 // fp32 with K and V split into tf32 parts once per CTA (tf32_tiles.cuh), 4 warps (64 queries), BN-key
 // tiles in one buffer each. The next tile's K loads into registers during Q K^T and is split into shared
 // memory once every warp is done with this tile's K; then the next V loads during the softmax and P V and
@@ -403,6 +545,19 @@ bool launch_f32_split(const Params& p, cudaStream_t stream) {
   return true;
 }
 
+template <int D, int BN, int RG, int CG, int KG>
+bool launch_f32_wide(const Params& p, cudaStream_t stream) {
+  constexpr int smem = fwd_wide_smem_bytes<D, BN, RG, CG>();
+  auto kern = fwd_f32_wide_kernel<D, BN, RG, CG, KG>;
+  if (!allow_smem(kern, smem)) return false;
+  static const std::string name = "D=" + std::to_string(D) + " keys=" + std::to_string(BN) + " stages=split-kv warps=" + std::to_string(RG * CG) +
+                                  " wide=" + std::to_string(RG) + "x" + std::to_string(CG);
+  g_fwd_variant = name.c_str();
+  dim3 grid((p.max_q + 32 * RG - 1) / (32 * RG), p.num_seqs, p.G * p.H);
+  ATTNCORE_LAUNCH(kern, grid, RG * CG * 32, smem, stream, p);
+  return true;
+}
+
 // CTA size: 8 warps (128 queries) share each K/V tile between more rows; 4 warps (64 queries) take half
 // the registers and shared memory, so two CTAs fit on a multiprocessor and one's prologue and epilogue
 // overlap the other's main loop. Measured on an H200 (benchmarks/RESULTS.md), once the epilogue was compact
@@ -466,7 +621,41 @@ constexpr int kWideKeysMin = 512;  // plugin.py WIDE_KEYS_MIN
 // M = 4096: 6.56 G against 6.24 G, short-scoreboard stalls 0.99 per issue). Bit-identical outputs to the kernels
 // with the same tiles, so it is kept as the base of a next attempt. Not with 8 forced warps (4-warp CTAs only).
 inline bool fp32_fwd_split(const char* dim) { return env_list_has("ATTNCORE_CUTLASS_FP32_FWD_SPLIT", "", dim); }
+inline bool fp32_fwd_wide(const char* entry) { return env_list_has("ATTNCORE_CUTLASS_FP32_FWD_WIDE", "", entry); }
 inline bool fp32_fwd_keys(const char* entry) { return env_list_has("ATTNCORE_CUTLASS_FP32_FWD_KEYS", "64=128,256=32", entry); }
+
+// Wide warps (fwd_f32_wide_kernel) by padded head dim, ATTNCORE_CUTLASS_FP32_FWD_WIDE, read at every forward:
+// comma-separated entries "dim=GxS" or "dim=GxS/keys" (G row groups of 32 queries, S slices of the head dim,
+// 32-key tiles unless named), spaces ignored; tried in the order below, the first one the list names that fits
+// the shared memory runs; "" = none. Unset: at 128, 4 x 1 for calls without a causal or local band and 2 x 2
+// for calls with one; none at 256. Measured on an H200 (benchmarks/RESULTS.md, stop 22; fp32 forward, M =
+// 512-4096, against the default kernels of two runs that agreed within 0.5%):
+//   128=4x1 (one slice: no exchange; 101376 bytes, two CTAs per multiprocessor, ptxas 255 registers and
+//     92 bytes of spills): +5-9% without a mask (1.05-1.06x SDPA efficient), but its 128-row CTAs compute
+//     more masked tiles under a causal one: -13% at M = 512 to +3% at 4096.
+//   128=2x2 (64-row CTAs; 83968 bytes, two CTAs, no spills): +4-5% without a mask, -1% to +3% under a causal
+//     one (1.02, 1.02, 0.99, 0.99x SDPA efficient).
+//   256=4x2 (232448 bytes: sm_90's whole opt-in; one CTA, 20 bytes of spills): -6% to +0.4% without a mask,
+//     +0-1% causal: an opt-in. (Four slices of 64-row CTAs, 256=2x4, lost 11-13% without a mask and up to 5%
+//     causal; two row groups of one slice at 128, 128=2x1, 12-33%: both removed.) Why halving the splits buys
+//     nothing at 256 was not measured (Nsight Compute would say): both kernels there run one CTA per
+//     multiprocessor, and the exchange and each slice's own softmax cost about what the splits save.
+//   256=2x2/16 (64-row CTAs of 4 warps, 16-key tiles, 108032 bytes: two CTAs per multiprocessor, fewer
+//     masked tiles under a causal mask): an opt-in, correct on the GPU tests, not timed yet (the A/B's output
+//     file name broke on its slash).
+// false: none named (or, unset, none at this head dim) or none fits.
+inline bool launch_wide_256(const Params& p, cudaStream_t stream) {
+  return (fp32_fwd_wide("256=4x2") && launch_f32_wide<256, 32, 4, 2, 2>(p, stream)) ||
+         (fp32_fwd_wide("256=2x2/16") && launch_f32_wide<256, 16, 2, 2, 1>(p, stream));
+}
+inline bool launch_wide_128(const Params& p, cudaStream_t stream) {
+  if (std::getenv("ATTNCORE_CUTLASS_FP32_FWD_WIDE") == nullptr) {  // the default: by the call's band
+    const bool banded = p.band_lo > -kBig || p.band_hi < kBig;
+    return banded ? launch_f32_wide<128, 32, 2, 2, 1>(p, stream) : launch_f32_wide<128, 32, 4, 1, 2>(p, stream);
+  }
+  return (fp32_fwd_wide("128=4x1") && launch_f32_wide<128, 32, 4, 1, 2>(p, stream)) ||
+         (fp32_fwd_wide("128=2x2") && launch_f32_wide<128, 32, 2, 2, 1>(p, stream));
+}
 
 template <typename T>
 cudaError_t dispatch(const Params& p, cudaStream_t stream, bool* launched) {
@@ -482,6 +671,15 @@ cudaError_t dispatch(const Params& p, cudaStream_t stream, bool* launched) {
       } else if (d > 64 && d <= 128 && fp32_fwd_split("128")) {
         *launched = launch_f32_split<128, 32, 3>(p, stream);
         if (*launched) return cudaGetLastError();
+      }
+    }
+  }
+  if constexpr (kF32) {  // wide warps (fwd_f32_wide_kernel): 32 rows and a slice of the head dim each
+    if (forced_warps() == 0 && d > 64) {
+      const bool launched_wide = d > 128 ? launch_wide_256(p, stream) : launch_wide_128(p, stream);
+      if (launched_wide) {
+        *launched = true;
+        return cudaGetLastError();
       }
     }
   }

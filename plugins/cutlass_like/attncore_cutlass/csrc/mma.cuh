@@ -208,42 +208,59 @@ struct Tf32 {
 // SplitRowsB / SplitFragB below read plain floats from shared memory and split them here, the pre-split
 // tiles of tf32_tiles.cuh read both parts with one 16-byte load. A loader decides where the parts come
 // from, not the sums or their order, so every loader gives the same bits.
-template <int D, int N, int LDA, class BLoad>
-__device__ __forceinline__ void tf32_rows_with(float (&c)[N / 8][4], const float* A, const BLoad& load_b, int gr, int tq) {
+template <int D, int N, int LDA, int MT, class BLoad>
+__device__ __forceinline__ void tf32_rows_with(float (&c)[MT][N / 8][4], const float* A, const BLoad& load_b, int gr, int tq) {
   constexpr bool kChain = N <= 32;
-  float t[kChain ? N / 8 : 1][4];
+  float t[MT][kChain ? N / 8 : 1][4];
 #pragma unroll
-  for (int nt = 0; nt < (kChain ? N / 8 : 1); ++nt) t[nt][0] = t[nt][1] = t[nt][2] = t[nt][3] = 0.f;
-#pragma unroll 2
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < (kChain ? N / 8 : 1); ++nt) t[mt][nt][0] = t[mt][nt][1] = t[mt][nt][2] = t[mt][nt][3] = 0.f;
+  }
+  constexpr int kUnroll = MT == 1 ? 2 : 1;  // two m-tiles: the next step's loads would need registers the products hold
+#pragma unroll kUnroll
   for (int kk = 0; kk < D / 8; ++kk) {
-    const float* pa = A + gr * LDA + kk * 8 + tq;
-    uint32_t ab[4], as[4];
-    Tf32::split(pa[0], &ab[0], &as[0]);
-    Tf32::split(pa[8 * LDA], &ab[1], &as[1]);
-    Tf32::split(pa[4], &ab[2], &as[2]);
-    Tf32::split(pa[8 * LDA + 4], &ab[3], &as[3]);
+    uint32_t ab[MT][4], as[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      const float* pa = A + (mt * 16 + gr) * LDA + kk * 8 + tq;
+      Tf32::split(pa[0], &ab[mt][0], &as[mt][0]);
+      Tf32::split(pa[8 * LDA], &ab[mt][1], &as[mt][1]);
+      Tf32::split(pa[4], &ab[mt][2], &as[mt][2]);
+      Tf32::split(pa[8 * LDA + 4], &ab[mt][3], &as[mt][3]);
+    }
 #pragma unroll
     for (int nt = 0; nt < N / 8; ++nt) {
       uint32_t bb[2], bs[2];
       load_b(kk, nt, bb, bs);
-      Tf32::mma_big_rn(c[nt], ab, bb);
-      if constexpr (kChain) {
-        Tf32::mma_small(t[nt], ab, as, bb, bs);
-      } else {
-        float u[4] = {0.f, 0.f, 0.f, 0.f};
-        Tf32::mma_small(u, ab, as, bb, bs);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) c[nt][e] += u[e];
+      for (int mt = 0; mt < MT; ++mt) {
+        Tf32::mma_big_rn(c[mt][nt], ab[mt], bb);
+        if constexpr (kChain) {
+          Tf32::mma_small(t[mt][nt], ab[mt], as[mt], bb, bs);
+        } else {
+          float u[4] = {0.f, 0.f, 0.f, 0.f};
+          Tf32::mma_small(u, ab[mt], as[mt], bb, bs);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) c[mt][nt][e] += u[e];
+        }
       }
     }
   }
   if constexpr (kChain) {
 #pragma unroll
-    for (int nt = 0; nt < N / 8; ++nt) {
+    for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) c[nt][e] += t[nt][e];
+      for (int nt = 0; nt < N / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) c[mt][nt][e] += t[mt][nt][e];
+      }
     }
   }
+}
+template <int D, int N, int LDA, class BLoad>
+__device__ __forceinline__ void tf32_rows_with(float (&c)[N / 8][4], const float* A, const BLoad& load_b, int gr, int tq) {
+  tf32_rows_with<D, N, LDA, 1>(reinterpret_cast<float(&)[1][N / 8][4]>(c), A, load_b, gr, tq);
 }
 
 // B's rows in shared memory (pitch LD), row nt * 8 + gr, columns kk * 8 + tq and + 4: B^T's fragment.
@@ -271,34 +288,49 @@ __device__ __forceinline__ void tf32_rows_rows(float (&c)[N / 8][4], const float
 // over KG_ chunks in one 4-register temporary (Tf32::mma_small) instead of one per output tile. KG_ = 0:
 // up to 4, 2 for 64-row steps (the D = 64 forward). The D = 64 backward's two kernels pass 1: with 2 its
 // dK/dV kernel spilled 280 bytes (sm_90), with 1 it spills 20, and the pair ran 3-7% faster (H200, 2026-12-01).
-template <int D, int N, int KG_, class BLoad>
-__device__ __forceinline__ void tf32_frag_with(float (&c)[D / 8][4], const float (&pf)[N / 8][4], const BLoad& load_b) {
+template <int D, int N, int KG_, int MT, class BLoad>
+__device__ __forceinline__ void tf32_frag_with(float (&c)[MT][D / 8][4], const float (&pf)[MT][N / 8][4], const BLoad& load_b) {
   constexpr int KG = KG_ > 0 ? KG_ : (N / 8 < 4 ? N / 8 : (N >= 64 ? 2 : 4));
   static_assert((N / 8) % KG == 0, "chunk groups");
 #pragma unroll
   for (int k0 = 0; k0 < N / 8; k0 += KG) {
-    uint32_t ab[KG][4], as[KG][4];
+    uint32_t ab[MT][KG][4], as[MT][KG][4];
 #pragma unroll
-    for (int j = 0; j < KG; ++j) {
-      Tf32::split(pf[k0 + j][0], &ab[j][0], &as[j][0]);
-      Tf32::split(pf[k0 + j][2], &ab[j][1], &as[j][1]);
-      Tf32::split(pf[k0 + j][1], &ab[j][2], &as[j][2]);
-      Tf32::split(pf[k0 + j][3], &ab[j][3], &as[j][3]);
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int j = 0; j < KG; ++j) {
+        Tf32::split(pf[mt][k0 + j][0], &ab[mt][j][0], &as[mt][j][0]);
+        Tf32::split(pf[mt][k0 + j][2], &ab[mt][j][1], &as[mt][j][1]);
+        Tf32::split(pf[mt][k0 + j][1], &ab[mt][j][2], &as[mt][j][2]);
+        Tf32::split(pf[mt][k0 + j][3], &ab[mt][j][3], &as[mt][j][3]);
+      }
     }
 #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt) {
-      float t[4] = {0.f, 0.f, 0.f, 0.f};
+      float t[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) t[mt][0] = t[mt][1] = t[mt][2] = t[mt][3] = 0.f;
 #pragma unroll
       for (int j = 0; j < KG; ++j) {
         uint32_t bb[2], bs[2];
         load_b(k0 + j, dt, bb, bs);
-        Tf32::mma_big_rn(c[dt], ab[j], bb);
-        Tf32::mma_small(t, ab[j], as[j], bb, bs);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          Tf32::mma_big_rn(c[mt][dt], ab[mt][j], bb);
+          Tf32::mma_small(t[mt], ab[mt][j], as[mt][j], bb, bs);
+        }
       }
 #pragma unroll
-      for (int e = 0; e < 4; ++e) c[dt][e] += t[e];
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) c[mt][dt][e] += t[mt][e];
+      }
     }
   }
+}
+template <int D, int N, int KG_, class BLoad>
+__device__ __forceinline__ void tf32_frag_with(float (&c)[D / 8][4], const float (&pf)[N / 8][4], const BLoad& load_b) {
+  tf32_frag_with<D, N, KG_, 1>(reinterpret_cast<float(&)[1][D / 8][4]>(c), reinterpret_cast<const float(&)[1][N / 8][4]>(pf), load_b);
 }
 
 // B's rows in shared memory (pitch LD): rows kc * 8 + 2 tq and + 1, column dt * 8 + gr.
