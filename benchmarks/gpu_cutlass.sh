@@ -56,8 +56,8 @@ if [[ " ${modes[*]} " == *" fwd-ab "* ]]; then
 fi
 if [[ " ${modes[*]} " == *" masks-ab "* ]]; then  # the forward with key tiles classified per CTA, then per warp
   rm -f "$OUT/masks_variants.log"
-  for masks in off on; do  # on the default tiles: the warps and fp32 key-tile switches unset for both runs
-    run() { env -u ATTNCORE_CUTLASS_FWD_WARPS -u ATTNCORE_CUTLASS_FP32_FWD_KEYS ATTNCORE_CUTLASS_FWD_WARP_MASKS=$([ $masks = on ] && echo 1) "$@"; }
+  for masks in off on; do  # on the key tiles: the warps and fp32 key-tile switches unset, no wide warps, both runs
+    run() { env -u ATTNCORE_CUTLASS_FWD_WARPS -u ATTNCORE_CUTLASS_FP32_FWD_KEYS ATTNCORE_CUTLASS_FP32_FWD_WIDE= ATTNCORE_CUTLASS_FWD_WARP_MASKS=$([ $masks = on ] && echo 1) "$@"; }
     run python3 benchmarks/cutlass_variants.py "masks-ab $masks" --dtypes bf16,fp16,fp32 --masks causal 2>&1 | tee -a "$OUT/masks_variants.log" || status=1
     run python3 benchmarks/bench_cutlass.py --dirs fwd \
       --out "$OUT/masks_$masks.md" --json "$OUT/masks_$masks.json" "$@" 2>&1 | tee "$OUT/masks_$masks.log" || status=1

@@ -166,21 +166,28 @@ WIDE_ENTRIES = {
 
 def fp32_forward_wide(env: Mapping[str, str], banded: bool = False) -> dict[int, WideWarps]:
     """The padded head dims whose fp32 tensor-core forward runs wide warps, and their shape, as csrc/fwd_tc.cu's
-    ``launch_wide_*`` read ``ATTNCORE_CUTLASS_FP32_FWD_WIDE``: comma-separated entries of :data:`WIDE_ENTRIES`,
-    spaces ignored, the first one a head dim lists wins (where a block's shared memory holds it; else the next,
-    then the key-tile choice of :func:`fp32_forward_key_tiles`); "" = none. Unset: at 128, 4 row groups x 1
-    slice for calls without a causal or local band and 2 x 2 for calls with one (``banded``); none at 256.
-    Not with ``ATTNCORE_CUTLASS_FWD_WARPS`` set to 4 or 8."""
+    ``fwd_tc`` and ``dispatch`` decide: ``ATTNCORE_CUTLASS_FP32_FWD_WIDE`` holds comma-separated entries of
+    :data:`WIDE_ENTRIES`, spaces ignored; the launcher tries its entries in that fixed order and the first one the
+    list names runs (where a block's shared memory holds it; else the next, then the key tiles of
+    :func:`fp32_forward_key_tiles`); "" = none. Unset: at 128, 4 row groups x 1 slice for calls without a causal
+    or local band and 2 x 2 for calls with one (``banded``), unless ``ATTNCORE_CUTLASS_FP32_FWD_KEYS`` is set;
+    none at 256. The opt-ins that name their kernels come first: per-warp classification for banded calls
+    (:func:`forward_warp_masks`, where it runs) and the split once per CTA (:func:`fp32_forward_split`); and
+    ``ATTNCORE_CUTLASS_FWD_WARPS`` set to 4 or 8 vetoes wide warps."""
     if _atoi(env.get(WARPS_ENV, "")) in (4, 8):
         return {}
-    if WIDE_ENV not in env:
-        return {128: WIDE_ENTRIES["128=2x2" if banded else "128=4x1"][1]}
-    entries = _env_list(env, WIDE_ENV, "")
+    if banded and forward_warp_masks(env) and KEYS_ENV not in env:  # fwd_tc's dispatch_warp_masks runs first
+        return {}
     chosen: dict[int, WideWarps] = {}
-    for name, (dim, shape) in WIDE_ENTRIES.items():
-        if name in entries and dim not in chosen:
-            chosen[dim] = shape
-    return chosen
+    if WIDE_ENV not in env:
+        if KEYS_ENV not in env:
+            chosen[128] = WIDE_ENTRIES["128=2x2" if banded else "128=4x1"][1]
+    else:
+        entries = _env_list(env, WIDE_ENV, "")
+        for name, (dim, shape) in WIDE_ENTRIES.items():
+            if name in entries and dim not in chosen:
+                chosen[dim] = shape
+    return {d: w for d, w in chosen.items() if d not in fp32_forward_split(env)}
 
 
 def kernel_choices(env: Mapping[str, str]) -> str:
@@ -233,7 +240,10 @@ def _wide(env: Mapping[str, str]) -> str:
     described = []
     for banded in (False, True):
         shapes = sorted(fp32_forward_wide(env, banded).items())
-        where = ", ".join(f"head dim {d}: {w.groups} row groups x {w.slices} slices, {w.keys}-key tiles, {w.smem} bytes of shared memory" for d, w in shapes)
+        where = ", ".join(
+            f"head dim {d}: {w.groups} row groups x {w.slices} slice{'s' if w.slices > 1 else ''}, {w.keys}-key tiles, {w.smem} bytes of shared memory"
+            for d, w in shapes
+        )
         described.append(f"{'with' if banded else 'without'} a causal or local band {where or 'none'}")
     return f"{'; '.join(described)} ({origin})"
 

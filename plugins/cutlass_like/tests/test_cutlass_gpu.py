@@ -279,6 +279,8 @@ def test_fp32_forward_wide_warps(entry: Optional[str], kd: int, kv: int, kind: s
     if _atoi(os.environ.get(WARPS_ENV, "")) in (4, 8):
         pytest.skip("ATTNCORE_CUTLASS_FWD_WARPS is set: it vetoes the wide warps")
     monkeypatch.delenv(WARP_MASKS_ENV, raising=False)
+    monkeypatch.delenv(KEYS_ENV, raising=False)
+    monkeypatch.delenv(SPLIT_ENV, raising=False)
     if entry is None:
         monkeypatch.delenv(WIDE_ENV, raising=False)
     else:

@@ -273,6 +273,8 @@ def test_fp32_forward_tf32_split(kd: int, kv: int, mk: int, kind: str, split: st
         ("256=2x2/16", 200, 180, 150, "local 40 10", "D=256 keys=16 stages=split-kv warps=4 wide=2x2"),
         ("128=2x2", 100, 72, 150, "causal", "D=128 keys=32 stages=split-kv warps=4 wide=2x2"),
         ("128=2x2", 128, 128, 70, "none", "D=128 keys=32 stages=split-kv warps=4 wide=2x2"),
+        ("128=2x2", 100, 48, 150, "tensor", "D=128 keys=32 stages=split-kv warps=4 wide=2x2"),
+        ("128=2x2, 128=4x1", 100, 72, 150, "none", "D=128 keys=32 stages=split-kv warps=4 wide=4x1"),
         ("128=4x1", 98, 128, 150, "local 30 0", "D=128 keys=32 stages=split-kv warps=4 wide=4x1"),
         ("128=4x1", 128, 120, 150, "tensor", "D=128 keys=32 stages=split-kv warps=4 wide=4x1"),
         (None, 100, 72, 150, "causal", "D=128 keys=32 stages=split-kv warps=4 wide=2x2"),
@@ -285,13 +287,17 @@ def test_fp32_forward_wide_warps(entry: Optional[str], kd: int, kv: int, mq: int
     """ATTNCORE_CUTLASS_FP32_FWD_WIDE: warps of 32 query rows and a slice of the head dim (entries "dim=GxS": G
     row groups, S slices whose partial scores meet in shared memory; "/16": 16-key tiles), and the default
     (None: unset), which runs 2 x 2 at head dim 128 under a band, 4 x 1 without, and nothing new at 256.
-    Matches the float64 truth with the output's columns split between warps where the slice past Kv is
-    padding or partial (Kv = 100, 170, 72, 120, 180), element loads (198, 98, 170 columns: rows not 16-byte
+    An explicit ATTNCORE_CUTLASS_FP32_FWD_KEYS turns the default off; a list of two entries runs the launcher's
+    first. Matches the float64 truth with the output's columns split between warps where the slice past Kv
+    is padding or partial (Kv = 100, 170, 72, 48, 120, 180), element loads (198, 98, 170 columns: rows not 16-byte
     aligned), a partial last query tile and key tile, causal and local bands from the bottom right (rows that
     see no key of a tile skip it), a tensor bias, and a call of 70 queries (a row group past the sequence's
     end); the log-sum-exp written by slice 0."""
+    if os.environ.get("ATTNCORE_CUTLASS_FWD_WARPS", "").strip() in ("4", "8"):
+        pytest.skip("ATTNCORE_CUTLASS_FWD_WARPS is set: it vetoes the wide warps (read once per process)")
     monkeypatch.delenv("ATTNCORE_CUTLASS_FWD_WARP_MASKS", raising=False)
-    monkeypatch.delenv("ATTNCORE_CUTLASS_FWD_WARPS", raising=False)
+    monkeypatch.delenv("ATTNCORE_CUTLASS_FP32_FWD_KEYS", raising=False)
+    monkeypatch.delenv("ATTNCORE_CUTLASS_FP32_FWD_SPLIT", raising=False)
     if entry is None:
         monkeypatch.delenv("ATTNCORE_CUTLASS_FP32_FWD_WIDE", raising=False)
     else:
@@ -303,6 +309,10 @@ def test_fp32_forward_wide_warps(entry: Optional[str], kd: int, kv: int, mq: int
     v = testing.randn(1, mk, 2, kv, gen=gen, dtype=torch.float32)
     testing.compare_forward(CutlassFwOp, q, k, v, _bias(kind, mq, mk, gen, torch.float32))
     assert (_launch.last_family("forward"), _launch.last_forward_variant()) == ("tc", variant)
+    if entry is None and kd <= 128:  # key tiles named: the default steps aside for them
+        monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_FWD_KEYS", "128=16")
+        testing.compare_forward(CutlassFwOp, q, k, v, _bias(kind, mq, mk, gen, torch.float32))
+        assert _launch.last_forward_variant() == "D=128 keys=16 stages=2 warps=4"
 
 
 @pytest.mark.slow

@@ -394,7 +394,7 @@ def test_fp32_forward_key_tiles_follow_the_call_and_the_device(
         ({"ATTNCORE_CUTLASS_FP32_FWD_SPLIT": " 128"}, ("(default;", "once per CTA at padded head dim 128 (101632 bytes of shared memory per block) (ATTNCORE")),
         ({"ATTNCORE_CUTLASS_FP32_FWD_SPLIT": "128,64"}, ("(default;", "at padded head dim 64 (87552 bytes of shared memory per block) and 128 (101632")),
         ({"ATTNCORE_CUTLASS_FP32_FWD_SPLIT": "1280,256"}, ("(default;", "nowhere (ATTNCORE_CUTLASS_FP32_FWD_SPLIT='1280,256' names neither 64 nor 128)")),
-        ({}, ("(default;", "(before the key tiles) without a causal or local band head dim 128: 4 row groups x 1 slices, 32-key tiles, 101376 bytes")),
+        ({}, ("(default;", "(before the key tiles) without a causal or local band head dim 128: 4 row groups x 1 slice, 32-key tiles, 101376 bytes")),
         ({}, ("(default;", "with a causal or local band head dim 128: 2 row groups x 2 slices, 32-key tiles, 83968 bytes of shared memory (default)")),
         ({WIDE: ""}, ("(default;", "(before the key tiles) without a causal or local band none; with a causal or local band none (ATTNCORE")),
         ({WIDE: " 256=2x2/16"}, ("(default;", "band head dim 256: 2 row groups x 2 slices, 16-key tiles, 108032 bytes of shared memory; with")),
@@ -429,11 +429,33 @@ def test_info_names_the_kernel_variants_the_environment_selects(env: dict[str, s
     ],
 )
 def test_fp32_forward_wide_warps_by_head_dim(value: Optional[str], banded: bool, expected: dict[int, tuple[int, int, int]]) -> None:
-    """ATTNCORE_CUTLASS_FP32_FWD_WIDE as csrc/fwd_tc.cu's launch_wide_* read it: unset, by the call's band at
-    head dim 128; set, the first entry of the launcher's order that the list names, per head dim."""
+    """ATTNCORE_CUTLASS_FP32_FWD_WIDE as csrc/fwd_tc.cu's launchers read it: unset, by the call's band at head
+    dim 128; set, the first entry of the launcher's order that the list names, per head dim."""
     from attncore_cutlass.plugin import WIDE_ENV, fp32_forward_wide
 
     env = {} if value is None else {WIDE_ENV: value}
+    got = {d: (w.groups, w.slices, w.keys) for d, w in fp32_forward_wide(env, banded).items()}
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "banded", "expected"),
+    [
+        ({KEYS: "128=16"}, False, {}),  # key tiles named: the default steps aside
+        ({KEYS: "128=16", WIDE: "128=2x2"}, False, {128: (2, 2, 32)}),  # ... not a named entry
+        ({"ATTNCORE_CUTLASS_FWD_WARP_MASKS": "1"}, True, {}),  # per-warp classification runs first under a band
+        ({"ATTNCORE_CUTLASS_FWD_WARP_MASKS": "1"}, False, {128: (4, 1, 32)}),  # nothing to classify without one
+        ({"ATTNCORE_CUTLASS_FWD_WARP_MASKS": "1", KEYS: "", WIDE: "128=2x2"}, True, {128: (2, 2, 32)}),  # masks defer to named key tiles
+        ({"ATTNCORE_CUTLASS_FP32_FWD_SPLIT": "128"}, False, {}),  # the split kernel runs first at 128
+        ({"ATTNCORE_CUTLASS_FP32_FWD_SPLIT": "128", WIDE: "256=4x2"}, False, {256: (4, 2, 32)}),
+        ({"ATTNCORE_CUTLASS_FWD_WARPS": "8", WIDE: "256=4x2"}, False, {}),  # forced warps veto them
+    ],
+)
+def test_fp32_forward_wide_warps_after_the_switches_that_name_kernels(env: dict[str, str], banded: bool, expected: dict[int, tuple[int, int, int]]) -> None:
+    """The switches csrc/fwd_tc.cu consults before the wide warps, or that veto them: named key tiles (only the
+    unset default steps aside), per-warp classification under a band, the split kernel at 128, forced warps."""
+    from attncore_cutlass.plugin import fp32_forward_wide
+
     got = {d: (w.groups, w.slices, w.keys) for d, w in fp32_forward_wide(env, banded).items()}
     assert got == expected
 

@@ -626,10 +626,13 @@ inline bool fp32_fwd_keys(const char* entry) { return env_list_has("ATTNCORE_CUT
 
 // Wide warps (fwd_f32_wide_kernel) by padded head dim, ATTNCORE_CUTLASS_FP32_FWD_WIDE, read at every forward:
 // comma-separated entries "dim=GxS" or "dim=GxS/keys" (G row groups of 32 queries, S slices of the head dim,
-// 32-key tiles unless named), spaces ignored; tried in the order below, the first one the list names that fits
-// the shared memory runs; "" = none. Unset: at 128, 4 x 1 for calls without a causal or local band and 2 x 2
-// for calls with one; none at 256. Measured on an H200 (benchmarks/RESULTS.md, stop 22; fp32 forward, M =
-// 512-4096, against the default kernels of two runs that agreed within 0.5%):
+// 32-key tiles unless named), spaces ignored; the launchers try their entries in the fixed order below, and
+// the first one the list names that fits the shared memory runs; "" = none. Unset: at 128, 4 x 1 for calls
+// without a causal or local band and 2 x 2 for calls with one, unless ATTNCORE_CUTLASS_FP32_FWD_KEYS is set
+// (then its key tiles run, as they did before); none at 256. Tried after the opt-ins that name their kernels
+// (ATTNCORE_CUTLASS_FWD_WARP_MASKS for banded calls, ATTNCORE_CUTLASS_FP32_FWD_SPLIT), and vetoed by
+// ATTNCORE_CUTLASS_FWD_WARPS. Measured on an H200 (benchmarks/RESULTS.md, stop 22; fp32 forward, M =
+// 512-4096, against the default kernels of two runs that agreed within 0.6%):
 //   128=4x1 (one slice: no exchange; 101376 bytes, two CTAs per multiprocessor, ptxas 255 registers and
 //     92 bytes of spills): +5-9% without a mask (1.05-1.06x SDPA efficient), but its 128-row CTAs compute
 //     more masked tiles under a causal one: -13% at M = 512 to +3% at 4096.
@@ -650,6 +653,7 @@ inline bool launch_wide_256(const Params& p, cudaStream_t stream) {
 }
 inline bool launch_wide_128(const Params& p, cudaStream_t stream) {
   if (std::getenv("ATTNCORE_CUTLASS_FP32_FWD_WIDE") == nullptr) {  // the default: by the call's band
+    if (std::getenv("ATTNCORE_CUTLASS_FP32_FWD_KEYS") != nullptr) return false;  // key tiles asked for by name
     const bool banded = p.band_lo > -kBig || p.band_hi < kBig;
     return banded ? launch_f32_wide<128, 32, 2, 2, 1>(p, stream) : launch_f32_wide<128, 32, 4, 1, 2>(p, stream);
   }
