@@ -58,6 +58,7 @@ KEYS_ENV = "ATTNCORE_CUTLASS_FP32_FWD_KEYS"
 WARP_MASKS_ENV = "ATTNCORE_CUTLASS_FWD_WARP_MASKS"
 SPLIT_ENV = "ATTNCORE_CUTLASS_FP32_FWD_SPLIT"
 WIDE_ENV = "ATTNCORE_CUTLASS_FP32_FWD_WIDE"
+DQ_SPLITS_ENV = "ATTNCORE_CUTLASS_FP32_DQ_SPLITS"
 
 
 def _env_list(env: Mapping[str, str], name: str, unset: str) -> list[str]:
@@ -213,8 +214,14 @@ def kernel_choices(env: Mapping[str, str]) -> str:
     keys = ", ".join(described)
     import torch  # the plugin module itself loads without torch (info on a broken install)
 
+    splits = env.get(DQ_SPLITS_ENV, "")  # as csrc/bwd_tc.cu's bwd_tc_dq_splits reads it: "" is unset
+    serial = "as many CTAs per head as fill the GPU once, at most 8, else its own kernel (default)"
+    if splits:
+        forced = _atoi(splits)
+        serial = f"{forced} CTAs per head ({DQ_SPLITS_ENV})" if forced > 0 else f"never: its own kernel ({DQ_SPLITS_ENV}={splits!r})"
     dq = (
-        "its own kernel (torch.use_deterministic_algorithms is on: bitwise reproducible)"
+        "added serially by the tensor-core dK/dV CTAs, each taking every n-th key block in order and adding into "
+        f"its own zeroed slice, the slices summed in order (torch.use_deterministic_algorithms is on: bitwise reproducible; {serial})"
         if torch.are_deterministic_algorithms_enabled()
         else (
             "added atomically by the tensor-core dK/dV CTAs (last bits vary run to run; not in the split D = 256 launches "

@@ -164,6 +164,7 @@ def test_fp32_paired_backward(kd: int, kv: int, pairs: str, bias_kind: str, dete
     one and paired dK/dV launches add dQ atomically (a column slice per warp, 32 or 16 wide, some past K)
     instead of the dQ kernel."""
     monkeypatch.setenv(PAIRS_ENV, pairs)
+    monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_DQ_SPLITS", "0")  # deterministic: the dQ kernel (serial dQ has its own test)
     with testing.deterministic_algorithms(determ):
         q, k, v = _qkv(2, 333, 517, 3, kd, kv, torch.float32, seed=kd * 7 + kv)
         bias: testing.Bias = attncore.LowerTriangularFromBottomRightMask()
@@ -178,6 +179,36 @@ def test_fp32_paired_backward(kd: int, kv: int, pairs: str, bias_kind: str, dete
             variant = "paired" if paired else "one" if padded == 128 else "split"
             assert _launch.last_backward_variant() == variant
             assert _launch.last_backward_dq() == ("kernel" if determ or variant == "split" else "atomic")
+
+
+@pytest.mark.parametrize("splits", ["1", "3", "8", None])
+@pytest.mark.parametrize(("kd", "kv", "pairs"), [(64, 64, "256"), (100, 72, "256"), (128, 128, "128,256"), (198, 136, "256")])
+def test_fp32_deterministic_backward_adds_dq_serially(splits: Optional[str], kd: int, kv: int, pairs: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serial dQ under torch's deterministic mode (ATTNCORE_CUTLASS_FP32_DQ_SPLITS CTAs per head, None: by the
+    device's occupancy): 18 heads and 9 key blocks, so CTAs of many heads run at once and slices are summed;
+    against the float64 truth (causal, odd lengths, Kv != K), then three calls bitwise equal (what the
+    emulation, which runs one block at a time, cannot show)."""
+    monkeypatch.setenv(PAIRS_ENV, pairs)
+    if splits is None:
+        monkeypatch.delenv("ATTNCORE_CUTLASS_FP32_DQ_SPLITS", raising=False)
+    else:
+        monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_DQ_SPLITS", splits)
+    q, k, v = _qkv(2, 333, 517, 9, kd, kv, torch.float32, seed=kd + 11)
+    bias = attncore.LowerTriangularFromBottomRightMask()
+    with testing.deterministic_algorithms(True):
+        testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
+        if _launch.last_family("backward") != "tc":
+            pytest.skip("the portable kernels ran (no tensor-core backward here)")
+        if splits is not None:
+            assert _launch.last_backward_dq() == "serial"
+        inputs = Inputs.create(q, k, v, bias)
+        res = CutlassFwOp.apply(inputs, needs_lse=True, dropout_seed=0)
+        assert res.lse is not None
+        go = torch.randn_like(res.out)
+        runs = [CutlassBwOp.apply(inputs, go, res.out, res.lse, dropout_seed=0) for _ in range(3)]
+    for later in runs[1:]:
+        for a, b in zip(runs[0][:3], later[:3], strict=True):
+            assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize(("kd", "kv"), [(64, 64), (40, 56), (128, 128), (100, 72), (72, 128), (256, 256), (198, 136), (136, 256)])
@@ -401,9 +432,10 @@ def test_float32_output_from_half_inputs() -> None:
     ("fam", "dtype", "kd"),
     [("tc", torch.bfloat16, 64), ("simt", torch.bfloat16, 64), ("tc", torch.float32, 64), ("tc", torch.float32, 128), ("tc", torch.float32, 256)],
 )
-def test_backward_is_deterministic(fam: str, dtype: torch.dtype, kd: int) -> None:
+def test_backward_is_deterministic(fam: str, dtype: torch.dtype, kd: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Bitwise-equal gradients from two calls; fp32 (whose dQ is added atomically otherwise) under torch's
-    deterministic mode, which makes it run the dQ kernel."""
+    deterministic mode, here with the dQ kernel (ATTNCORE_CUTLASS_FP32_DQ_SPLITS=0; serial dQ has its own test)."""
+    monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_DQ_SPLITS", "0")
     q, k, v = _qkv(2, 300, 300, 4, kd, kd, dtype, seed=9)
     inputs = Inputs.create(q, k, v, attncore.LowerTriangularMask())
     with family(fam), testing.deterministic_algorithms(dtype == torch.float32):

@@ -358,11 +358,14 @@ def test_tensor_core_forward_warp_masks(dtype: torch.dtype, kd: int, mq: int, mk
     ("kd", "pairs", "determ", "variant", "dq"),
     [
         (16, "", False, "one", "atomic"),
+        (16, "", True, "one", "serial"),
         (16, "", True, "one", "kernel"),
         (80, "", False, "one", "atomic"),
+        (80, "", True, "one", "serial"),
         (80, "", True, "one", "kernel"),
         (200, "", False, "split", "kernel"),
         (80, "128", False, "paired", "atomic"),
+        (200, "128,256", True, "paired", "serial"),
         (200, "128,256", True, "paired", "kernel"),
         (200, None, False, "paired", "atomic"),
     ],
@@ -376,11 +379,17 @@ def test_fp32_backward_on_tensor_cores_at_every_tile_width(
     dV warps hand P^T to their dK partners, dQ CTAs whose warp pairs swap P and dP and split dQ's columns),
     with Kv != K, under a causal mask that cuts tiles, then with a tensor bias and its gradient (staged per
     tile pair next to the operand tiles). Except for the split launches, the dK/dV CTAs add dQ atomically
-    (at padded 64 with 32-query steps) unless torch's deterministic mode is on; then the dQ kernel runs."""
+    (at padded 64 with 32-query steps) unless torch's deterministic mode is on; then each adds the dQ of its
+    key blocks in order (the emulated device's occupancy: two per head here, each into its own slice), or,
+    with ATTNCORE_CUTLASS_FP32_DQ_SPLITS=0, the dQ kernel runs."""
     if pairs is None:  # the default: paired at D = 256
         monkeypatch.delenv("ATTNCORE_CUTLASS_FP32_BWD_PAIRS", raising=False)
     else:
         monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_BWD_PAIRS", pairs)
+    if determ and dq == "kernel":  # the two-kernel order, asked for by name
+        monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_DQ_SPLITS", "0")
+    else:
+        monkeypatch.delenv("ATTNCORE_CUTLASS_FP32_DQ_SPLITS", raising=False)
     with testing.deterministic_algorithms(determ):
         gen = torch.Generator().manual_seed(kd)
         q = testing.randn(1, 70, 1, kd, gen=gen, dtype=torch.float32)
@@ -391,6 +400,51 @@ def test_fp32_backward_on_tensor_cores_at_every_tile_width(
         bias = testing.randn(1, 1, 70, 90, gen=gen, dtype=torch.float32).requires_grad_(True)
         testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
         assert (_launch.last_family("backward"), _launch.last_backward_variant(), _launch.last_backward_dq()) == ("tc", variant, dq)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("kd", "splits", "kind", "dq"),
+    [
+        (40, None, "causal", "serial"),
+        (100, "1", "local 30 10", "serial"),
+        (100, "3", "none", "serial"),
+        (200, None, "tensor", "serial"),
+        (200, "2", "local 0 0", "serial"),
+        (100, "0", "causal", "kernel"),
+        (40, "9", "tensor", "serial"),
+    ],
+    ids=str,
+)
+def test_fp32_deterministic_backward_adds_dq_serially(kd: int, splits: Optional[str], kind: str, dq: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torch's deterministic mode the fp32 dK/dV CTAs still add dQ, serially: ``splits`` CTAs per (sequence,
+    head) each take every splits-th key block in order and add its dQ into their own zeroed slice (one slice:
+    dq itself), and the slices are summed in order. ATTNCORE_CUTLASS_FP32_DQ_SPLITS forces the count (more than
+    the key blocks: one each; 0: the dQ kernel); unset, the emulated device's occupancy gives 2 per head here.
+    Against the float64 truth (bias gradient included) and bit-identical gradients from a second call; causal
+    and local bands (a window's key blocks start at query rows that are not step-aligned), a tensor bias."""
+    if splits is None:
+        monkeypatch.delenv("ATTNCORE_CUTLASS_FP32_DQ_SPLITS", raising=False)
+    else:
+        monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_DQ_SPLITS", splits)
+    gen = torch.Generator().manual_seed(kd + 5)
+    q = testing.randn(1, 150, 2, kd, gen=gen, dtype=torch.float32)
+    k = testing.randn(1, 330, 2, kd, gen=gen, dtype=torch.float32)
+    v = testing.randn(1, 330, 2, kd - 8, gen=gen, dtype=torch.float32)
+    bias = _bias(kind, 150, 330, gen, torch.float32)
+    if isinstance(bias, torch.Tensor):
+        bias.requires_grad_(True)
+    with testing.deterministic_algorithms(True):
+        testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
+        assert (_launch.last_family("backward"), _launch.last_backward_dq()) == ("tc", dq)
+        inp = testing.inputs(q, k, v, bias)
+        res = CutlassFwOp.apply(inp, needs_lse=True, dropout_seed=0)
+        assert res.lse is not None
+        go = testing.randn(*res.out.shape, gen=gen, dtype=torch.float32)
+        first = CutlassBwOp.apply(inp, go, res.out, res.lse, dropout_seed=0)
+        second = CutlassBwOp.apply(inp, go, res.out, res.lse, dropout_seed=0)
+    for a, b in zip(first, second, strict=True):
+        assert (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
 
 
 @pytest.mark.slow

@@ -463,12 +463,12 @@ def test_fp32_forward_wide_warps_after_the_switches_that_name_kernels(env: dict[
 @pytest.mark.parametrize("determ", [False, True])
 def test_info_says_how_the_fp32_backward_computes_dq(determ: bool) -> None:
     """kernel_choices follows torch's deterministic setting, which the launcher reads at every backward:
-    atomic dQ by default, its own kernel when deterministic."""
+    atomic dQ by default, added serially (or by its own kernel) when deterministic."""
     from attncore_cutlass.plugin import kernel_choices
 
     with testing.deterministic_algorithms(determ):
         dq = kernel_choices({}).split("fp32 backward dQ: ")[1].split(";")[0]
-    assert dq.startswith("its own kernel" if determ else "added atomically"), dq
+    assert dq.startswith("added serially" if determ else "added atomically"), dq
 
 
 def test_the_backward_passes_torchs_deterministic_setting_and_zeroes_fp32_dq(monkeypatch: pytest.MonkeyPatch) -> None:

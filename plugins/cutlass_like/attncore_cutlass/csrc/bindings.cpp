@@ -164,9 +164,30 @@ std::string backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const DType dt = dtype_of(q);
   cudaStream_t stream = ATTNCORE_STREAM();
   if (allow_tc && attncore::tc_compiled_for_device()) {  // fp32 too: 3xTF32, fp32 accuracy
+    // deterministic fp32: dQ added in a fixed order by the dK/dV CTAs, into dq (zeroed) or into zeroed slices
+    // summed in slice order below
+    at::Tensor slices;
+    if (deterministic && dt == DType::kF32) {
+      bp.dq_splits = attncore::bwd_tc_dq_splits(bp);
+      if (bp.dq_splits == 1) {
+        dq.zero_();
+      } else if (bp.dq_splits > 1) {
+        slices = at::zeros({bp.dq_splits, dq.numel()}, dq.options());
+        bp.dq = slices.data_ptr();
+        bp.dq_slice = dq.numel();
+      }
+    }
     bool launched = false;
     check(attncore::bwd_tc(bp, dt, stream, &launched), "backward (tensor cores)");
-    if (launched) return "tc";
+    if (launched) {
+      if (slices.defined()) {  // the slices summed in a fixed order, straight into dq
+        at::Tensor flat = dq.view({-1});
+        at::sum_out(flat, slices, {0});
+      }
+      return "tc";
+    }
+    bp.dq = dq.data_ptr();  // the portable kernels write dq itself
+    bp.dq_splits = 0;
   }
   check(attncore::bwd_simt(bp, dt, stream), "backward (portable)");
   return "simt";

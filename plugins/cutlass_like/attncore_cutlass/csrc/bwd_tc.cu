@@ -52,8 +52,16 @@
 // sm_90, and the tensor cores now fit sm_86/89 there), 128 the one launch (106240 bytes, two CTAs), 256 the
 // paired launch (208640); the split D = 256 launches keep the dQ kernel. ptxas (sm_90): 28, 28 and 16 bytes
 // of spills. H200: fp32 backward 1.01-1.21x SDPA efficient on all 24 cells (was 0.77-0.93x).
+// Serial dQ (kSerial, with kDQ; fp32 under torch's deterministic mode, BwdParams::dq_splits > 0): the same
+// dK/dV CTAs, but gridDim.x = dq_splits of them per (sequence, head), CTA x taking key blocks x, x + splits, ...
+// in order, each adding its dQ shares into its own zeroed slice of dq_slice floats (one slice: dq itself).
+// Every dq element then receives its additions in one order (the steps of one CTA are ordered by its
+// barriers), and the caller sums the slices in slice order: bitwise reproducible, without the dQ kernel's
+// second pass over S and dP. bwd_tc_dq_splits picks the count from the occupancy (kernels.h).
 #include "kernels.h"
 #include "mma.cuh"
+
+#include <algorithm>
 
 namespace attncore {
 namespace {
@@ -166,11 +174,12 @@ __device__ __forceinline__ auto& pick(A& a, B& b) {
 // one of the two gradients for 16 keys (see pair_floats), one accumulator per warp. kDQ (fp32, with dK):
 // each step also adds this CTA's share of dQ, dS K over its keys, to dq (pre-zeroed) with atomics, and
 // the dQ kernel does not run.
-template <typename T, int D, int BM, bool kDV, bool kDK, bool kPair = false, bool kDQ = false>
+template <typename T, int D, int BM, bool kDV, bool kDK, bool kPair = false, bool kDQ = false, bool kSerial = false>
 __global__ void __launch_bounds__(kPair ? 2 * kThreads : kThreads, kPair ? pair_ctas<D>() : 0) bwd_dkdv_tc_kernel(BwdParams bp) {
 #if ATTNCORE_TC
   static_assert(!kPair || (kDV && kDK), "a paired CTA computes both gradients");
   static_assert(!kDQ || (kDK && sizeof(T) == 4 && BM % 16 == 0), "atomic dQ: fp32, with dK");
+  static_assert(!kSerial || kDQ, "serial dQ is added by the dK/dV CTAs");
   constexpr int NT = kPair ? 2 * kThreads : kThreads;
   constexpr bool kF32 = sizeof(T) == 4;  // 3xTF32 products
   constexpr int LD = pitch<T, D>();
@@ -199,212 +208,224 @@ __global__ void __launch_bounds__(kPair ? 2 * kThreads : kThreads, kPair ? pair_
   const int gr = lane / 4, tq = lane % 4;
   const int g = blockIdx.z / p.H, h = blockIdx.z % p.H;
   const Seq sq = load_seq(p, blockIdx.y, bp.seq_kw);
-  const int n0 = blockIdx.x * BN;
-  if (n0 >= sq.klen) return;
-  const int n1 = min(n0 + BN, sq.klen);
-  int m_lo, m_hi;
-  query_range(p, sq, n0, n1, &m_lo, &m_hi);
-  const bool vec = p.vec != 0;
-  const bool has_bias = p.bias != nullptr;
-  const int64_t stat0 = (((int64_t)sq.b * p.G + g) * p.H + h) * p.Mq + sq.q0;  // lse2 / delta of local query 0
+  // Keys [n0, n0 + BN); with kDQ, dQ is added into dq_base (dq, or kSerial: this CTA's slice of it)
+  auto key_block = [&](const int n0, float* const dq_base) {
+    if (n0 >= sq.klen) return;
+    const int n1 = min(n0 + BN, sq.klen);
+    int m_lo, m_hi;
+    query_range(p, sq, n0, n1, &m_lo, &m_hi);
+    const bool vec = p.vec != 0;
+    const bool has_bias = p.bias != nullptr;
+    const int64_t stat0 = (((int64_t)sq.b * p.G + g) * p.H + h) * p.Mq + sq.q0;  // lse2 / delta of local query 0
 
-  float dv_own[kDV && !kPair ? D / 8 : 1][4];
-  float dk[kDK ? D / 8 : 1][4];
-  auto& dv = pick<kPair>(dk, dv_own);  // a paired warp's one accumulator serves as dV or dK
-#pragma unroll
-  for (int i = 0; i < (kDV && !kPair ? D / 8 : 1); ++i) dv_own[i][0] = dv_own[i][1] = dv_own[i][2] = dv_own[i][3] = 0.f;
-#pragma unroll
-  for (int i = 0; i < (kDK ? D / 8 : 1); ++i) dk[i][0] = dk[i][1] = dk[i][2] = dk[i][3] = 0.f;
+    float dv_own[kDV && !kPair ? D / 8 : 1][4];
+    float dk[kDK ? D / 8 : 1][4];
+    auto& dv = pick<kPair>(dk, dv_own);  // a paired warp's one accumulator serves as dV or dK
+  #pragma unroll
+    for (int i = 0; i < (kDV && !kPair ? D / 8 : 1); ++i) dv_own[i][0] = dv_own[i][1] = dv_own[i][2] = dv_own[i][3] = 0.f;
+  #pragma unroll
+    for (int i = 0; i < (kDK ? D / 8 : 1); ++i) dk[i][0] = dk[i][1] = dk[i][2] = dk[i][3] = 0.f;
 
-  // Query tile [m0, m0 + BM) into buffer buf: Q, dO (rows past m_hi zero), the row statistics (rows
-  // past m_hi: lse2 = +inf, delta = 0; they are masked anyway) and the bias tile.
-  auto stage = [&](int buf, int m0) {
-    tc::load_rows<T, BM, D, LD, NT>(Qs + buf * BM * LD, p.q, p.q_s, sq.b, sq.q0 + m0, g, h, m_hi - m0, p.K, vec);
-    tc::load_rows<T, BM, D, LD, NT>(dOs + buf * BM * LD, bp.dout, bp.do_s, sq.b, sq.q0 + m0, g, h, m_hi - m0, p.Kv, vec);
-    for (int r = tid; r < BM; r += NT) {
-      const int i = m0 + r;
-      float l2 = INFINITY, dl = 0.f;
-      if (i < m_hi) {
-        l2 = bp.lse2[stat0 + i];
-        if (kDK) dl = bp.delta[stat0 + i];
+    // Query tile [m0, m0 + BM) into buffer buf: Q, dO (rows past m_hi zero), the row statistics (rows
+    // past m_hi: lse2 = +inf, delta = 0; they are masked anyway) and the bias tile.
+    auto stage = [&](int buf, int m0) {
+      tc::load_rows<T, BM, D, LD, NT>(Qs + buf * BM * LD, p.q, p.q_s, sq.b, sq.q0 + m0, g, h, m_hi - m0, p.K, vec);
+      tc::load_rows<T, BM, D, LD, NT>(dOs + buf * BM * LD, bp.dout, bp.do_s, sq.b, sq.q0 + m0, g, h, m_hi - m0, p.Kv, vec);
+      for (int r = tid; r < BM; r += NT) {
+        const int i = m0 + r;
+        float l2 = INFINITY, dl = 0.f;
+        if (i < m_hi) {
+          l2 = bp.lse2[stat0 + i];
+          if (kDK) dl = bp.delta[stat0 + i];
+        }
+        lse_s[buf * BM + r] = l2;
+        dl_s[buf * BM + r] = dl;
       }
-      lse_s[buf * BM + r] = l2;
-      dl_s[buf * BM + r] = dl;
-    }
-    if (has_bias) load_bias_tile<T, BM, BN, LDB, NT>(bias_s + buf * BM * LDB, p, sq, g, h, m0, m_hi, n0, n1);
-  };
+      if (has_bias) load_bias_tile<T, BM, BN, LDB, NT>(bias_s + buf * BM * LDB, p, sq, g, h, m0, m_hi, n0, n1);
+    };
 
-  if (m_lo < m_hi) {
-    tc::load_rows<T, BN, D, LD, NT>(Ks, p.k, p.k_s, sq.b, sq.k0 + n0, g, h, n1 - n0, p.K, vec);
-    if (kDK) tc::load_rows<T, BN, D, LD, NT>(Vs, p.v, p.v_s, sq.b, sq.k0 + n0, g, h, n1 - n0, p.Kv, vec);
-    stage(0, m_lo);
-    tc::cp_async_commit();
-  }
-
-  // ldmatrix addresses (2-byte types): A fragments of this warp's 16 key rows; B fragments of the query tiles
-  const uint32_t sK = tc::smem_addr(Ks) + warp * 16 * LD * 2 + tc::a_off<LD>(lane);
-  const uint32_t sV = tc::smem_addr(Vs) + warp * 16 * LD * 2 + tc::a_off<LD>(lane);
-  const uint32_t sQ = tc::smem_addr(Qs), sO = tc::smem_addr(dOs);
-  const uint32_t bo = tc::b_off<LD>(lane), to = tc::t_off<LD>(lane);
-  const int jw = warp * 16 + gr;  // this thread's key rows (local to the tile): jw and jw + 8
-  int buf = 0;
-  for (int m0 = m_lo; m0 < m_hi; m0 += BM, buf ^= 1) {
-    tc::cp_async_wait<0>();
-    __syncthreads();  // tile m0 in buffer buf; every warp is done with buffer buf ^ 1
-    if (m0 + BM < m_hi) stage(buf ^ 1, m0 + BM);
-    tc::cp_async_commit();
-    const uint32_t sQb = sQ + buf * BM * LD * 2, sOb = sO + buf * BM * LD * 2;
-    const T* Qb = Qs + buf * BM * LD;
-    const T* dOb = dOs + buf * BM * LD;
-    const float* lse_b = lse_s + buf * BM;
-    const float* dl_b = dl_s + buf * BM;
-    const float* bias_b = bias_s + buf * BM * LDB;
-
-    // S^T = K Q^T and dP^T = V dO^T: rows = the warp's 16 keys, columns = BM queries
-    float s[BM / 8][4];
-    float dp[kDK ? BM / 8 : 1][4];
-#pragma unroll
-    for (int i = 0; i < BM / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-#pragma unroll
-    for (int i = 0; i < (kDK ? BM / 8 : 1); ++i) dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
-    // (a paired dK warp takes P^T from its partner instead of computing S^T)
-    if constexpr (kF32) {
-      if (!kPair || does_dv) tc::tf32_rows_rows<D, BM, LD>(s, Ks + warp * 16 * LD, Qb, gr, tq);
-      if constexpr (kDK) {
-        if (does_dk) tc::tf32_rows_rows<D, BM, LD>(dp, Vs + warp * 16 * LD, dOb, gr, tq);
-      }
-    } else {
-      if (!kPair || does_dv) tc::h16_rows_rows<T, D, BM, LD>(s, sK, sQb + bo);
-      if constexpr (kDK) {
-        if (does_dk) tc::h16_rows_rows<T, D, BM, LD>(dp, sV, sOb + bo);
-      }
+    if (m_lo < m_hi) {
+      tc::load_rows<T, BN, D, LD, NT>(Ks, p.k, p.k_s, sq.b, sq.k0 + n0, g, h, n1 - n0, p.K, vec);
+      if (kDK) tc::load_rows<T, BN, D, LD, NT>(Vs, p.v, p.v_s, sq.b, sq.k0 + n0, g, h, n1 - n0, p.Kv, vec);
+      stage(0, m_lo);
+      tc::cp_async_commit();
     }
 
-    // Element e of n-tile nt (bit nt * 4 + e of vis): key row jw (+8 for e >= 2), query column
-    // nt * 8 + 2 tq + (e & 1).
-    uint32_t vis = ~0u;
-    if (!tile_all_visible(p, sq, m0, m0 + BM, n0, n0 + BN)) vis = visible_bits<BM / 8, true>(p, sq, m0 + 2 * tq, n0 + jw);
-    // P^T and dS^T (masked pairs: 0)
-    if (!kPair || does_dv) {
-#pragma unroll
-      for (int nt = 0; nt < BM / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int c = nt * 8 + 2 * tq + (e & 1);
-          const bool ok = (vis >> (nt * 4 + e)) & 1u;
-          float x = s[nt][e] * p.scale_log2;
-          if (has_bias) x += bias_b[c * LDB + jw + (e >= 2 ? 8 : 0)];
-          const float pr = ok ? tc::fast_exp2(x - lse_b[c]) : 0.f;
-          s[nt][e] = pr;
-          if constexpr (kDK && !kPair) dp[nt][e] = ok ? pr * (dp[nt][e] - dl_b[c]) : 0.f;
+    // ldmatrix addresses (2-byte types): A fragments of this warp's 16 key rows; B fragments of the query tiles
+    const uint32_t sK = tc::smem_addr(Ks) + warp * 16 * LD * 2 + tc::a_off<LD>(lane);
+    const uint32_t sV = tc::smem_addr(Vs) + warp * 16 * LD * 2 + tc::a_off<LD>(lane);
+    const uint32_t sQ = tc::smem_addr(Qs), sO = tc::smem_addr(dOs);
+    const uint32_t bo = tc::b_off<LD>(lane), to = tc::t_off<LD>(lane);
+    const int jw = warp * 16 + gr;  // this thread's key rows (local to the tile): jw and jw + 8
+    int buf = 0;
+    for (int m0 = m_lo; m0 < m_hi; m0 += BM, buf ^= 1) {
+      tc::cp_async_wait<0>();
+      __syncthreads();  // tile m0 in buffer buf; every warp is done with buffer buf ^ 1
+      if (m0 + BM < m_hi) stage(buf ^ 1, m0 + BM);
+      tc::cp_async_commit();
+      const uint32_t sQb = sQ + buf * BM * LD * 2, sOb = sO + buf * BM * LD * 2;
+      const T* Qb = Qs + buf * BM * LD;
+      const T* dOb = dOs + buf * BM * LD;
+      const float* lse_b = lse_s + buf * BM;
+      const float* dl_b = dl_s + buf * BM;
+      const float* bias_b = bias_s + buf * BM * LDB;
+
+      // S^T = K Q^T and dP^T = V dO^T: rows = the warp's 16 keys, columns = BM queries
+      float s[BM / 8][4];
+      float dp[kDK ? BM / 8 : 1][4];
+  #pragma unroll
+      for (int i = 0; i < BM / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+  #pragma unroll
+      for (int i = 0; i < (kDK ? BM / 8 : 1); ++i) dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
+      // (a paired dK warp takes P^T from its partner instead of computing S^T)
+      if constexpr (kF32) {
+        if (!kPair || does_dv) tc::tf32_rows_rows<D, BM, LD>(s, Ks + warp * 16 * LD, Qb, gr, tq);
+        if constexpr (kDK) {
+          if (does_dk) tc::tf32_rows_rows<D, BM, LD>(dp, Vs + warp * 16 * LD, dOb, gr, tq);
+        }
+      } else {
+        if (!kPair || does_dv) tc::h16_rows_rows<T, D, BM, LD>(s, sK, sQb + bo);
+        if constexpr (kDK) {
+          if (does_dk) tc::h16_rows_rows<T, D, BM, LD>(dp, sV, sOb + bo);
         }
       }
-    }
-    if constexpr (kPair) {  // P^T to the partner warp, lane to lane
-      float* hand = pair_s + warp * (BM / 8 * 4) * 32 + lane;
-      if (does_dv) {
-#pragma unroll
-        for (int i = 0; i < BM / 8 * 4; ++i) hand[i * 32] = s[i / 4][i % 4];
-      }
-      __syncthreads();  // every P^T of this step written; read before the next step's first barrier
-      if (does_dk) {  // dS^T = P^T (dP^T - delta); element i = nt * 4 + e, query column nt * 8 + 2 tq + (e & 1)
-#pragma unroll
-        for (int i = 0; i < BM / 8 * 4; ++i) {
-          const bool ok = (vis >> i) & 1u;
-          const float dl = dl_b[(i / 4) * 8 + 2 * tq + (i & 1)];
-          dp[i / 4][i % 4] = ok ? hand[i * 32] * (dp[i / 4][i % 4] - dl) : 0.f;
-        }
-      }
-    }
-    // dS into dbias, each visible pair once
-    if constexpr (kDK) {
-      if (does_dk && bp.dbias != nullptr) {
-        const int64_t at0 = (stat0 + m0) * p.Mk + sq.k0 + n0 + jw;
-#pragma unroll
+
+      // Element e of n-tile nt (bit nt * 4 + e of vis): key row jw (+8 for e >= 2), query column
+      // nt * 8 + 2 tq + (e & 1).
+      uint32_t vis = ~0u;
+      if (!tile_all_visible(p, sq, m0, m0 + BM, n0, n0 + BN)) vis = visible_bits<BM / 8, true>(p, sq, m0 + 2 * tq, n0 + jw);
+      // P^T and dS^T (masked pairs: 0)
+      if (!kPair || does_dv) {
+  #pragma unroll
         for (int nt = 0; nt < BM / 8; ++nt) {
-#pragma unroll
+  #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            if (!((vis >> (nt * 4 + e)) & 1u)) continue;
-            const int64_t at = at0 + (int64_t)(nt * 8 + 2 * tq + (e & 1)) * p.Mk + (e >= 2 ? 8 : 0);
-            if (bp.dbias_f32) {
-              put<float>(bp.dbias, at, dp[nt][e]);
-            } else {
-              put<T>(bp.dbias, at, dp[nt][e]);
+            const int c = nt * 8 + 2 * tq + (e & 1);
+            const bool ok = (vis >> (nt * 4 + e)) & 1u;
+            float x = s[nt][e] * p.scale_log2;
+            if (has_bias) x += bias_b[c * LDB + jw + (e >= 2 ? 8 : 0)];
+            const float pr = ok ? tc::fast_exp2(x - lse_b[c]) : 0.f;
+            s[nt][e] = pr;
+            if constexpr (kDK && !kPair) dp[nt][e] = ok ? pr * (dp[nt][e] - dl_b[c]) : 0.f;
+          }
+        }
+      }
+      if constexpr (kPair) {  // P^T to the partner warp, lane to lane
+        float* hand = pair_s + warp * (BM / 8 * 4) * 32 + lane;
+        if (does_dv) {
+  #pragma unroll
+          for (int i = 0; i < BM / 8 * 4; ++i) hand[i * 32] = s[i / 4][i % 4];
+        }
+        __syncthreads();  // every P^T of this step written; read before the next step's first barrier
+        if (does_dk) {  // dS^T = P^T (dP^T - delta); element i = nt * 4 + e, query column nt * 8 + 2 tq + (e & 1)
+  #pragma unroll
+          for (int i = 0; i < BM / 8 * 4; ++i) {
+            const bool ok = (vis >> i) & 1u;
+            const float dl = dl_b[(i / 4) * 8 + 2 * tq + (i & 1)];
+            dp[i / 4][i % 4] = ok ? hand[i * 32] * (dp[i / 4][i % 4] - dl) : 0.f;
+          }
+        }
+      }
+      // dS into dbias, each visible pair once
+      if constexpr (kDK) {
+        if (does_dk && bp.dbias != nullptr) {
+          const int64_t at0 = (stat0 + m0) * p.Mk + sq.k0 + n0 + jw;
+  #pragma unroll
+          for (int nt = 0; nt < BM / 8; ++nt) {
+  #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              if (!((vis >> (nt * 4 + e)) & 1u)) continue;
+              const int64_t at = at0 + (int64_t)(nt * 8 + 2 * tq + (e & 1)) * p.Mk + (e >= 2 ? 8 : 0);
+              if (bp.dbias_f32) {
+                put<float>(bp.dbias, at, dp[nt][e]);
+              } else {
+                put<T>(bp.dbias, at, dp[nt][e]);
+              }
             }
           }
         }
       }
-    }
 
-    // dV += P^T dO, dK += dS^T Q (P^T and dS^T as the A operand, straight from their C fragments)
-    if constexpr (kDV) {
-      if (does_dv) {
-        if constexpr (kF32) {
-          tc::tf32_frag_rows<D, BM, LD, kKG>(dv, s, dOb, gr, tq);
-        } else {
-          tc::h16_frag_rows<T, D, BM, LD>(dv, s, sOb + to);
+      // dV += P^T dO, dK += dS^T Q (P^T and dS^T as the A operand, straight from their C fragments)
+      if constexpr (kDV) {
+        if (does_dv) {
+          if constexpr (kF32) {
+            tc::tf32_frag_rows<D, BM, LD, kKG>(dv, s, dOb, gr, tq);
+          } else {
+            tc::h16_frag_rows<T, D, BM, LD>(dv, s, sOb + to);
+          }
         }
       }
-    }
-    if constexpr (kDK) {
-      if (does_dk) {
-        if constexpr (kF32) {
-          tc::tf32_frag_rows<D, BM, LD, kKG>(dk, dp, Qb, gr, tq);
-        } else {
-          tc::h16_frag_rows<T, D, BM, LD>(dk, dp, sQb + to);
+      if constexpr (kDK) {
+        if (does_dk) {
+          if constexpr (kF32) {
+            tc::tf32_frag_rows<D, BM, LD, kKG>(dk, dp, Qb, gr, tq);
+          } else {
+            tc::h16_frag_rows<T, D, BM, LD>(dk, dp, sQb + to);
+          }
         }
       }
-    }
 
-    // dQ[m0 + .., :] += scale dS K over this CTA's keys: the dK warps put dS^T into ds_s as dS [query][key];
-    // then every warp takes D / warps columns of the BM x D product (A: dS rows by float2, in the C-fragment
-    // order tf32_frag_rows reads; B: the K tile) and adds them to dq atomically.
-    if constexpr (kDQ) {
-      constexpr int kWarps = NT / 32, DW = D / kWarps;
-      static_assert(D % (8 * kWarps) == 0, "dQ column slices");
-      if (does_dk) {
-#pragma unroll
-        for (int nt = 0; nt < BM / 8; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) ds_s[(nt * 8 + 2 * tq + (e & 1)) * kLdS + jw + (e >= 2 ? 8 : 0)] = dp[nt][e];
+      // dQ[m0 + .., :] += scale dS K over this CTA's keys: the dK warps put dS^T into ds_s as dS [query][key];
+      // then every warp takes D / warps columns of the BM x D product (A: dS rows by float2, in the C-fragment
+      // order tf32_frag_rows reads; B: the K tile) and adds them to dq atomically.
+      if constexpr (kDQ) {
+        constexpr int kWarps = NT / 32, DW = D / kWarps;
+        static_assert(D % (8 * kWarps) == 0, "dQ column slices");
+        if (does_dk) {
+  #pragma unroll
+          for (int nt = 0; nt < BM / 8; ++nt) {
+  #pragma unroll
+            for (int e = 0; e < 4; ++e) ds_s[(nt * 8 + 2 * tq + (e & 1)) * kLdS + jw + (e >= 2 ? 8 : 0)] = dp[nt][e];
+          }
         }
-      }
-      __syncthreads();  // dS complete; read before the next step's first barrier
-      const int c0 = tid / 32 * DW;  // this warp's dQ columns
-#pragma unroll
-      for (int r0 = 0; r0 < BM; r0 += 16) {
-        float acc[DW / 8][4];
-#pragma unroll
-        for (int i = 0; i < DW / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-#pragma unroll
-        for (int kc = 0; kc < BN / 8; ++kc) {  // 8 keys at a time: four dS values per thread live
-          const float2 lo = *reinterpret_cast<const float2*>(ds_s + (r0 + gr) * kLdS + kc * 8 + 2 * tq);
-          const float2 hi = *reinterpret_cast<const float2*>(ds_s + (r0 + gr + 8) * kLdS + kc * 8 + 2 * tq);
-          const float a[1][4] = {{lo.x, lo.y, hi.x, hi.y}};
-          tc::tf32_frag_rows<DW, 8, LD, 1>(acc, a, Ks + kc * 8 * LD + c0, gr, tq);
-        }
-#pragma unroll
-        for (int hr = 0; hr < 2; ++hr) {
-          const int i = m0 + r0 + gr + hr * 8;
-          if (i >= m_hi || c0 >= p.K) continue;
-          tc::add_row<DW>(row_ptr_mut<float>(bp.dq, bp.dq_s, sq.b, sq.q0 + i, g, h) + c0, p.K - c0, acc, hr, tq, p.scale);
+        __syncthreads();  // dS complete; read before the next step's first barrier
+        const int c0 = tid / 32 * DW;  // this warp's dQ columns
+  #pragma unroll
+        for (int r0 = 0; r0 < BM; r0 += 16) {
+          float acc[DW / 8][4];
+  #pragma unroll
+          for (int i = 0; i < DW / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  #pragma unroll
+          for (int kc = 0; kc < BN / 8; ++kc) {  // 8 keys at a time: four dS values per thread live
+            const float2 lo = *reinterpret_cast<const float2*>(ds_s + (r0 + gr) * kLdS + kc * 8 + 2 * tq);
+            const float2 hi = *reinterpret_cast<const float2*>(ds_s + (r0 + gr + 8) * kLdS + kc * 8 + 2 * tq);
+            const float a[1][4] = {{lo.x, lo.y, hi.x, hi.y}};
+            tc::tf32_frag_rows<DW, 8, LD, 1>(acc, a, Ks + kc * 8 * LD + c0, gr, tq);
+          }
+  #pragma unroll
+          for (int hr = 0; hr < 2; ++hr) {
+            const int i = m0 + r0 + gr + hr * 8;
+            if (i >= m_hi || c0 >= p.K) continue;
+            tc::add_row<DW>(row_ptr_mut<float>(dq_base, bp.dq_s, sq.b, sq.q0 + i, g, h) + c0, p.K - c0, acc, hr, tq, p.scale);
+          }
         }
       }
     }
-  }
-  tc::cp_async_wait<0>();
+    tc::cp_async_wait<0>();
 
-  // Rows jw and jw + 8 (zeros when no query sees them); keys past klen are not written.
-#pragma unroll
-  for (int hr = 0; hr < 2; ++hr) {
-    const int j = n0 + jw + hr * 8;
-    if (j >= sq.klen) continue;
-    if constexpr (kDK) {
-      if (does_dk) tc::store_row<T, D>(row_ptr_mut<T>(bp.dk, bp.dk_s, sq.b, sq.kw0 + j, g, h), p.K, dk, hr, tq, p.scale);
+    // Rows jw and jw + 8 (zeros when no query sees them); keys past klen are not written.
+  #pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      const int j = n0 + jw + hr * 8;
+      if (j >= sq.klen) continue;
+      if constexpr (kDK) {
+        if (does_dk) tc::store_row<T, D>(row_ptr_mut<T>(bp.dk, bp.dk_s, sq.b, sq.kw0 + j, g, h), p.K, dk, hr, tq, p.scale);
+      }
+      if constexpr (kDV) {
+        if (does_dv) tc::store_row<T, D>(row_ptr_mut<T>(bp.dv, bp.dv_s, sq.b, sq.kw0 + j, g, h), p.Kv, dv, hr, tq, 1.f);
+      }
     }
-    if constexpr (kDV) {
-      if (does_dv) tc::store_row<T, D>(row_ptr_mut<T>(bp.dv, bp.dv_s, sq.b, sq.kw0 + j, g, h), p.Kv, dv, hr, tq, 1.f);
+  };
+  if constexpr (kSerial) {  // key blocks blockIdx.x, + gridDim.x, ...: each dq element gets this CTA's shares in that order
+    float* const base = static_cast<float*>(bp.dq) + (int64_t)blockIdx.x * bp.dq_slice;
+    const int blocks = (sq.klen + BN - 1) / BN;
+    for (int kb = blockIdx.x; kb < blocks; kb += gridDim.x) {
+      if (kb != (int)blockIdx.x) __syncthreads();  // every warp is done with the last block's tiles (and its dQ adds)
+      key_block(kb * BN, base);
     }
+  } else {
+    key_block(blockIdx.x * BN, static_cast<float*>(bp.dq));
   }
 #else
   __trap();  // never launched: the host checks tc_compiled_for_device() first
@@ -618,7 +639,7 @@ const char* g_dq = "none";       // bwd_tc_dq()
 
 // D: padded head dim; BM: queries per dkdv step; BNQ: keys per dq step; kMode: how the dK/dV launches go;
 // kDQ: the dK/dV CTAs add dQ atomically (dq pre-zeroed) and the dQ kernel does not run.
-template <typename T, int D, int BM, int BNQ, Dkdv kMode, bool kDQ = false>
+template <typename T, int D, int BM, int BNQ, Dkdv kMode, bool kDQ = false, bool kSerial = false>
 cudaError_t launch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
   constexpr bool kSplit = kMode == Dkdv::kSplit, kPair = kMode == Dkdv::kPair;
   static_assert(!kDQ || !kSplit, "atomic dQ needs dS and dK's CTA");
@@ -628,7 +649,7 @@ cudaError_t launch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
   const int smem_k = dkdv_smem_bytes<T, D, BM, true, kPair, kDQ>(bias);  // dK (and dV unless kSplit)
   const int smem_v = dkdv_smem_bytes<T, D, BM, false>(bias);              // dV only
   auto kdq = bwd_dq_tc_kernel<T, D, BNQ, kPair>;
-  auto kk = bwd_dkdv_tc_kernel<T, D, BM, !kSplit, true, kPair, kDQ>;
+  auto kk = bwd_dkdv_tc_kernel<T, D, BM, !kSplit, true, kPair, kDQ, kSerial>;
   // *launched stays false when shared memory does not fit: the portable kernels run
   if ((!kDQ && !allow_smem(kdq, smem_dq)) || !allow_smem(kk, smem_k)) return cudaSuccess;
   if constexpr (kSplit) {
@@ -636,10 +657,10 @@ cudaError_t launch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
   }
   *launched = true;
   g_variant = kPair ? "paired" : kSplit ? "split" : "one";
-  g_dq = kDQ ? "atomic" : "kernel";
+  g_dq = kSerial ? "serial" : kDQ ? "atomic" : "kernel";
   if (p.num_seqs <= 0 || p.G * p.H <= 0) return cudaSuccess;
   if (p.max_k > 0) {
-    dim3 grid((p.max_k + kBN - 1) / kBN, p.num_seqs, p.G * p.H);
+    dim3 grid(kSerial ? bp.dq_splits : (p.max_k + kBN - 1) / kBN, p.num_seqs, p.G * p.H);
     if constexpr (kSplit) {
       auto kv = bwd_dkdv_tc_kernel<T, D, BM, true, false>;
       ATTNCORE_LAUNCH(kv, grid, kThreads, smem_v, stream, bp);
@@ -663,11 +684,27 @@ cudaError_t launch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
 // dQ kernel.
 template <typename T, int D, int BMA, int BM, int BNQ, Dkdv kMode>
 cudaError_t launch_fp32(const BwdParams& bp, cudaStream_t stream, bool* launched) {
-  if (!bp.deterministic) {
-    const cudaError_t err = launch<T, D, BMA, BNQ, kMode, true>(bp, stream, launched);
+  if (!bp.deterministic || bp.dq_splits > 0) {  // atomic, or serial into dq_splits slices
+    const cudaError_t err = bp.deterministic ? launch<T, D, BMA, BNQ, kMode, true, true>(bp, stream, launched)
+                                             : launch<T, D, BMA, BNQ, kMode, true>(bp, stream, launched);
     if (err != cudaSuccess || *launched) return err;
   }
   return launch<T, D, BM, BNQ, kMode>(bp, stream, launched);
+}
+
+// CTAs of the serial-dQ dK/dV kernel (launch_fp32's) that fit one multiprocessor; 0 where it does not fit.
+template <int D, int BMA, Dkdv kMode>
+int serial_per_sm(const BwdParams& bp) {
+  constexpr bool kPair = kMode == Dkdv::kPair;
+  auto kern = bwd_dkdv_tc_kernel<float, D, BMA, true, true, kPair, true, true>;
+  const int smem = dkdv_smem_bytes<float, D, BMA, true, kPair, true>(bp.f.bias != nullptr);
+  int n = 0;
+  if (!allow_smem(kern, smem)) return 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, kPair ? 2 * kThreads : kThreads, smem) != cudaSuccess) {
+    (void)cudaGetLastError();  // not left for the next launch check to report
+    return 0;
+  }
+  return n;
 }
 
 template <typename T>
@@ -698,6 +735,61 @@ cudaError_t dispatch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
 
 const char* bwd_tc_variant() { return g_variant; }
 const char* bwd_tc_dq() { return g_dq; }
+
+// Whether the two-kernel order (the dQ kernel after a dK/dV launch without dQ) fits this call's shared memory.
+template <int D, int BM, int BNQ, Dkdv kMode>
+bool two_kernels_fit(const BwdParams& bp) {
+  constexpr bool kPair = kMode == Dkdv::kPair;
+  const bool bias = bp.f.bias != nullptr;
+  return allow_smem(bwd_dq_tc_kernel<float, D, BNQ, kPair>, dq_smem_bytes<float, D, BNQ, kPair>(bias)) &&
+         allow_smem(bwd_dkdv_tc_kernel<float, D, BM, true, true, kPair>, dkdv_smem_bytes<float, D, BM, true, kPair>(bias));
+}
+
+// Serial dQ splits (kernels.h). By occupancy: the count, up to one per key block, kMaxDqSplits and what
+// kSliceBudget bytes of slices allow, whose CTAs fill their waves best (fewest splits on a tie); 0 (the two
+// kernels) where even that leaves half of the last wave's slots idle and the two kernels fit.
+constexpr int kMaxDqSplits = 8;
+constexpr long long kSliceBudget = 1LL << 30;
+int bwd_tc_dq_splits(const BwdParams& bp) {
+  const Params& p = bp.f;
+  const int d = max(p.K, p.Kv);
+  int per_sm = 0;
+  bool two_fit = false;
+  if (d <= 64) {
+    per_sm = serial_per_sm<64, 32, Dkdv::kOne>(bp);
+    two_fit = two_kernels_fit<64, 64, 64, Dkdv::kOne>(bp);
+  } else if (d <= 128) {
+    const bool paired = fp32_bwd_pairs<128>();
+    per_sm = paired ? serial_per_sm<128, 16, Dkdv::kPair>(bp) : serial_per_sm<128, 16, Dkdv::kOne>(bp);
+    two_fit = paired ? two_kernels_fit<128, 16, 16, Dkdv::kPair>(bp) : two_kernels_fit<128, 16, 16, Dkdv::kOne>(bp);
+  } else if (d <= 256 && fp32_bwd_pairs<256>()) {
+    per_sm = serial_per_sm<256, 16, Dkdv::kPair>(bp);
+    two_fit = two_kernels_fit<256, 16, 16, Dkdv::kPair>(bp);
+  }
+  const int blocks = (p.max_k + kBN - 1) / kBN;
+  if (per_sm <= 0 || blocks <= 0) return 0;
+  const char* env = std::getenv("ATTNCORE_CUTLASS_FP32_DQ_SPLITS");
+  if (env != nullptr && *env != '\0') {
+    const int forced = std::atoi(env);
+    return forced <= 0 ? 0 : std::min(forced, blocks);
+  }
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) return two_fit ? 0 : 1;
+  const long long heads = (long long)p.num_seqs * p.G * p.H, slots = (long long)per_sm * std::max(sms, 1);
+  const long long dq_bytes = (long long)p.B * p.Mq * p.G * p.H * p.K * 4;
+  const long long cap = std::max(1LL, std::min({(long long)blocks, (long long)kMaxDqSplits, kSliceBudget / std::max(dq_bytes, 1LL)}));
+  long long best = 1;
+  double best_fill = 0.0;
+  for (long long n = 1; n <= cap; ++n) {
+    const long long ctas = heads * n, waves = (ctas + slots - 1) / slots;
+    const double fill = (double)ctas / (double)(waves * slots);
+    if (fill > best_fill + 1e-9) {
+      best = n;
+      best_fill = fill;
+    }
+  }
+  return best_fill < 0.5 && two_fit ? 0 : (int)best;
+}
 
 cudaError_t bwd_tc(const BwdParams& p, DType dt, cudaStream_t stream, bool* launched) {
   *launched = false;

@@ -18,8 +18,17 @@ cudaError_t cudaGetDevice(int* device) {
   return cudaSuccess;
 }
 
+// An emulated sm_90 with 4 multiprocessors (few, so that small test calls reach the occupancy rules of
+// bwd_tc_dq_splits), each holding one CTA of any kernel.
 cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int /*device*/) {
-  *value = attr == cudaDevAttrMaxSharedMemoryPerBlockOptin ? 227 * 1024 : 0;
+  *value = attr == cudaDevAttrMaxSharedMemoryPerBlockOptin ? 227 * 1024 : attr == cudaDevAttrMultiProcessorCount ? 4 : 0;
+  return cudaSuccess;
+}
+
+// (cuda_runtime.h's template for a kernel pointer calls this one)
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* num_blocks, const void* /*func*/, int /*block_size*/, size_t /*dynamic_smem*/,
+                                                                   unsigned int /*flags*/) {
+  *num_blocks = 1;
   return cudaSuccess;
 }
 

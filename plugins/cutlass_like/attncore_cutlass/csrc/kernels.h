@@ -50,9 +50,15 @@ const char* bwd_tc_variant();
 // The tile configuration of the last fwd_tc call that launched ("D=128 keys=32 stages=2 warps=4"; "none"
 // before any): padded head dim, keys per tile, pipeline stages, warps per CTA. For tests and A/B runs.
 const char* fwd_tc_variant();
-// How it computed dQ: "kernel" (its own launch, a fixed summation order) or "atomic" (the fp32 dK/dV CTAs add
-// their shares to the pre-zeroed dq, unless BwdParams::deterministic); "none" before any.
+// How it computed dQ: "kernel" (its own launch, a fixed summation order), "atomic" (the fp32 dK/dV CTAs add
+// their shares to the pre-zeroed dq, unless BwdParams::deterministic) or "serial" (deterministic fp32: each
+// dK/dV CTA adds the dQ of its key blocks in order to its own zeroed slice); "none" before any.
 const char* bwd_tc_dq();
+// Deterministic fp32 backward: how many dK/dV CTAs per (sequence, head) add dQ serially ("serial" above), each
+// into its own zeroed slice that the caller sums afterwards in a fixed order (1: dq itself, zeroed), or 0 for
+// the two-kernel order. ATTNCORE_CUTLASS_FP32_DQ_SPLITS: unset = by occupancy (bwd_tc.cu); 0 = never; N = N
+// (at most one per key block). 0 where no such kernel fits this call.
+int bwd_tc_dq_splits(const BwdParams& bp);
 
 // Whether the code the driver picked for this device (SASS or JIT from PTX) has tensor-core bodies,
 // i.e. was compiled for sm_80 or newer (an sm_75 build run on a newer GPU has none).

@@ -55,6 +55,10 @@ struct BwdParams {
   int64_t dq_s[4], dk_s[4], dv_s[4];
   const int* seq_kw;   // first dK/dV row of each sequence (== seq_k when rows are direct)
   int deterministic;   // 0: kernels may add dQ atomically (fp32 tensor-core kernels), 1: bitwise-reproducible order
+  // deterministic fp32 with dQ added by the dK/dV CTAs in a fixed order (bwd_tc_dq_splits): CTAs per (sequence,
+  // head), each adding the dQ of its key blocks, in order, into its own slice of dq (0: the two-kernel order)
+  int dq_splits;
+  int64_t dq_slice;    // elements from one CTA's dq slice to the next (0 with one slice: dq itself)
 };
 
 // The backward's row statistics, from the forward's output and LSE (one pass, before the backward kernels):
