@@ -410,9 +410,7 @@ def test_fp32_backward_on_tensor_cores_at_every_tile_width(
         (100, "1", "local 30 10", "serial"),
         (100, "3", "none", "serial"),
         (200, None, "tensor", "serial"),
-        (200, "2", "local 0 0", "serial"),
-        (100, "0", "causal", "kernel"),
-        (40, "9", "tensor", "serial"),
+        (40, "9", "local 0 0", "serial"),
     ],
     ids=str,
 )
@@ -421,30 +419,23 @@ def test_fp32_deterministic_backward_adds_dq_serially(kd: int, splits: Optional[
     head) each take every splits-th key block in order and add its dQ into their own zeroed slice (one slice:
     dq itself), and the slices are summed in order. ATTNCORE_CUTLASS_FP32_DQ_SPLITS forces the count (more than
     the key blocks: one each; 0: the dQ kernel); unset, the emulated device's occupancy gives 2 per head here.
-    Against the float64 truth (bias gradient included) and bit-identical gradients from a second call; causal
-    and local bands (a window's key blocks start at query rows that are not step-aligned), a tensor bias."""
+    Against the float64 truth (bias gradient included); causal and local bands (a window's key blocks start at
+    query rows that are not step-aligned), a tensor bias. (Bitwise reproducibility is the GPU test's: the
+    emulation runs one block at a time; the two-kernel order, =0, is the every-tile-width test's.)"""
     if splits is None:
         monkeypatch.delenv("ATTNCORE_CUTLASS_FP32_DQ_SPLITS", raising=False)
     else:
         monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_DQ_SPLITS", splits)
     gen = torch.Generator().manual_seed(kd + 5)
-    q = testing.randn(1, 150, 2, kd, gen=gen, dtype=torch.float32)
-    k = testing.randn(1, 330, 2, kd, gen=gen, dtype=torch.float32)
-    v = testing.randn(1, 330, 2, kd - 8, gen=gen, dtype=torch.float32)
-    bias = _bias(kind, 150, 330, gen, torch.float32)
+    q = testing.randn(1, 100, 2, kd, gen=gen, dtype=torch.float32)
+    k = testing.randn(1, 200, 2, kd, gen=gen, dtype=torch.float32)
+    v = testing.randn(1, 200, 2, kd - 8, gen=gen, dtype=torch.float32)
+    bias = _bias(kind, 100, 200, gen, torch.float32)
     if isinstance(bias, torch.Tensor):
         bias.requires_grad_(True)
     with testing.deterministic_algorithms(True):
         testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
         assert (_launch.last_family("backward"), _launch.last_backward_dq()) == ("tc", dq)
-        inp = testing.inputs(q, k, v, bias)
-        res = CutlassFwOp.apply(inp, needs_lse=True, dropout_seed=0)
-        assert res.lse is not None
-        go = testing.randn(*res.out.shape, gen=gen, dtype=torch.float32)
-        first = CutlassBwOp.apply(inp, go, res.out, res.lse, dropout_seed=0)
-        second = CutlassBwOp.apply(inp, go, res.out, res.lse, dropout_seed=0)
-    for a, b in zip(first, second, strict=True):
-        assert (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
 
 
 @pytest.mark.slow
