@@ -30,8 +30,10 @@ __all__ = [
     "forget_modules",
     "forward",
     "last_backward_dq",
+    "last_backward_order",
     "last_backward_variant",
     "last_family",
+    "last_forward_order",
     "last_forward_variant",
     "portable_kernels",
 ]
@@ -75,6 +77,20 @@ def last_forward_variant() -> Optional[str]:
     (padded head dim, keys per tile, pipeline stages, warps per CTA); ``None`` when it ran no tensor-core
     kernel."""
     return _LAST.get("forward_variant")
+
+
+def last_backward_order() -> Optional[str]:
+    """The dK/dV CTAs' order in the last tensor-core backward: ``"rows"`` (key-block major: every (sequence,
+    head)'s first key block, under a causal band the longest, then the next) or ``"heads"``; ``None`` when it
+    ran no tensor-core kernel (see :func:`attncore_cutlass.plugin.backward_order`)."""
+    return _LAST.get("backward_order")
+
+
+def last_forward_order() -> Optional[str]:
+    """The CTA order of the last tensor-core forward: ``"rows"`` (row-block major: every (sequence, head)'s
+    longest row block first, then the next) or ``"heads"`` (a (sequence, head)'s row blocks together);
+    ``None`` when it ran no tensor-core kernel (see :func:`attncore_cutlass.plugin.forward_order`)."""
+    return _LAST.get("forward_order")
 
 
 def last_backward_dq() -> Optional[str]:
@@ -267,7 +283,7 @@ def forward(inputs: Inputs, *, needs_lse: bool, ext: Optional[ModuleType] = None
             call.bottom_right, inputs.scale, vec, tc,
         )  # fmt: skip
     _LAST["forward"] = family
-    _record_variants(ext, family, ("forward_variant", "last_forward_variant"))
+    _record_variants(ext, family, ("forward_variant", "last_forward_variant"), ("forward_order", "last_forward_order"))
     return (out if out.dtype == out_dtype else out.to(out_dtype)), lse
 
 
@@ -325,7 +341,7 @@ def backward(
         if summed and dbias is not None and piece is not None:
             dbias += piece.sum(0, keepdim=True, dtype=torch.float32)  # no fp32 copy of the piece
     _LAST["backward"] = family
-    _record_variants(ext, family, ("backward_variant", "last_backward_variant"), ("backward_dq", "last_backward_dq"))
+    _record_variants(ext, family, ("backward_variant", "last_backward_variant"), ("backward_dq", "last_backward_dq"), ("backward_order", "last_backward_order"))
     if seqs is not None and not seqs.direct:
         dk, dv = _sum_overlaps(seqs, dk, dv, mk)
     return dq, dk, dv, _in_bias_dtype(dbias, inputs)

@@ -59,6 +59,8 @@ WARP_MASKS_ENV = "ATTNCORE_CUTLASS_FWD_WARP_MASKS"
 SPLIT_ENV = "ATTNCORE_CUTLASS_FP32_FWD_SPLIT"
 WIDE_ENV = "ATTNCORE_CUTLASS_FP32_FWD_WIDE"
 DQ_SPLITS_ENV = "ATTNCORE_CUTLASS_FP32_DQ_SPLITS"
+ORDER_ENV = "ATTNCORE_CUTLASS_FWD_ORDER"
+BWD_ORDER_ENV = "ATTNCORE_CUTLASS_BWD_ORDER"
 
 
 def _env_list(env: Mapping[str, str], name: str, unset: str) -> list[str]:
@@ -191,6 +193,37 @@ def fp32_forward_wide(env: Mapping[str, str], banded: bool = False) -> dict[int,
     return {d: w for d, w in chosen.items() if d not in fp32_forward_split(env)}
 
 
+def forward_order(env: Mapping[str, str], fp32: bool, banded: bool) -> str:
+    """The order in which the tensor-core forward's CTAs are handed out, as csrc/fwd_tc.cu's
+    ``fwd_rows_first`` reads ``ATTNCORE_CUTLASS_FWD_ORDER`` (at every forward): ``"rows"``, row-block major
+    (every (sequence, head)'s longest row block first, then the next: the longest work first over the whole
+    call), or ``"heads"``, head-major (a (sequence, head)'s row blocks together, sharing keys and values in
+    L2). Only the fp32 kernels take an order (fp16/bf16 run head-major); there, unset or any other value:
+    ``"rows"`` for calls with a causal or local band (``banded``; only a band makes row blocks differ in work,
+    and fp32's products are slow enough that L2 traffic is cheap), ``"heads"`` without."""
+    if not fp32:
+        return "heads"
+    value = env.get(ORDER_ENV)
+    if value in ("rows", "heads"):
+        return value
+    return "rows" if banded else "heads"
+
+
+def backward_order(env: Mapping[str, str], fp32: bool, banded: bool, deterministic: bool) -> str:
+    """The order in which the tensor-core backward's dK/dV CTAs are handed out, as csrc/bwd_tc.cu's
+    ``bwd_rows_first`` reads ``ATTNCORE_CUTLASS_BWD_ORDER`` (at every backward): ``"rows"``, key-block major
+    (every (sequence, head)'s first key block, under a causal band the longest, then the next), or ``"heads"``.
+    Only the fp32 kernels that add dQ atomically (outside torch's deterministic mode, where their shared memory
+    fits: sm_80/sm_90) take an order; every other backward runs head-major. There, unset or any other value:
+    ``"rows"`` for calls with a causal or local band, ``"heads"`` without."""
+    if not fp32 or deterministic:
+        return "heads"
+    value = env.get(BWD_ORDER_ENV)
+    if value in ("rows", "heads"):
+        return value
+    return "rows" if banded else "heads"
+
+
 def kernel_choices(env: Mapping[str, str]) -> str:
     """The kernel variants the environment selects, as the launchers read it (:func:`fp32_paired_head_dims`;
     csrc/fwd_tc.cu's ``forced_warps``: 4 or 8, anything else ignored; :func:`fp32_forward_key_tiles`;
@@ -231,11 +264,13 @@ def kernel_choices(env: Mapping[str, str]) -> str:
     return (
         f"fp32 backward: {pairs} ({origin}; where the shared memory allows, sm_90, else the portable kernels); "
         f"fp32 backward dQ: {dq}; "
+        f"tensor-core backward dK/dV CTA order: {_bwd_order(env)} (read at every backward); "
         f"tensor-core forward: {fwd} (the process keeps the value its first forward saw), "
         f"fp32 key tiles by padded head dim, {keys} (read at every forward), "
         f"fp32 wide warps (before the key tiles) {_wide(env)}, "
         f"fp32 K and V split once per CTA {_split(env)}, "
-        f"key tiles classified {_classified(env, warps)}"
+        f"key tiles classified {_classified(env, warps)}, "
+        f"CTA order {_order(env)} (read at every forward)"
     )
 
 
@@ -253,6 +288,23 @@ def _wide(env: Mapping[str, str]) -> str:
         )
         described.append(f"{'with' if banded else 'without'} a causal or local band {where or 'none'}")
     return f"{'; '.join(described)} ({origin})"
+
+
+def _order(env: Mapping[str, str]) -> str:
+    """The forward's CTA order (:func:`forward_order`): fp32 only, with and without a band."""
+    if env.get(ORDER_ENV) in ("rows", "heads"):
+        which = "row-block major" if env[ORDER_ENV] == "rows" else "head-major"
+        return f"fp32: {which} ({ORDER_ENV}={env[ORDER_ENV]!r}); fp16/bf16: head-major"
+    return "fp32: row-block major (longest first over every head) under a causal or local band, else head-major (default); fp16/bf16: head-major"
+
+
+def _bwd_order(env: Mapping[str, str]) -> str:
+    """The backward's dK/dV CTA order (:func:`backward_order`), as :func:`_order` says the forward's."""
+    where = "fp32 with dQ added atomically"
+    if env.get(BWD_ORDER_ENV) in ("rows", "heads"):
+        which = "key-block major" if env[BWD_ORDER_ENV] == "rows" else "head-major"
+        return f"{where}: {which} ({BWD_ORDER_ENV}={env[BWD_ORDER_ENV]!r}), else head-major"
+    return f"{where}: key-block major (longest first over every head) under a causal or local band, else head-major (default)"
 
 
 def _split(env: Mapping[str, str]) -> str:

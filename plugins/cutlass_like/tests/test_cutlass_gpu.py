@@ -19,7 +19,9 @@ from attncore.inputs import Inputs
 from attncore_cutlass import _launch, matrix, negotiation
 from attncore_cutlass.ops import CutlassBwOp, CutlassFwOp
 from attncore_cutlass.plugin import (
+    BWD_ORDER_ENV,
     KEYS_ENV,
+    ORDER_ENV,
     PAIRS_ENV,
     SPLIT_ENV,
     WARP_MASKS_ENV,
@@ -27,6 +29,8 @@ from attncore_cutlass.plugin import (
     WIDE_256_SMEM,
     WIDE_ENV,
     _atoi,
+    backward_order,
+    forward_order,
     fp32_forward_key_tiles,
     fp32_forward_wide,
     fp32_paired_head_dims,
@@ -326,6 +330,58 @@ def test_fp32_forward_wide_warps(entry: Optional[str], kd: int, kv: int, kind: s
     if smem >= shape.smem:
         variant = _launch.last_forward_variant()
         assert variant is not None and variant.endswith(f" wide={shape.groups}x{shape.slices}"), variant
+
+
+def _set_or_unset(monkeypatch: pytest.MonkeyPatch, name: str, value: Optional[str]) -> None:
+    if value is None:
+        monkeypatch.delenv(name, raising=False)
+    else:
+        monkeypatch.setenv(name, value)
+
+
+def _order_call(kind: str, kd: int, kv: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, testing.Bias]:
+    """A CTA-order test's call: packed sequences of 333, 70 and 517 rows under a block-diagonal causal mask
+    ("packed causal"), else 3 batch entries of 333 queries and 517 keys under :func:`testing.named_bias`; 5 heads."""
+    if kind == "packed causal":
+        q, k, v = _qkv(1, 920, 920, 5, kd, kv, dtype, seed=seed)
+        return q, k, v, attncore.BlockDiagonalCausalMask.from_seqlens([333, 70, 517])
+    q, k, v = _qkv(3, 333, 517, 5, kd, kv, dtype, seed=seed)
+    return q, k, v, testing.named_bias(kind, (3, 5, 333, 517), torch.Generator().manual_seed(seed), dtype)
+
+
+@pytest.mark.parametrize("order", ["rows", "heads", None])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(("kd", "kv"), [(64, 64), (100, 72), (256, 256)])
+@pytest.mark.parametrize("kind", ["causal", "packed causal", "local 20 5", "none"])
+def test_forward_cta_order(order: Optional[str], dtype: torch.dtype, kd: int, kv: int, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ATTNCORE_CUTLASS_FWD_ORDER (rows: the CTAs' linear index renumbered row-block major; heads: as launched;
+    None: unset, by dtype and band): every (row block, sequence, head) computed once under either numbering, its
+    output poisoned first; 3 x 5 heads of a batch, or packed sequences of 333, 70 and 517 rows (the grid's
+    row blocks run past the short ones' ends); the launcher reports the order it used."""
+    _set_or_unset(monkeypatch, ORDER_ENV, order)
+    q, k, v, bias = _order_call(kind, kd, kv, dtype, seed=kd + 7)
+    testing.compare_forward(CutlassFwOp, q, k, v, bias)
+    if _tensor_cores():
+        expected = forward_order({} if order is None else {ORDER_ENV: order}, dtype == torch.float32, kind != "none")
+        assert _launch.last_forward_order() == expected
+
+
+@pytest.mark.parametrize("order", ["rows", "heads", None])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(("kd", "kv"), [(64, 64), (128, 100), (256, 256)])
+@pytest.mark.parametrize("kind", ["causal", "packed causal", "none"])
+def test_backward_cta_order(order: Optional[str], dtype: torch.dtype, kd: int, kv: int, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ATTNCORE_CUTLASS_BWD_ORDER (rows: the dK/dV CTAs' linear index renumbered key-block major; heads: as
+    launched; None: unset, rows for fp32 under a band): every (key block, sequence, head) computed once under
+    either numbering, dK and dV poisoned first, dQ's atomic additions from CTAs of many heads at once; 3 x 5
+    heads of a batch or packed sequences of 333, 70 and 517 rows; the launcher reports the order it used."""
+    monkeypatch.delenv(PAIRS_ENV, raising=False)
+    _set_or_unset(monkeypatch, BWD_ORDER_ENV, order)
+    q, k, v, bias = _order_call(kind, kd, kv, dtype, seed=kd + 13)
+    testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
+    if _tensor_cores():
+        expected = backward_order({} if order is None else {BWD_ORDER_ENV: order}, dtype == torch.float32, kind != "none", False)
+        assert _launch.last_backward_order() == expected
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, *HALF], ids=str)

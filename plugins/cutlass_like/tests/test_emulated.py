@@ -174,6 +174,64 @@ def test_tensor_core_forward_fast_tiles(bias: attncore.AttentionBias | None, dty
     assert _launch.last_family("forward") == "tc"
 
 
+def _order_call(
+    monkeypatch: pytest.MonkeyPatch, name: str, order: Optional[str], packed: bool, dtype: torch.dtype, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, testing.Bias]:
+    """A CTA-order test's environment (``name`` set to ``order``, or unset) and call: packed sequences of 150, 40
+    and 90 rows under a block-diagonal causal mask, or 2 batch entries of 150 under a causal one; 2 heads."""
+    if order is None:
+        monkeypatch.delenv(name, raising=False)
+    else:
+        monkeypatch.setenv(name, order)
+    gen = torch.Generator().manual_seed(seed)
+    b, m = (1, 280) if packed else (2, 150)
+    q, k, v = (testing.randn(b, m, 2, d, gen=gen, dtype=dtype) for d in (24, 24, 40))
+    bias = attncore.BlockDiagonalCausalMask.from_seqlens([150, 40, 90]) if packed else attncore.LowerTriangularMask()
+    return q, k, v, bias
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("dtype", "order", "packed", "expected"),
+    [
+        (torch.float32, "rows", True, "rows"),
+        (torch.float32, None, False, "rows"),
+        (torch.float32, "heads", True, "heads"),
+        (torch.bfloat16, "rows", True, "heads"),
+    ],
+    ids=str,
+)
+def test_forward_cta_order(dtype: torch.dtype, order: Optional[str], packed: bool, expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ATTNCORE_CUTLASS_FWD_ORDER: the fp32 CTAs' linear index renumbered row-block major ("rows"; by default
+    under a band) or taken as launched ("heads"; fp16/bf16, whatever the variable says). A grid of 3 row blocks
+    x 3 packed sequences of 150, 40 and 90 rows (row blocks past the short ones' ends) or x 2 batch entries, x 2
+    heads, under a causal mask: every (row block, sequence, head) computed once into a poisoned output."""
+    q, k, v, bias = _order_call(monkeypatch, "ATTNCORE_CUTLASS_FWD_ORDER", order, packed, dtype, seed=23)
+    testing.compare_forward(CutlassFwOp, q, k, v, bias)
+    assert (_launch.last_family("forward"), _launch.last_forward_order()) == ("tc", expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("dtype", "order", "packed", "expected"),
+    [
+        (torch.float32, None, True, "rows"),
+        (torch.float32, "heads", False, "heads"),
+        (torch.float32, "rows", False, "rows"),
+        (torch.bfloat16, "rows", False, "heads"),
+    ],
+    ids=str,
+)
+def test_backward_cta_order(dtype: torch.dtype, order: Optional[str], packed: bool, expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ATTNCORE_CUTLASS_BWD_ORDER: the fp32 atomic-dQ dK/dV CTAs' linear index renumbered key-block major
+    ("rows"; by default under a band) or taken as launched ("heads"; every bf16 kernel, whatever the variable
+    says). A grid of 3 key blocks x 3 packed sequences of 150, 40 and 90 rows or x 2 batch entries, x 2 heads,
+    under a causal mask: every (key block, sequence, head) computed once into poisoned dK and dV."""
+    q, k, v, bias = _order_call(monkeypatch, "ATTNCORE_CUTLASS_BWD_ORDER", order, packed, dtype, seed=29)
+    testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
+    assert (_launch.last_family("backward"), _launch.last_backward_order()) == ("tc", expected)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("kd", "mk", "keys", "variant", "other"),

@@ -334,6 +334,8 @@ def test_a_broadcast_bias_of_another_dtype_is_converted_without_its_copies() -> 
 
 KEYS = "ATTNCORE_CUTLASS_FP32_FWD_KEYS"
 WIDE = "ATTNCORE_CUTLASS_FP32_FWD_WIDE"
+ORDER = "ATTNCORE_CUTLASS_FWD_ORDER"
+BWD_ORDER = "ATTNCORE_CUTLASS_BWD_ORDER"
 
 
 @pytest.mark.parametrize(
@@ -402,6 +404,21 @@ def test_fp32_forward_key_tiles_follow_the_call_and_the_device(
         (
             {"ATTNCORE_CUTLASS_FP32_FWD_SPLIT": "64", "ATTNCORE_CUTLASS_FWD_WARPS": "8"},
             ("(default;", "split once per CTA nowhere (ATTNCORE_CUTLASS_FP32_FWD_SPLIT='64', but ATTNCORE_CUTLASS_FWD_WARPS=8: 4-warp CTAs only)"),
+        ),
+        (
+            {},
+            (
+                "CTA order: fp32 with dQ added atomically: key-block major (longest first over every head) under a causal",
+                "CTA order fp32: row-block major (longest first over every head) under a causal or local band, else head-major (default); fp16/bf16:",
+            ),
+        ),
+        (
+            {ORDER: "rows", BWD_ORDER: "heads"},
+            ("atomically: head-major (ATTNCORE_CUTLASS_BWD_ORDER='heads'), else", "CTA order fp32: row-block major (ATTNCORE_CUTLASS_FWD_ORDER='rows')"),
+        ),
+        (
+            {ORDER: "Rows", BWD_ORDER: ""},  # exact values only
+            ("major (longest first over every head) under a causal or local band, else head-major (default)", "head-major (default); fp16/bf16: head-major"),
         ),
     ],
 )
@@ -499,3 +516,46 @@ def test_the_backward_passes_torchs_deterministic_setting_and_zeroes_fp32_dq(mon
             _launch.backward(inputs, torch.randn_like(out), out, lse, None, ext=cap)  # type: ignore[arg-type]  # a stand-in module
         seen += cap.seen
     assert seen == [(False, True), (True, False), (False, False)]
+
+
+@pytest.mark.parametrize(
+    ("value", "fp32", "banded", "expected"),
+    [
+        (None, True, True, "rows"),
+        (None, True, False, "heads"),
+        (None, False, True, "heads"),
+        ("rows", True, False, "rows"),
+        ("rows", False, True, "heads"),  # fp16/bf16: head-major, whatever the variable says
+        ("heads", True, True, "heads"),
+        (" rows", False, True, "heads"),  # exact values only, as fwd_rows_first compares them
+        ("", True, True, "rows"),
+    ],
+)
+def test_forward_cta_order_by_dtype_and_band(value: str | None, fp32: bool, banded: bool, expected: str) -> None:
+    """The forward's CTA order :func:`forward_order` predicts (the GPU and emulated tests assert it against the
+    launcher): fp32 only, row-block major under a band unless ATTNCORE_CUTLASS_FWD_ORDER names one exactly."""
+    from attncore_cutlass.plugin import forward_order
+
+    assert forward_order({} if value is None else {ORDER: value}, fp32, banded) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "fp32", "banded", "deterministic", "expected"),
+    [
+        (None, True, True, False, "rows"),
+        (None, True, True, True, "heads"),  # serial or kernel dQ: as launched
+        (None, True, False, False, "heads"),
+        (None, False, True, False, "heads"),
+        ("rows", True, False, False, "rows"),
+        ("rows", False, True, False, "heads"),  # fp16/bf16: as launched, whatever the variable says
+        ("rows", True, True, True, "heads"),  # deterministic (serial or kernel dQ): as launched
+        ("heads", True, True, False, "heads"),
+        ("ROWS", True, False, False, "heads"),
+    ],
+)
+def test_backward_cta_order_by_dtype_band_and_mode(value: str | None, fp32: bool, banded: bool, deterministic: bool, expected: str) -> None:
+    """:func:`backward_order`: only the fp32 atomic-dQ kernels take an order, key-block major under a band
+    unless ATTNCORE_CUTLASS_BWD_ORDER names one exactly."""
+    from attncore_cutlass.plugin import backward_order
+
+    assert backward_order({} if value is None else {BWD_ORDER: value}, fp32, banded, deterministic) == expected

@@ -239,6 +239,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "how the last tensor-core backward computed dK and dV: 'one', 'split', 'paired' ('none' before any)");
   m.def("last_forward_variant", [] { return std::string(attncore::fwd_tc_variant()); },
         "the tile configuration of the last tensor-core forward ('D=128 keys=32 stages=2 warps=4'; 'none' before any)");
+  m.def("last_forward_order", [] { return std::string(attncore::fwd_tc_order()); },
+        "the CTA order of the last tensor-core forward: 'rows' (row-block major) or 'heads' ('none' before any)");
+  m.def("last_backward_order", [] { return std::string(attncore::bwd_tc_order()); },
+        "the dK/dV CTAs' order of the last tensor-core backward: 'rows' (key-block major) or 'heads' ('none' before any)");
   m.def("last_backward_dq", [] { return std::string(attncore::bwd_tc_dq()); },
         "how the last tensor-core backward computed dQ: 'kernel' (fixed order) or 'atomic' ('none' before any)");
 }

@@ -62,6 +62,8 @@
 #include "mma.cuh"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 namespace attncore {
 namespace {
@@ -206,8 +208,13 @@ __global__ void __launch_bounds__(kPair ? 2 * kThreads : kThreads, kPair ? pair_
   const bool does_dv = kDV && (!kPair || tid < kThreads);
   const bool does_dk = kDK && (!kPair || tid >= kThreads);
   const int gr = lane / 4, tq = lane % 4;
-  const int g = blockIdx.z / p.H, h = blockIdx.z % p.H;
-  const Seq sq = load_seq(p, blockIdx.y, bp.seq_kw);
+  // The CTA's sequence and head here, its key block (x, 0 the longest under a causal band; kSerial: its first one)
+  // at the end, each read from cta_pos where it is used (x would otherwise hold a register through the kernel).
+  // The order is honoured by the atomic-dQ instances only (bwd_rows_first): the others compile as before it.
+  const int rows_first = kDQ && !kSerial ? p.rows_first : 0;
+  const CtaPos at = cta_pos(rows_first);
+  const int g = at.z / p.H, h = at.z % p.H;
+  const Seq sq = load_seq(p, at.y, bp.seq_kw);
   // Keys [n0, n0 + BN); with kDQ, dQ is added into dq_base (dq, or kSerial: this CTA's slice of it)
   auto key_block = [&](const int n0, float* const dq_base) {
     if (n0 >= sq.klen) return;
@@ -425,7 +432,7 @@ __global__ void __launch_bounds__(kPair ? 2 * kThreads : kThreads, kPair ? pair_
       key_block(kb * BN, base);
     }
   } else {
-    key_block(blockIdx.x * BN, static_cast<float*>(bp.dq));
+    key_block(cta_pos(rows_first).x * BN, static_cast<float*>(bp.dq));
   }
 #else
   __trap();  // never launched: the host checks tc_compiled_for_device() first
@@ -636,6 +643,7 @@ bool fp32_bwd_pairs() {
 
 const char* g_variant = "none";  // bwd_tc_variant()
 const char* g_dq = "none";       // bwd_tc_dq()
+const char* g_order = "none";  // bwd_tc_order()
 
 // D: padded head dim; BM: queries per dkdv step; BNQ: keys per dq step; kMode: how the dK/dV launches go;
 // kDQ: the dK/dV CTAs add dQ atomically (dq pre-zeroed) and the dQ kernel does not run.
@@ -658,6 +666,7 @@ cudaError_t launch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
   *launched = true;
   g_variant = kPair ? "paired" : kSplit ? "split" : "one";
   g_dq = kSerial ? "serial" : kDQ ? "atomic" : "kernel";
+  g_order = kDQ && !kSerial && p.rows_first ? "rows" : "heads";
   if (p.num_seqs <= 0 || p.G * p.H <= 0) return cudaSuccess;
   if (p.max_k > 0) {
     dim3 grid(kSerial ? bp.dq_splits : (p.max_k + kBN - 1) / kBN, p.num_seqs, p.G * p.H);
@@ -735,6 +744,7 @@ cudaError_t dispatch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
 
 const char* bwd_tc_variant() { return g_variant; }
 const char* bwd_tc_dq() { return g_dq; }
+const char* bwd_tc_order() { return g_order; }
 
 // Whether the two-kernel order (the dQ kernel after a dK/dV launch without dQ) fits this call's shared memory.
 template <int D, int BM, int BNQ, Dkdv kMode>
@@ -791,8 +801,30 @@ int bwd_tc_dq_splits(const BwdParams& bp) {
   return best_fill < 0.5 && two_fit ? 0 : (int)best;
 }
 
-cudaError_t bwd_tc(const BwdParams& p, DType dt, cudaStream_t stream, bool* launched) {
+namespace {
+
+// The order of the fp32 atomic-dQ dK/dV CTAs (cta_pos; the other backward kernels keep theirs),
+// ATTNCORE_CUTLASS_BWD_ORDER, read at every backward: "rows" (key-block major: every (sequence, head)'s first
+// key block, under a causal band the longest, then every second one, ...) or "heads" (head-major, as launched);
+// unset or anything else: key-block major for calls with a causal or local band (plugin.py's backward_order
+// mirrors this; last_backward_order() reports what ran). Measured on an H200 (benchmarks/RESULTS.md, stop 23;
+// both orders interleaved in one process): the fp32 causal backward +2.0% to +6.2% on all 12 cells, head dims
+// 64, 128 and 256, M = 512-4096.
+bool bwd_rows_first(const BwdParams& bp, DType dt) {
+  if (dt != DType::kF32 || bp.deterministic) return false;
+  const char* env = std::getenv("ATTNCORE_CUTLASS_BWD_ORDER");
+  if (env != nullptr && std::string(env) == "rows") return true;
+  if (env != nullptr && std::string(env) == "heads") return false;
+  const Params& p = bp.f;
+  return p.band_lo > -kBig || p.band_hi < kBig;
+}
+
+}  // namespace
+
+cudaError_t bwd_tc(const BwdParams& call, DType dt, cudaStream_t stream, bool* launched) {
   *launched = false;
+  BwdParams p = call;
+  p.f.rows_first = bwd_rows_first(call, dt) ? 1 : 0;
   switch (dt) {
     case DType::kF16: return dispatch<__half>(p, stream, launched);
     case DType::kBF16: return dispatch<__nv_bfloat16>(p, stream, launched);

@@ -27,6 +27,24 @@ struct Seq {
   int shift;  // band shift
 };
 
+// A CTA's coordinates in its grid (x: its row or key block, y: its sequence, z: its (group, head)). The GPU
+// hands CTAs out in the order of their linear index (x fastest), each to the first multiprocessor with room.
+// rows_first == 0: blockIdx as launched, so a (sequence, head)'s blocks go out together; rows_first == 1: the
+// linear index renumbered so that x varies slowest: every (sequence, head)'s x = 0 first, then every x = 1, ...
+// (where block work differs by x alone, as under a causal band, the longest work of the whole call first;
+// fwd_tc.cu's fwd_cta). A bijection on the grid either way.
+struct CtaPos {
+  unsigned x, y, z;  // unsigned, as blockIdx's are (the kernels' index arithmetic keeps its types)
+};
+
+__device__ __forceinline__ CtaPos cta_pos(int rows_first) {
+  if (!rows_first) return CtaPos{blockIdx.x, blockIdx.y, blockIdx.z};
+  const uint64_t pairs = (uint64_t)gridDim.y * gridDim.z;  // (sequence, head) pairs
+  const uint64_t lin = blockIdx.x + gridDim.x * ((uint64_t)blockIdx.y + (uint64_t)gridDim.y * blockIdx.z);
+  const uint64_t pair = lin % pairs;
+  return CtaPos{(unsigned)(lin / pairs), (unsigned)(pair % gridDim.y), (unsigned)(pair / gridDim.y)};
+}
+
 __device__ __forceinline__ Seq load_seq(const Params& p, int s, const int* seq_kw = nullptr) {
   Seq r;
   if (p.varlen) {

@@ -130,20 +130,37 @@ __device__ __forceinline__ void store_outputs(const Params& p, const Seq& sq, in
   }
 }
 
-// Where a forward CTA works (blockIdx: x its row block, the longest rows first; y the sequence; z the
-// head): head g, h; sequence sq; query rows from m0 (kBM of them, clipped to the sequence); the keys
-// [n_lo, n_hi) any of those rows may see. false: the rows start past the sequence's end.
+// Where a forward CTA works (grid: x row blocks, y sequences, z heads): head g, h; sequence sq; query rows
+// from m0 (kBM of them, clipped to the sequence); the keys [n_lo, n_hi) any of those rows may see. false:
+// the rows start past the sequence's end. Row block x = 0 is the last one (under a causal band the longest);
+// the order in which CTAs go out decides the tail of a call whose CTAs differ in work (cta_pos):
+//   p.rows_first == 0: head-major, the last row block first within each (sequence, head): CTAs running at once
+//     share their keys and values in L2, but a long row block of the last heads starts late and runs alone (a
+//     simulated list schedule loses 7-13% of a causal call's time on 132 multiprocessors);
+//   p.rows_first == 1: row-block major, the longest first over the whole call (within 1-3% of the ideal in
+//     the same simulation), at the price of that L2 sharing (see fwd_rows_first).
 struct FwdCta {
   int g, h, m0, n_lo, n_hi;
   Seq sq;
 };
 
-template <int kBM>
+// kOrder: the fp32 kernels take p.rows_first; the fp16/bf16 ones read blockIdx as they did before the order
+// existed, so that their code stays as it was (reading the grid through cta_pos moved ptxas's register counts
+// by up to 7 there; fwd_rows_first).
+template <int kBM, bool kOrder>
 __device__ __forceinline__ bool fwd_cta(const Params& p, FwdCta& c) {
-  c.g = blockIdx.z / p.H;
-  c.h = blockIdx.z % p.H;
-  c.sq = load_seq(p, blockIdx.y);
-  c.m0 = (gridDim.x - 1 - blockIdx.x) * kBM;
+  if constexpr (kOrder) {
+    const CtaPos at = cta_pos(p.rows_first);
+    c.g = at.z / p.H;
+    c.h = at.z % p.H;
+    c.sq = load_seq(p, at.y);
+    c.m0 = (gridDim.x - 1 - at.x) * kBM;
+  } else {
+    c.g = blockIdx.z / p.H;
+    c.h = blockIdx.z % p.H;
+    c.sq = load_seq(p, blockIdx.y);
+    c.m0 = (gridDim.x - 1 - blockIdx.x) * kBM;
+  }
   if (c.m0 >= c.sq.qlen) return false;
   key_range(p, c.sq, c.m0, min(c.m0 + kBM, c.sq.qlen), &c.n_lo, &c.n_hi);
   return true;
@@ -167,7 +184,7 @@ __global__ void __launch_bounds__(W * 32) fwd_tc_kernel(Params p) {
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int gr = lane / 4, tq = lane % 4;
   FwdCta cta;
-  if (!fwd_cta<kBM>(p, cta)) return;
+  if (!fwd_cta<kBM, kF32>(p, cta)) return;
   const int g = cta.g, h = cta.h, m0 = cta.m0, n_lo = cta.n_lo, n_hi = cta.n_hi;
   const Seq& sq = cta.sq;
   const bool vec = p.vec != 0;
@@ -325,7 +342,7 @@ __global__ void __launch_bounds__(RG * CG * 32) fwd_f32_wide_kernel(Params p) {
   const int gr = lane / 4, tq = lane % 4;
   const int rg = warp / CG, cg = warp % CG;
   FwdCta cta;
-  if (!fwd_cta<kBM>(p, cta)) return;
+  if (!fwd_cta<kBM, true>(p, cta)) return;
   const int g = cta.g, h = cta.h, m0 = cta.m0, n_lo = cta.n_lo, n_hi = cta.n_hi;
   const Seq& sq = cta.sq;
   const bool vec = p.vec != 0;
@@ -459,7 +476,7 @@ __global__ void __launch_bounds__(128, kMinBlocks) fwd_f32_split_kernel(Params p
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int gr = lane / 4, tq = lane % 4;
   FwdCta cta;
-  if (!fwd_cta<kBM>(p, cta)) return;
+  if (!fwd_cta<kBM, true>(p, cta)) return;
   const int g = cta.g, h = cta.h, m0 = cta.m0, n_lo = cta.n_lo, n_hi = cta.n_hi;
   const Seq& sq = cta.sq;
   const bool vec = p.vec != 0;
@@ -512,6 +529,7 @@ __global__ void __launch_bounds__(128, kMinBlocks) fwd_f32_split_kernel(Params p
 }
 
 const char* g_fwd_variant = "none";  // fwd_tc_variant(): a name built once per kernel instance
+const char* g_fwd_order = "none";    // fwd_tc_order()
 
 template <int D, int BN, int STAGES, int W, bool kSplitKV, bool kWarpMasks>
 const char* variant_name() {
@@ -736,12 +754,33 @@ cudaError_t dispatch_warp_masks(const Params& p, cudaStream_t stream, bool* laun
   return *launched ? cudaGetLastError() : cudaSuccess;
 }
 
+// The fp32 CTA order (fwd_cta; fp16/bf16 run head-major), ATTNCORE_CUTLASS_FWD_ORDER, read at every forward:
+// "rows" (row-block major) or "heads" (head-major); unset or anything else: row-block major for calls with a
+// causal or local band, head-major without one (plugin.py's forward_order mirrors this). Only a band makes the
+// work of row blocks differ, and fp32 runs at a tenth of fp16/bf16's tensor-core rate, so the L2 traffic of
+// keys and values read by CTAs of many heads at once is cheap there. Measured on an H200
+// (benchmarks/RESULTS.md, stop 23; fp32 forward, M = 512-4096, both orders in one call, then interleaved in one
+// process): causal +2.7% to +3.2% at K = 64, +5.2% to +6.7% at K = 128, +7.7% to +13.2% at K = 256; without a
+// mask (nothing to reorder) within 1%. (bf16 in one run of
+// each order, while the clock drifted: -6% to +11% under a causal mask, the gains at M = 4096; not adopted.)
+bool fwd_rows_first(const Params& p, DType dt) {
+  if (dt != DType::kF32) return false;
+  const char* env = std::getenv("ATTNCORE_CUTLASS_FWD_ORDER");
+  if (env != nullptr && std::string(env) == "rows") return true;
+  if (env != nullptr && std::string(env) == "heads") return false;
+  return p.band_lo > -kBig || p.band_hi < kBig;
+}
+
 }  // namespace
 
 const char* fwd_tc_variant() { return g_fwd_variant; }
+const char* fwd_tc_order() { return g_fwd_order; }
 
-cudaError_t fwd_tc(const Params& p, DType dt, cudaStream_t stream, bool* launched) {
+cudaError_t fwd_tc(const Params& call, DType dt, cudaStream_t stream, bool* launched) {
   *launched = false;
+  Params p = call;
+  p.rows_first = fwd_rows_first(call, dt) ? 1 : 0;
+  g_fwd_order = p.rows_first ? "rows" : "heads";
   if (env_list_has("ATTNCORE_CUTLASS_FWD_WARP_MASKS", "", "1")) {
     cudaError_t err = cudaSuccess;
     switch (dt) {

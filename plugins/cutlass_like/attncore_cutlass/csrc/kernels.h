@@ -50,10 +50,15 @@ const char* bwd_tc_variant();
 // The tile configuration of the last fwd_tc call that launched ("D=128 keys=32 stages=2 warps=4"; "none"
 // before any): padded head dim, keys per tile, pipeline stages, warps per CTA. For tests and A/B runs.
 const char* fwd_tc_variant();
+// The CTA order of the last tensor-core forward: "rows" (row-block major) or "heads" (fwd_tc.cu's fwd_cta).
+const char* fwd_tc_order();
 // How it computed dQ: "kernel" (its own launch, a fixed summation order), "atomic" (the fp32 dK/dV CTAs add
 // their shares to the pre-zeroed dq, unless BwdParams::deterministic) or "serial" (deterministic fp32: each
 // dK/dV CTA adds the dQ of its key blocks in order to its own zeroed slice); "none" before any.
 const char* bwd_tc_dq();
+// The dK/dV CTAs' order of the last bwd_tc call that launched: "rows" (key-block major; the fp32 atomic-dQ kernels
+// only, bwd_tc.cu's bwd_rows_first) or "heads".
+const char* bwd_tc_order();
 // Deterministic fp32 backward: how many dK/dV CTAs per (sequence, head) add dQ serially ("serial" above), each
 // into its own zeroed slice that the caller sums afterwards in a fixed order (1: dq itself, zeroed), or 0 for
 // the two-kernel order. ATTNCORE_CUTLASS_FP32_DQ_SPLITS: unset = by occupancy (bwd_tc.cu); 0 = never; N = N

@@ -38,6 +38,9 @@ struct Params {
   int band_lo, band_hi, bottom_right;
   // vectorized (16-byte) loads are safe: every row stride and base is 16-byte aligned and K, Kv % (16 / elem) == 0
   int vec;
+  // Forward CTA order (fwd_tc.cu, fwd_cta): 0 head-major (a (sequence, head)'s row blocks launched together, the
+  // longest first), 1 row-block major (the longest row block of every (sequence, head) first, then the next).
+  int rows_first;
 };
 
 // Backward-only inputs and outputs (the forward's Params is embedded).
