@@ -497,6 +497,22 @@ def test_fp32_deterministic_backward_adds_dq_serially(kd: int, splits: Optional[
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("splits", ["2", "5"])
+def test_fp32_serial_dq_over_packed_sequences_and_shared_keys(splits: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serial dQ (torch's deterministic mode, ``splits`` CTAs per (sequence, head)) over packed sequences of 150, 40
+    and 90 rows (3, 1 and 2 key blocks of 64: CTAs with no key block of a short sequence, and each CTA's blocks
+    bounded by its own sequence) and GQA keys and values (5-D, stride-0 head views, their gradients summed over
+    the heads that share them), under a block-diagonal causal mask, against the float64 truth."""
+    monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_DQ_SPLITS", splits)
+    gen = torch.Generator().manual_seed(31)
+    q, k, v, _ = testing.make_qkv("5d-gqa", 1, 280, 280, torch.float32, gen)
+    bias = attncore.BlockDiagonalCausalMask.from_seqlens([150, 40, 90])
+    with testing.deterministic_algorithms(True):
+        testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
+        assert (_launch.last_family("backward"), _launch.last_backward_dq()) == ("tc", "serial")
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 def test_tensor_core_forward_with_a_negative_scale(dtype: torch.dtype) -> None:
     """A negative scale turns the largest raw score into the smallest: such calls must not take the

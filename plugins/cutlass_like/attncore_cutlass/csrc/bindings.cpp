@@ -164,8 +164,8 @@ std::string backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const DType dt = dtype_of(q);
   cudaStream_t stream = ATTNCORE_STREAM();
   if (allow_tc && attncore::tc_compiled_for_device()) {  // fp32 too: 3xTF32, fp32 accuracy
-    // deterministic fp32: dQ added in a fixed order by the dK/dV CTAs, into dq (zeroed) or into zeroed slices
-    // summed in slice order below
+    // deterministic fp32: dQ added in a fixed order by the dK/dV CTAs, into dq (zeroed) or into zeroed slices,
+    // which at::sum_out adds below in an order fixed for the shape (not necessarily slice by slice)
     at::Tensor slices;
     if (deterministic && dt == DType::kF32) {
       bp.dq_splits = attncore::bwd_tc_dq_splits(bp);

@@ -176,7 +176,7 @@ __device__ __forceinline__ auto& pick(A& a, B& b) {
 // one of the two gradients for 16 keys (see pair_floats), one accumulator per warp. kDQ (fp32, with dK):
 // each step also adds this CTA's share of dQ, dS K over its keys, to dq (pre-zeroed) with atomics, and
 // the dQ kernel does not run.
-template <typename T, int D, int BM, bool kDV, bool kDK, bool kPair = false, bool kDQ = false, bool kSerial = false>
+template <typename T, int D, int BM, bool kDV, bool kDK, bool kPair = false, bool kDQ = false, bool kSerial = false, bool kRows = false>
 __global__ void __launch_bounds__(kPair ? 2 * kThreads : kThreads, kPair ? pair_ctas<D>() : 0) bwd_dkdv_tc_kernel(BwdParams bp) {
 #if ATTNCORE_TC
   static_assert(!kPair || (kDV && kDK), "a paired CTA computes both gradients");
@@ -210,8 +210,11 @@ __global__ void __launch_bounds__(kPair ? 2 * kThreads : kThreads, kPair ? pair_
   const int gr = lane / 4, tq = lane % 4;
   // The CTA's sequence and head here, its key block (x, 0 the longest under a causal band; kSerial: its first one)
   // at the end, each read from cta_pos where it is used (x would otherwise hold a register through the kernel).
-  // The order is honoured by the atomic-dQ instances only (bwd_rows_first): the others compile as before it.
-  const int rows_first = kDQ && !kSerial ? p.rows_first : 0;
+  // kRows: key-block major (bwd_rows_first), a separate instance, so that the head-major ones compile as they did
+  // before the order existed (a runtime choice cost the paired D = 256 kernel 4 more bytes of spills and 2% of
+  // its non-causal speed on an H200).
+  static_assert(!kRows || (kDQ && !kSerial), "only the atomic-dQ kernels take the key-block-major order");
+  const int rows_first = kRows ? 1 : 0;
   const CtaPos at = cta_pos(rows_first);
   const int g = at.z / p.H, h = at.z % p.H;
   const Seq sq = load_seq(p, at.y, bp.seq_kw);
@@ -657,7 +660,10 @@ cudaError_t launch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
   const int smem_k = dkdv_smem_bytes<T, D, BM, true, kPair, kDQ>(bias);  // dK (and dV unless kSplit)
   const int smem_v = dkdv_smem_bytes<T, D, BM, false>(bias);              // dV only
   auto kdq = bwd_dq_tc_kernel<T, D, BNQ, kPair>;
-  auto kk = bwd_dkdv_tc_kernel<T, D, BM, !kSplit, true, kPair, kDQ, kSerial>;
+  // the atomic-dQ kernels in key-block-major order where bwd_rows_first asks for it (kRows)
+  constexpr bool kOrdered = kDQ && !kSerial;
+  auto kk = kOrdered && p.rows_first ? bwd_dkdv_tc_kernel<T, D, BM, !kSplit, true, kPair, kDQ, kSerial, kOrdered>
+                                     : bwd_dkdv_tc_kernel<T, D, BM, !kSplit, true, kPair, kDQ, kSerial>;
   // *launched stays false when shared memory does not fit: the portable kernels run
   if ((!kDQ && !allow_smem(kdq, smem_dq)) || !allow_smem(kk, smem_k)) return cudaSuccess;
   if constexpr (kSplit) {
@@ -666,7 +672,7 @@ cudaError_t launch(const BwdParams& bp, cudaStream_t stream, bool* launched) {
   *launched = true;
   g_variant = kPair ? "paired" : kSplit ? "split" : "one";
   g_dq = kSerial ? "serial" : kDQ ? "atomic" : "kernel";
-  g_order = kDQ && !kSerial && p.rows_first ? "rows" : "heads";
+  g_order = kOrdered && p.rows_first ? "rows" : "heads";
   if (p.num_seqs <= 0 || p.G * p.H <= 0) return cudaSuccess;
   if (p.max_k > 0) {
     dim3 grid(kSerial ? bp.dq_splits : (p.max_k + kBN - 1) / kBN, p.num_seqs, p.G * p.H);
