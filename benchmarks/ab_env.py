@@ -5,7 +5,7 @@ then hit every value alike, which separate runs of bench_cutlass.py do not promi
 call have differed by 5-8% on SDPA's own, unchanged kernels). Only for switches the launcher reads at
 every call (ATTNCORE_CUTLASS_FWD_ORDER, ATTNCORE_CUTLASS_FP32_FWD_WIDE, ...). Needs a CUDA GPU.
 
-    python benchmarks/ab_env.py ATTNCORE_CUTLASS_FWD_ORDER heads,rows --dtypes bf16 --heads 128 --masks causal
+    python benchmarks/ab_env.py ATTNCORE_CUTLASS_FWD_ORDER heads,rows --dtypes fp32 --heads 128 --masks causal
     (a value "unset" removes the variable, "none" sets it empty)
 """
 
@@ -61,8 +61,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         for d in args.dirs.split(","):
                             lines.append(_row(cell, d, args.var, values, args.rounds))
                             print(lines[-1], flush=True)
-    finally:
-        _apply(args.var, "unset" if saved is None else saved)
+    finally:  # the caller's value as it was (not through _apply, which reads "unset" and "none" as names)
+        if saved is None:
+            os.environ.pop(args.var, None)
+        else:
+            os.environ[args.var] = saved
     if args.out:
         with open(args.out, "w") as fh:
             fh.write("\n".join(lines) + "\n")

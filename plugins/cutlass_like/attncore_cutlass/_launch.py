@@ -81,8 +81,9 @@ def last_forward_variant() -> Optional[str]:
 
 def last_backward_order() -> Optional[str]:
     """The dK/dV CTAs' order in the last tensor-core backward: ``"rows"`` (key-block major: every (sequence,
-    head)'s first key block, under a causal band the longest, then the next) or ``"heads"``; ``None`` when it
-    ran no tensor-core kernel (see :func:`attncore_cutlass.plugin.backward_order`)."""
+    head)'s first key block, under a causal band the longest, then the next; only the kernels that add dQ
+    atomically, :func:`last_backward_dq` ``"atomic"``) or ``"heads"``; ``None`` when it ran no tensor-core
+    kernel (see :func:`attncore_cutlass.plugin.backward_order`)."""
     return _LAST.get("backward_order")
 
 
@@ -324,8 +325,8 @@ def backward(
         for t in (dq, dk, dv):
             t.zero_()
         _LAST["backward"] = "none"
-        _LAST.pop("backward_variant", None)
-        _LAST.pop("backward_dq", None)
+        for key in ("backward_variant", "backward_dq", "backward_order"):
+            _LAST.pop(key, None)
         return dq, dk, dv, _in_bias_dtype(dbias, inputs)
     ext = ext if ext is not None else extension(inputs.features.device.capability)
     delta, lse2 = _row_stats(ext, grad_out, out, lse, grad_lse, do)

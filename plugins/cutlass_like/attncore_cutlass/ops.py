@@ -68,8 +68,10 @@ class CutlassFwOp(_Cutlass, AttentionFwOpBase):
     """Memory-efficient forward in CUDA C++: ``out = softmax(scale * Q K^T + bias) V`` and the natural-log LSE.
 
     One CTA per (query tile, head, sequence) streams the keys its rows can see with an online softmax
-    in base 2; fp16/bf16 use mma.sync tensor cores (sm_80+), fp32 exact CUDA-core arithmetic. Memory:
-    the output and the LSE only.
+    in base 2. On sm_80+ the products run on mma.sync tensor cores: fp16/bf16 directly, fp32 as 3xTF32
+    (each operand split into two tf32 parts: fp32 accuracy); older GPUs (and ``portable_kernels()``) run
+    CUDA-core kernels. Under a causal or local mask the fp32 CTAs go out longest first over the whole call
+    (``ATTNCORE_CUTLASS_FWD_ORDER``). Memory: the output and the LSE only.
     """
 
     @classmethod
@@ -83,8 +85,11 @@ class CutlassBwOp(_Cutlass, AttentionBwOpBase):
     """Memory-efficient backward in CUDA C++: ``dQ, dK, dV`` (and ``dbias = dS`` when the bias needs it).
 
     ``P`` is recomputed from the forward's LSE. One kernel per key tile accumulates ``dV = P^T dO`` and
-    ``dK = scale dS^T Q`` over the query tiles that see it (and writes ``dS``), a second one per query
-    tile accumulates ``dQ = scale dS K``: no atomics, so results are bitwise reproducible.
+    ``dK = scale dS^T Q`` over the query tiles that see it (and writes ``dS``). fp16/bf16 (and the portable
+    kernels) then run a second kernel per query tile for ``dQ = scale dS K``: no atomics, bitwise reproducible.
+    fp32 on tensor cores adds ``dQ`` from the key-tile CTAs instead: atomically by default (last bits vary
+    run to run), or, under ``torch.use_deterministic_algorithms(True)``, serially into per-CTA slices summed
+    in a fixed order (bitwise reproducible); ``_launch.last_backward_dq()`` says which ran.
     """
 
     @classmethod

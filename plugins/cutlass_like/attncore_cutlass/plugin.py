@@ -210,12 +210,14 @@ def forward_order(env: Mapping[str, str], fp32: bool, banded: bool) -> str:
 
 
 def backward_order(env: Mapping[str, str], fp32: bool, banded: bool, deterministic: bool) -> str:
-    """The order in which the tensor-core backward's dK/dV CTAs are handed out, as csrc/bwd_tc.cu's
-    ``bwd_rows_first`` reads ``ATTNCORE_CUTLASS_BWD_ORDER`` (at every backward): ``"rows"``, key-block major
-    (every (sequence, head)'s first key block, under a causal band the longest, then the next), or ``"heads"``.
-    Only the fp32 kernels that add dQ atomically (outside torch's deterministic mode, where their shared memory
-    fits: sm_80/sm_90) take an order; every other backward runs head-major. There, unset or any other value:
-    ``"rows"`` for calls with a causal or local band, ``"heads"`` without."""
+    """The order in which the tensor-core backward's dK/dV CTAs are handed out where they add dQ atomically, as
+    csrc/bwd_tc.cu's ``bwd_rows_first`` reads ``ATTNCORE_CUTLASS_BWD_ORDER`` (at every backward): ``"rows"``,
+    key-block major (every (sequence, head)'s first key block, under a causal band the longest, then the next),
+    or ``"heads"``. Only the fp32 kernels that add dQ atomically take an order (outside torch's deterministic
+    mode, where their shared memory fits and, at padded head dim 256, with the paired CTAs: what
+    ``_launch.last_backward_dq()`` reports as ``"atomic"``); every other backward runs head-major, which this
+    function does not predict. There, unset or any other value: ``"rows"`` for calls with a causal or local
+    band, ``"heads"`` without."""
     if not fp32 or deterministic:
         return "heads"
     value = env.get(BWD_ORDER_ENV)
@@ -303,7 +305,7 @@ def _bwd_order(env: Mapping[str, str]) -> str:
     where = "fp32 with dQ added atomically"
     if env.get(BWD_ORDER_ENV) in ("rows", "heads"):
         which = "key-block major" if env[BWD_ORDER_ENV] == "rows" else "head-major"
-        return f"{where}: {which} ({BWD_ORDER_ENV}={env[BWD_ORDER_ENV]!r}), else head-major"
+        return f"{where}: {which} ({BWD_ORDER_ENV}={env[BWD_ORDER_ENV]!r}); the other kernels head-major"
     return f"{where}: key-block major (longest first over every head) under a causal or local band, else head-major (default)"
 
 

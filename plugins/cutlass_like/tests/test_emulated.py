@@ -226,7 +226,8 @@ def test_backward_cta_order(dtype: torch.dtype, order: Optional[str], packed: bo
     """ATTNCORE_CUTLASS_BWD_ORDER: the fp32 atomic-dQ dK/dV CTAs' linear index renumbered key-block major
     ("rows"; by default under a band) or taken as launched ("heads"; every bf16 kernel, whatever the variable
     says). A grid of 3 key blocks x 3 packed sequences of 150, 40 and 90 rows or x 2 batch entries, x 2 heads,
-    under a causal mask: every (key block, sequence, head) computed once into poisoned dK and dV."""
+    under a causal mask: every (key block, sequence, head) computed once (dK and dV poisoned first in a batch,
+    zeroed for packed sequences; a CTA run twice would add its dQ twice)."""
     q, k, v, bias = _order_call(monkeypatch, "ATTNCORE_CUTLASS_BWD_ORDER", order, packed, dtype, seed=29)
     testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
     assert (_launch.last_family("backward"), _launch.last_backward_order()) == ("tc", expected)

@@ -286,8 +286,11 @@ def test_backward_with_no_visible_pair_launches_nothing() -> None:
     bias = attncore.BlockDiagonalPaddedKeysMask.from_seqlens([1, 1], kv_padding=4, kv_seqlen=[0, 0])
     inputs = Inputs.create(q, k, k, bias)
     out, lse = torch.zeros(1, 2, 1, 1, 8), torch.full((1, 1, 1, 2), float("-inf"))
+    _launch._LAST.update(backward="tc", backward_variant="one", backward_dq="atomic", backward_order="rows")  # a previous call's
     dq, dk, dv, dbias = _launch.backward(inputs, torch.randn_like(out), out, lse, None, ext=NoLaunch())  # type: ignore[arg-type]  # a stand-in module
     assert not dq.any() and not dk.any() and not dv.any() and dbias is None
+    reports = (_launch.last_backward_variant(), _launch.last_backward_dq(), _launch.last_backward_order())
+    assert (_launch.last_family("backward"), reports) == ("none", (None, None, None))  # no stale report of the previous call
 
 
 class _Recorder:
@@ -414,7 +417,7 @@ def test_fp32_forward_key_tiles_follow_the_call_and_the_device(
         ),
         (
             {ORDER: "rows", BWD_ORDER: "heads"},
-            ("atomically: head-major (ATTNCORE_CUTLASS_BWD_ORDER='heads'), else", "CTA order fp32: row-block major (ATTNCORE_CUTLASS_FWD_ORDER='rows')"),
+            ("atomically: head-major (ATTNCORE_CUTLASS_BWD_ORDER='heads'); the other", "CTA order fp32: row-block major (ATTNCORE_CUTLASS_FWD_ORDER='rows')"),
         ),
         (
             {ORDER: "Rows", BWD_ORDER: ""},  # exact values only
