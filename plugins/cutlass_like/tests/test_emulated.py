@@ -214,12 +214,7 @@ def test_forward_cta_order(dtype: torch.dtype, order: Optional[str], packed: boo
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("dtype", "order", "packed", "expected"),
-    [
-        (torch.float32, None, True, "rows"),
-        (torch.float32, "heads", False, "heads"),
-        (torch.float32, "rows", False, "rows"),
-        (torch.bfloat16, "rows", False, "heads"),
-    ],
+    [(torch.float32, None, True, "rows"), (torch.float32, "rows", False, "rows"), (torch.bfloat16, "rows", False, "heads")],
     ids=str,
 )
 def test_backward_cta_order(dtype: torch.dtype, order: Optional[str], packed: bool, expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -498,16 +493,15 @@ def test_fp32_deterministic_backward_adds_dq_serially(kd: int, splits: Optional[
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("splits", ["2", "5"])
-def test_fp32_serial_dq_over_packed_sequences_and_shared_keys(splits: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Serial dQ (torch's deterministic mode, ``splits`` CTAs per (sequence, head)) over packed sequences of 150, 40
-    and 90 rows (3, 1 and 2 key blocks of 64: CTAs with no key block of a short sequence, and each CTA's blocks
-    bounded by its own sequence) and GQA keys and values (5-D, stride-0 head views, their gradients summed over
-    the heads that share them), under a block-diagonal causal mask, against the float64 truth."""
-    monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_DQ_SPLITS", splits)
+def test_fp32_serial_dq_over_packed_sequences_and_shared_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serial dQ (torch's deterministic mode, 2 CTAs per (sequence, head)) over packed sequences of 100, 30 and 70
+    rows (2, 1 and 2 key blocks of 64: the second CTA of the short sequence has no key block, each CTA's blocks
+    are bounded by its own sequence) and GQA keys and values (5-D, stride-0 head views, their gradients summed
+    over the heads that share them), under a block-diagonal causal mask, against the float64 truth."""
+    monkeypatch.setenv("ATTNCORE_CUTLASS_FP32_DQ_SPLITS", "2")
     gen = torch.Generator().manual_seed(31)
-    q, k, v, _ = testing.make_qkv("5d-gqa", 1, 280, 280, torch.float32, gen)
-    bias = attncore.BlockDiagonalCausalMask.from_seqlens([150, 40, 90])
+    q, k, v, _ = testing.make_qkv("5d-gqa", 1, 200, 200, torch.float32, gen)
+    bias = attncore.BlockDiagonalCausalMask.from_seqlens([100, 30, 70])
     with testing.deterministic_algorithms(True):
         testing.compare_backward(CutlassFwOp, CutlassBwOp, q, k, v, bias)
         assert (_launch.last_family("backward"), _launch.last_backward_dq()) == ("tc", "serial")
