@@ -96,6 +96,11 @@ def _backward_smem(fp32: bool, padded: int, bias: bool) -> int:
     return need if atomic is None else min(need, atomic[int(bias)])
 
 
+def _smem_optin() -> int:
+    """Shared memory per block this GPU grants a kernel that opts in (bytes)."""
+    return int(torch.cuda.get_device_properties(CUDA).shared_memory_per_block_optin)  # type: ignore[attr-defined]  # in the CUDA build's properties, not in the stubs
+
+
 def _expected_family(name: str, dtype: torch.dtype, direction: str = "backward", head_dim: int = 64, bias: bool = False) -> str:
     """Tensor cores run every forward and backward (fp32 as 3xTF32) where the binary has them, except a
     backward whose tiles need more shared memory per block than this GPU has (the portable kernels run)."""
@@ -104,7 +109,7 @@ def _expected_family(name: str, dtype: torch.dtype, direction: str = "backward",
     if direction == "backward":
         padded = 64 if head_dim <= 64 else 128 if head_dim <= 128 else 256
         need = _backward_smem(dtype == torch.float32, padded, bias)
-        optin = torch.cuda.get_device_properties(CUDA).shared_memory_per_block_optin  # type: ignore[attr-defined]  # in the CUDA build's properties, not in the stubs
+        optin = _smem_optin()
         if optin < need:
             return "simt"
     return "tc"
@@ -233,7 +238,7 @@ def test_fp32_forward_key_tiles(kd: int, kv: int, keys: Optional[str], bias_kind
     env = {KEYS_ENV: keys} if keys is not None else {}
     if WARPS_ENV in os.environ:  # the process's warps
         env[WARPS_ENV] = os.environ[WARPS_ENV]
-    smem = torch.cuda.get_device_properties(CUDA).shared_memory_per_block_optin  # type: ignore[attr-defined]  # in the CUDA build's properties, not in the stubs
+    smem = _smem_optin()
     padded = next(d for d in (64, 128, 256) if max(kd, kv) <= d)
 
     def check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: testing.Bias, banded: bool) -> None:
@@ -323,7 +328,7 @@ def test_fp32_forward_wide_warps(entry: Optional[str], kd: int, kv: int, kind: s
     q, k, v = _qkv(2, 333, 517, 3, kd, kv, torch.float32, seed=kd + kv + 2)
     bias = _bias_333x517(kind, seed=kv)
     testing.compare_forward(CutlassFwOp, q, k, v, bias)
-    smem = torch.cuda.get_device_properties(CUDA).shared_memory_per_block_optin  # type: ignore[attr-defined]  # in the CUDA build's properties, not in the stubs
+    smem = _smem_optin()
     banded = kind == "causal" or kind.startswith("local")
     shape = fp32_forward_wide({} if entry is None else {WIDE_ENV: entry}, banded).get(256 if kd > 128 or kv > 128 else 128)
     assert shape is not None
@@ -385,7 +390,7 @@ def test_backward_cta_order(order: Optional[str], dtype: torch.dtype, kd: int, k
         atomic = _launch.last_backward_dq() == "atomic"  # the only kernels that take an order
         expected = backward_order(env, dtype == torch.float32, kind != "none", False) if atomic else "heads"
         assert _launch.last_backward_order() == expected
-        smem = torch.cuda.get_device_properties(CUDA).shared_memory_per_block_optin  # type: ignore[attr-defined]  # in the CUDA build's properties, not in the stubs
+        smem = _smem_optin()
         if dtype == torch.float32 and smem >= 232448:  # sm_90: every fp32 call here adds dQ atomically, so the order is tested
             assert atomic
 
@@ -415,7 +420,7 @@ def _assert_warp_masks(dtype: torch.dtype, head_dim: int, banded: bool) -> None:
     call on tensor cores with the default tiles (no forced warps; in fp32 no key-tile setting) where they
     fit (fp32 at padded head dim 256: the split 32-key tiles' shared memory)."""
     variant = _launch.last_forward_variant()
-    smem = torch.cuda.get_device_properties(CUDA).shared_memory_per_block_optin  # type: ignore[attr-defined]  # in the CUDA build's properties, not in the stubs
+    smem = _smem_optin()
     fp32 = dtype == torch.float32
     defaults = _atoi(os.environ.get(WARPS_ENV, "")) not in (4, 8) and not (fp32 and KEYS_ENV in os.environ)
     fits = not (fp32 and head_dim > 128 and smem < WIDE_256_SMEM)

@@ -671,7 +671,7 @@ inline bool launch_wide_256(const Params& p, cudaStream_t stream) {
 inline bool launch_wide_128(const Params& p, cudaStream_t stream) {
   if (std::getenv("ATTNCORE_CUTLASS_FP32_FWD_WIDE") == nullptr) {  // the default: by the call's band
     if (std::getenv("ATTNCORE_CUTLASS_FP32_FWD_KEYS") != nullptr) return false;  // key tiles asked for by name
-    const bool banded = p.band_lo > -kBig || p.band_hi < kBig;
+    const bool banded = has_band(p);
     return banded ? launch_f32_wide<128, 32, 2, 2, 1>(p, stream) : launch_f32_wide<128, 32, 4, 1, 2>(p, stream);
   }
   return (fp32_fwd_wide("128=4x1") && launch_f32_wide<128, 32, 4, 1, 2>(p, stream)) ||
@@ -705,7 +705,7 @@ cudaError_t dispatch(const Params& p, cudaStream_t stream, bool* launched) {
     }
   }
   if constexpr (kF32) {  // split K/V tiles of 128 keys in the shared memory of two 64-key stages
-    const bool banded = p.band_lo > -kBig || p.band_hi < kBig;
+    const bool banded = has_band(p);
     if (d <= 64 && !banded && p.max_k >= kWideKeysMin && warps_for<T, 64>() == 4 && fp32_fwd_keys("64=128")) {
       *launched = launch<T, 64, 128, 1, 4, true>(p, stream);
       if (*launched) return cudaGetLastError();
@@ -737,7 +737,7 @@ cudaError_t dispatch(const Params& p, cudaStream_t stream, bool* launched) {
 template <typename T>
 cudaError_t dispatch_warp_masks(const Params& p, cudaStream_t stream, bool* launched) {
   constexpr bool kF32 = std::is_same<T, float>::value;
-  const bool banded = p.band_lo > -kBig || p.band_hi < kBig;
+  const bool banded = has_band(p);
   if (!banded || forced_warps() != 0 || (kF32 && std::getenv("ATTNCORE_CUTLASS_FP32_FWD_KEYS") != nullptr)) return cudaSuccess;
   const int d = max(p.K, p.Kv);
   if (d <= 64) {
@@ -764,11 +764,7 @@ cudaError_t dispatch_warp_masks(const Params& p, cudaStream_t stream, bool* laun
 // mask (nothing to reorder) within 1%. (bf16 in one run of
 // each order, while the clock drifted: -6% to +11% under a causal mask, the gains at M = 4096; not adopted.)
 bool fwd_rows_first(const Params& p, DType dt) {
-  if (dt != DType::kF32) return false;
-  const char* env = std::getenv("ATTNCORE_CUTLASS_FWD_ORDER");
-  if (env != nullptr && std::string(env) == "rows") return true;
-  if (env != nullptr && std::string(env) == "heads") return false;
-  return p.band_lo > -kBig || p.band_hi < kBig;
+  return dt == DType::kF32 && env_rows_first("ATTNCORE_CUTLASS_FWD_ORDER", has_band(p));
 }
 
 }  // namespace

@@ -81,6 +81,15 @@ inline bool env_list_has(const char* name, const char* unset, const char* entry)
   return list.find(std::string(",") + entry + ",") != std::string::npos;
 }
 
+// A CTA-order switch (ATTNCORE_CUTLASS_FWD_ORDER, _BWD_ORDER), read at every call: 1 for exactly "rows", 0 for
+// exactly "heads", `otherwise` when unset or anything else.
+inline bool env_rows_first(const char* name, bool otherwise) {
+  const char* env = std::getenv(name);
+  if (env != nullptr && std::string(env) == "rows") return true;
+  if (env != nullptr && std::string(env) == "heads") return false;
+  return otherwise;
+}
+
 // Opt a kernel into more than 48 KiB of dynamic shared memory once per process; false if the device has less.
 template <typename K>
 bool allow_smem(K kernel, int bytes) {

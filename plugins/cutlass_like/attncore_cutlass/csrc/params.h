@@ -43,6 +43,9 @@ struct Params {
   int rows_first;
 };
 
+// Whether the call has a causal or local band (either side present).
+inline bool has_band(const Params& p) { return p.band_lo > -kBig || p.band_hi < kBig; }
+
 // Backward-only inputs and outputs (the forward's Params is embedded).
 struct BwdParams {
   Params f;
